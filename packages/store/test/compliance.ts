@@ -1,0 +1,549 @@
+/**
+ * The store compliance suite: one set of tests for the {@link KVStore} contract, run unchanged
+ * against every backend, each a real server (`consul.test.ts`, `etcd.test.ts`, `zookeeper.test.ts`,
+ * `local.test.ts`). A backend declares what it cannot do through {@link KVStore.capabilities}; the
+ * suite then checks the weaker promise, never nothing.
+ */
+
+import type { ExecutionContext, TestFn } from 'ava';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import {
+  decodeText,
+  encodeText,
+  hasCode,
+  PrefixMirror,
+  type KVStore,
+  type StoreBackendName,
+  type StoreOptions,
+  type WatchBatch,
+  type WatchEvent,
+} from '../src/index.ts';
+
+export interface ComplianceTarget {
+  readonly backend: StoreBackendName;
+  /** A store URL whose prefix (or file) is unique to `label`. */
+  url(label: string): string;
+  /** Opens a client; the suite closes it. */
+  open(url: string, options?: StoreOptions): Promise<KVStore>;
+  /**
+   * Makes the store unanswerable for clients that are already open (stop the server, or lock the
+   * local database from another process); `restore()` brings it back with its data.
+   */
+  outage(): Promise<{ restore(): Promise<void> }>;
+  /** Stops and starts the server process with its data (absent for the embedded store). */
+  restart?: () => Promise<void>;
+  /** A URL where no server listens (absent for the embedded store). */
+  unreachableUrl?: () => string;
+}
+
+const CLIENT = fileURLToPath(new URL('./fixtures/store-client.ts', import.meta.url));
+const LEASE_TTL_S = 2;
+const OUTAGE_TIMEOUT_MS = 1_500;
+
+interface ChildResult {
+  code: number | null;
+  lines: unknown[];
+  stderr: string;
+}
+
+function runClient(args: string[]): { done: Promise<ChildResult>; pid: number; firstLine: Promise<unknown> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLIENT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: unknown[] = [];
+  let stderr = '';
+  let buf = '';
+  let resolveFirst!: (v: unknown) => void;
+  let rejectFirst!: (e: unknown) => void;
+  const firstLine = new Promise<unknown>((res, rej) => {
+    resolveFirst = res;
+    rejectFirst = rej;
+  });
+  child.stdout.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let nl;
+    while ((nl = buf.indexOf('\n')) !== -1) {
+      const line = JSON.parse(buf.slice(0, nl)) as unknown;
+      buf = buf.slice(nl + 1);
+      if (lines.length === 0) resolveFirst(line);
+      lines.push(line);
+    }
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<ChildResult>((resolve) =>
+    child.on('close', (code) => {
+      rejectFirst(new Error(`client exited (${code}) before printing: ${stderr.slice(-2000)}`));
+      resolve({ code, lines, stderr });
+    }),
+  );
+  process.on('exit', () => child.kill('SIGKILL'));
+  return { done, pid: child.pid!, firstLine };
+}
+
+/** Collects watch batches until `until(events)` holds or `timeoutMs` passes. */
+async function collect(
+  store: KVStore,
+  prefix: string,
+  from: string,
+  until: (events: WatchEvent[]) => boolean,
+  timeoutMs: number,
+): Promise<{ events: WatchEvent[]; batches: WatchBatch[]; reset?: unknown }> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
+  const events: WatchEvent[] = [];
+  const batches: WatchBatch[] = [];
+  try {
+    for await (const batch of store.watch(prefix, from, { signal: controller.signal })) {
+      batches.push(batch);
+      events.push(...batch.events);
+      if (until(events)) break;
+    }
+    return { events, batches };
+  } catch (err) {
+    return { events, batches, reset: err };
+  } finally {
+    clearTimeout(timer);
+    controller.abort();
+  }
+}
+
+const text = (s: string): Uint8Array => encodeText(s);
+
+export function runComplianceSuite(test: TestFn, target: () => ComplianceTarget): void {
+  let n = 0;
+  const opened: KVStore[] = [];
+  const fresh = async (t: ExecutionContext, options?: StoreOptions): Promise<{ store: KVStore; url: string }> => {
+    const url = target().url(`t${++n}-${t.title.replace(/[^a-z0-9]+/gi, '-').slice(0, 30)}`);
+    const store = await target().open(url, options);
+    opened.push(store);
+    return { store, url };
+  };
+  test.after.always(async () => {
+    await Promise.allSettled(opened.map((s) => s.close()));
+  });
+
+  // ---- tests that stop or lock the store run first, one at a time ----
+
+  test.serial('calls fail fast with a typed error naming the URL while the store is unreachable, and work again after', async (t) => {
+    const { store } = await fresh(t, { timeoutMs: OUTAGE_TIMEOUT_MS });
+    await store.put('k', text('before'));
+    const outage = await target().outage();
+    try {
+      for (const [what, call] of [
+        ['get', () => store.get('k')],
+        ['put', () => store.put('k', text('during'))],
+        ['putIf', () => store.putIf('k2', text('x'), { absent: true })],
+        ['list', () => store.list('')],
+      ] as const) {
+        const started = Date.now();
+        const err = await t.throwsAsync(call(), undefined, `${what} during the outage`);
+        const took = Date.now() - started;
+        t.true(hasCode(err, 'KVNET_STORE_UNAVAILABLE'), `${what}: expected KVNET_STORE_UNAVAILABLE, got ${String(err)}`);
+        t.true(err!.message.includes(store.url), `${what}: message names the URL: ${err!.message}`);
+        // bounded: the configured timeout plus scheduling slack on a busy machine, never a hang
+        t.true(took < OUTAGE_TIMEOUT_MS + 3_000, `${what} failed after ${took} ms`);
+      }
+    } finally {
+      await outage.restore();
+    }
+    // the same client works again once the store is back (it may need a moment to reconnect)
+    let value: string | undefined;
+    for (let i = 0; i < 60 && value === undefined; i++) {
+      try {
+        await store.put('k', text('after'));
+        value = decodeText((await store.get('k'))!.value);
+      } catch {
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+    t.is(value, 'after');
+  });
+
+  test.serial('a live watch survives a server restart: it resumes or asks for a re-list, and no change is missed', async (t) => {
+    const restart = target().restart;
+    if (!restart) {
+      // The embedded store has no server process; its cross-process watch is covered by local.test.ts.
+      t.pass('no server to restart for this backend');
+      return;
+    }
+    const { store } = await fresh(t, { timeoutMs: OUTAGE_TIMEOUT_MS });
+    const prefix = 'restart';
+    const mirror = new PrefixMirror(store, prefix);
+    mirror.start();
+    await mirror.synced;
+    const wrote = new Map<string, string>();
+    const write = async (k: string, v: string, tries = 80): Promise<void> => {
+      for (let i = 0; ; i++) {
+        try {
+          await store.put(`${prefix}/${k}`, text(v));
+          wrote.set(`${prefix}/${k}`, v);
+          return;
+        } catch (err) {
+          if (i >= tries) throw err;
+          await new Promise((r) => setTimeout(r, 250));
+        }
+      }
+    };
+    for (let i = 0; i < 20; i++) await write(`before-${i}`, String(i));
+    await write('overwritten', 'old');
+    await restart();
+    for (let i = 0; i < 20; i++) await write(`after-${i}`, String(i));
+    await write('overwritten', 'new');
+    await store.delete(`${prefix}/before-3`);
+    wrote.delete(`${prefix}/before-3`);
+    const deadline = Date.now() + 30_000;
+    const snapshot = (): Map<string, string> => new Map([...mirror.view].map(([k, e]) => [k, decodeText(e.value)]));
+    while (Date.now() < deadline && JSON.stringify([...snapshot()].sort()) !== JSON.stringify([...wrote].sort())) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await mirror.stop();
+    t.deepEqual([...snapshot()].sort(), [...wrote].sort());
+  });
+
+  // ---- everything else runs concurrently ----
+
+  test('get, put, delete and list round-trip with revisions', async (t) => {
+    const { store } = await fresh(t);
+    t.is(await store.get('a/b'), undefined);
+    const r1 = await store.put('a/b', text('one'));
+    const e1 = await store.get('a/b');
+    t.is(decodeText(e1!.value), 'one');
+    t.is(e1!.revision, r1);
+    const r2 = await store.put('a/b', text('two'));
+    t.not(r2, r1, 'a write changes the revision');
+    t.is((await store.get('a/b'))!.revision, r2);
+    await store.put('a/c/d', text('deep'));
+    await store.put('a', text('the prefix key itself'));
+    const listing = await store.list('a');
+    t.deepEqual(
+      listing.entries.map((e) => [e.key, decodeText(e.value)]),
+      [
+        ['a/b', 'two'],
+        ['a/c/d', 'deep'],
+      ],
+    );
+    t.true(await store.delete('a/b'));
+    t.false(await store.delete('a/b'), 'deleting a missing key says so');
+    t.is(await store.get('a/b'), undefined);
+    t.deepEqual(
+      (await store.list('')).entries.map((e) => e.key),
+      ['a', 'a/c/d'],
+    );
+  });
+
+  test('a prefix matches whole segments only: net/a does not list net/ab', async (t) => {
+    const { store } = await fresh(t);
+    await store.put('net/a/1', text('x'));
+    await store.put('net/ab/1', text('y'));
+    await store.put('net/a', text('z'));
+    await store.put('net/a-b', text('w'));
+    t.deepEqual(
+      (await store.list('net/a')).entries.map((e) => e.key),
+      ['net/a/1'],
+    );
+    t.deepEqual(
+      (await store.list('net')).entries.map((e) => e.key),
+      ['net/a', 'net/a-b', 'net/a/1', 'net/ab/1'].sort(),
+    );
+    t.deepEqual((await store.list('nothing/here')).entries, []);
+  });
+
+  test('create-only and compare-and-swap report a lost race as a value, never overwrite', async (t) => {
+    const { store } = await fresh(t);
+    const c1 = await store.putIf('k', text('first'), { absent: true });
+    t.true(c1.ok);
+    const c2 = await store.putIf('k', text('second'), { absent: true });
+    t.false(c2.ok);
+    if (!c2.ok) t.is(c2.reason, 'exists');
+    t.is(decodeText((await store.get('k'))!.value), 'first');
+
+    const cur = (await store.get('k'))!;
+    const u1 = await store.putIf('k', text('updated'), { revision: cur.revision });
+    t.true(u1.ok);
+    const stale = await store.putIf('k', text('stale'), { revision: cur.revision });
+    t.false(stale.ok);
+    if (!stale.ok) t.is(stale.reason, 'modified');
+    t.is(decodeText((await store.get('k'))!.value), 'updated');
+
+    const missing = await store.putIf('nope', text('x'), { revision: cur.revision });
+    t.false(missing.ok);
+    if (!missing.ok) t.is(missing.reason, 'missing');
+    t.is(await store.get('nope'), undefined);
+
+    const now = (await store.get('k'))!;
+    const d1 = await store.deleteIf('k', cur.revision);
+    t.false(d1.ok, 'delete with a stale revision is refused');
+    t.truthy(await store.get('k'));
+    const d2 = await store.deleteIf('k', now.revision);
+    t.true(d2.ok);
+    t.is(await store.get('k'), undefined);
+    const d3 = await store.deleteIf('k', now.revision);
+    t.false(d3.ok);
+    if (!d3.ok) t.is(d3.reason, 'missing');
+  });
+
+  test('a transaction applies all of its operations or none', async (t) => {
+    const { store } = await fresh(t);
+    await store.put('tx/existing', text('e'));
+    const existing = (await store.get('tx/existing'))!;
+    const failed = await store.txn([
+      { op: 'put', key: 'tx/a', value: text('a'), if: { absent: true } },
+      { op: 'delete', key: 'tx/existing' },
+      { op: 'check', key: 'tx/existing', if: { absent: true } },
+    ]);
+    t.false(failed.ok);
+    t.is(await store.get('tx/a'), undefined, 'nothing written by the failed transaction');
+    t.truthy(await store.get('tx/existing'));
+
+    const done = await store.txn([
+      { op: 'put', key: 'tx/a', value: text('a'), if: { absent: true } },
+      { op: 'put', key: 'tx/b', value: text('b') },
+      { op: 'check', key: 'tx/existing', if: { revision: existing.revision } },
+      { op: 'delete', key: 'tx/existing', if: { revision: existing.revision } },
+      { op: 'delete', key: 'tx/never-existed' },
+    ]);
+    t.true(done.ok);
+    if (done.ok) {
+      t.is(done.revisions.length, 5);
+      t.is((await store.get('tx/a'))!.revision, done.revisions[0]);
+    }
+    t.deepEqual(
+      (await store.list('tx')).entries.map((e) => e.key),
+      ['tx/a', 'tx/b'],
+    );
+  });
+
+  test('20 concurrent create-only puts of one key from separate client processes: exactly one wins', async (t) => {
+    const { store, url } = await fresh(t);
+    const start = Date.now() + 4_000;
+    const clients = Array.from({ length: 20 }, (_, i) => runClient([url, 'create-at', 'race/key', `client-${i}`, String(start)]));
+    const results = await Promise.all(clients.map((c) => c.done));
+    for (const r of results) t.is(r.code, 0, r.stderr);
+    const winners = results.filter((r) => (r.lines[0] as { ok: boolean }).ok);
+    t.is(winners.length, 1, `winners: ${winners.length}`);
+    const stored = decodeText((await store.get('race/key'))!.value);
+    t.regex(stored, /^client-\d+$/);
+  });
+
+  test('two client processes CAS-increment one counter 500 times each: final value 1000', async (t) => {
+    const { store, url } = await fresh(t);
+    await store.put('counter', text('0'));
+    const start = Date.now() + 3_000;
+    const clients = [0, 1].map(() => runClient([url, 'cas-counter', 'counter', '500', String(start)]));
+    const results = await Promise.all(clients.map((c) => c.done));
+    for (const r of results) t.is(r.code, 0, r.stderr);
+    t.is(decodeText((await store.get('counter'))!.value), '1000');
+    const conflicts = results.reduce((s, r) => s + (r.lines[0] as { conflicts: number }).conflicts, 0);
+    t.log(`lost races (retried): ${conflicts}`);
+  });
+
+  test('a watch from a listing revision sees 1000 rapid writes in order, each once', async (t) => {
+    const { store } = await fresh(t);
+    await store.put('w/seed', text('seed'));
+    const listing = await store.list('w');
+    const expected = Array.from({ length: 1000 }, (_, i) => `w/k${String(i).padStart(4, '0')}`);
+    const watching = collect(store, 'w', listing.revision, (evs) => new Set(evs.map((e) => e.key)).size >= 1000, 60_000);
+    for (const key of expected) await store.put(key, text(key));
+    const { events, reset } = await watching;
+    t.is(reset, undefined, `watch failed: ${String(reset)}`);
+    const keys = events.map((e) => e.key);
+    t.is(new Set(keys).size, keys.length, 'no key delivered twice');
+    t.deepEqual(keys, expected, 'every write, in write order');
+    t.true(events.every((e) => e.type === 'put' && decodeText(e.value) === e.key));
+  });
+
+  test('a watch delivers deletes and every revision change of a key', async (t) => {
+    const { store } = await fresh(t);
+    const listing = await store.list('d');
+    const watching = collect(store, 'd', listing.revision, (evs) => evs.some((e) => e.type === 'delete' && e.key === 'd/x'), 30_000);
+    await store.put('d/x', text('1'));
+    await store.put('d/y', text('y'));
+    await store.put('d/x', text('2'));
+    await store.delete('d/x');
+    const { events, reset } = await watching;
+    t.is(reset, undefined, String(reset));
+    const last = events.at(-1)!;
+    t.is(last.type, 'delete');
+    t.is(last.key, 'd/x');
+    t.true(events.some((e) => e.key === 'd/y' && e.type === 'put'));
+    if (store.capabilities.exactHistory) {
+      t.deepEqual(
+        events.map((e) => `${e.type}:${e.key}${e.type === 'put' ? '=' + decodeText(e.value) : ''}`),
+        ['put:d/x=1', 'put:d/y=y', 'put:d/x=2', 'delete:d/x'],
+      );
+    }
+  });
+
+  test('with exact history, 1000 writes to one key are each delivered', async (t) => {
+    const { store } = await fresh(t);
+    if (!store.capabilities.exactHistory) {
+      t.pass(`${store.backend} reports state: several writes to one key may arrive as one event (checked by the other watch tests)`);
+      return;
+    }
+    await store.put('one/key', text('-1'));
+    const listing = await store.list('one');
+    const watching = collect(store, 'one', listing.revision, (evs) => evs.length >= 1000, 60_000);
+    for (let i = 0; i < 1000; i++) await store.put('one/key', text(String(i)));
+    const { events, reset } = await watching;
+    t.is(reset, undefined, String(reset));
+    t.deepEqual(
+      events.map((e) => (e.type === 'put' ? decodeText(e.value) : 'delete')),
+      Array.from({ length: 1000 }, (_, i) => String(i)),
+    );
+  });
+
+  test('a watch started after the writes, from an older revision, still sees them or asks for a re-list', async (t) => {
+    const { store } = await fresh(t);
+    await store.put('late/seed', text('s'));
+    const old = await store.list('late');
+    for (let i = 0; i < 50; i++) await store.put(`late/k${i}`, text(String(i)));
+    await store.delete('late/seed');
+    const { events, reset } = await collect(store, 'late', old.revision, (evs) => evs.some((e) => e.type === 'delete'), 15_000);
+    if (reset !== undefined) {
+      t.true(hasCode(reset, 'KVNET_STORE_WATCH_RESET'), `a failed watch must say re-list: ${String(reset)}`);
+      return;
+    }
+    const puts = events.filter((e) => e.type === 'put').map((e) => e.key);
+    t.deepEqual(new Set(puts), new Set(Array.from({ length: 50 }, (_, i) => `late/k${i}`)));
+    t.true(events.some((e) => e.type === 'delete' && e.key === 'late/seed'));
+  });
+
+  test('a watch from a revision this client never listed is delivered in full or reset, never silently partial', async (t) => {
+    const { store, url } = await fresh(t);
+    const other = await target().open(url);
+    opened.push(other);
+    await store.put('x/1', text('1'));
+    const foreign = await other.list('x');
+    await store.put('x/2', text('2'));
+    await store.delete('x/1');
+    const { events, reset } = await collect(store, 'x', foreign.revision, (evs) => evs.some((e) => e.type === 'delete'), 10_000);
+    if (reset !== undefined) {
+      t.true(hasCode(reset, 'KVNET_STORE_WATCH_RESET'), String(reset));
+    } else {
+      t.deepEqual(
+        events.map((e) => `${e.type}:${e.key}`),
+        ['put:x/2', 'delete:x/1'],
+      );
+    }
+  });
+
+  test('an ephemeral key stays while its owner process lives and disappears after SIGKILL within TTL + grace', async (t) => {
+    const { store, url } = await fresh(t);
+    const holder = runClient([url, 'hold-lease', 'eph/owner', String(LEASE_TTL_S)]);
+    const ready = (await holder.firstLine) as { ready: boolean; ttlMs: number; graceMs: number };
+    t.true(ready.ready);
+    // alive through several TTLs
+    const aliveUntil = Date.now() + 3 * ready.ttlMs + 500;
+    while (Date.now() < aliveUntil) {
+      t.truthy(await store.get('eph/owner'), 'the key must stay while its owner renews the lease');
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    process.kill(holder.pid, 'SIGKILL');
+    const killedAt = Date.now();
+    await holder.done;
+    const limit = ready.ttlMs + ready.graceMs + 2_000;
+    let goneAfter = -1;
+    while (Date.now() - killedAt < limit + 5_000) {
+      if (!(await store.get('eph/owner'))) {
+        goneAfter = Date.now() - killedAt;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    t.log(`ttl ${ready.ttlMs} ms, grace ${ready.graceMs} ms, gone ${goneAfter} ms after SIGKILL`);
+    t.true(goneAfter >= 0, 'the key must disappear');
+    t.true(goneAfter <= limit, `gone after ${goneAfter} ms, limit ${limit} ms`);
+  });
+
+  test('revoking a lease removes its keys at once and resolves lost; re-putting rebinds a key', async (t) => {
+    const { store } = await fresh(t);
+    const lease = await store.grantLease(LEASE_TTL_S);
+    t.true(lease.ttlMs >= 1000);
+    await store.put('lease/a', text('a'), { lease });
+    await store.put('lease/b', text('b'), { lease });
+    await store.put('lease/plain', text('p'));
+    const other = await store.grantLease(LEASE_TTL_S);
+    await store.put('lease/b', text('b2'), { lease: other });
+    await lease.revoke();
+    t.is(await lease.lost, 'revoked');
+    // The revoke is applied by the server; some backends need a moment to propagate deletes.
+    let a = await store.get('lease/a');
+    for (let i = 0; i < 40 && a; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      a = await store.get('lease/a');
+    }
+    t.is(a, undefined);
+    t.is(decodeText((await store.get('lease/b'))!.value), 'b2', 'rebound to the other lease, still alive');
+    t.truthy(await store.get('lease/plain'));
+    await other.revoke();
+  });
+
+  test('a released lease is no longer renewed: its keys expire by TTL', async (t) => {
+    const { store } = await fresh(t);
+    const lease = await store.grantLease(LEASE_TTL_S);
+    await store.put('rel/k', text('x'), { lease });
+    await lease.release();
+    const released = Date.now();
+    t.truthy(await store.get('rel/k'), 'still there right after release');
+    let goneAfter = -1;
+    while (Date.now() - released < lease.ttlMs + lease.expiryGraceMs + 5_000) {
+      if (!(await store.get('rel/k'))) {
+        goneAfter = Date.now() - released;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    t.true(goneAfter >= 0, 'expired');
+  });
+
+  test('values of 256 KiB round-trip byte for byte', async (t) => {
+    const { store } = await fresh(t);
+    const big = new Uint8Array(256 * 1024);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 7919) & 0xff;
+    t.true(store.capabilities.maxValueBytes >= big.length);
+    await store.put('big/v', big);
+    const back = await store.get('big/v');
+    t.is(back!.value.length, big.length);
+    t.true(Buffer.from(back!.value).equals(Buffer.from(big)));
+    const listed = (await store.list('big')).entries[0]!;
+    t.true(Buffer.from(listed.value).equals(Buffer.from(big)));
+  });
+
+  test('malformed keys are refused with a clear error before anything reaches the server', async (t) => {
+    // Against a URL where nothing listens, the error is still about the key: the check comes first.
+    const dead = target().unreachableUrl;
+    const store = dead ? await target().open(dead(), { timeoutMs: OUTAGE_TIMEOUT_MS }) : (await fresh(t)).store;
+    if (dead) opened.push(store);
+    for (const [key, why] of [
+      ['', 'empty'],
+      ['a//b', 'empty segment'],
+      ['/a', 'start'],
+      ['a/', 'end'],
+      ['a/../b', '".."'],
+      ['a/./b', '"."'],
+      ['a\0b', 'NUL'],
+      ['a b', 'character " "'],
+    ] as const) {
+      for (const call of [() => store.get(key), () => store.put(key, text('x')), () => store.putIf(key, text('x'), { absent: true })]) {
+        const err = await t.throwsAsync(call());
+        t.true(hasCode(err, 'KVNET_STORE_INVALID_KEY'), `${JSON.stringify(key)}: ${String(err)}`);
+        t.true(err!.message.includes(why), `message for ${JSON.stringify(key)} explains: ${err!.message}`);
+      }
+    }
+    const err = await t.throwsAsync(store.list('a//b'));
+    t.true(hasCode(err, 'KVNET_STORE_INVALID_KEY'));
+    await t.throwsAsync(store.txn([{ op: 'put', key: 'ok', value: text('x') }, { op: 'delete', key: '../x' }]), {
+      message: /invalid store key/,
+    });
+    if (!dead) t.is(await store.get('ok'), undefined, 'a transaction with one bad key writes nothing');
+  });
+
+  test('close() leaves nothing that keeps the process alive', async (t) => {
+    const { url } = await fresh(t);
+    const child = runClient([url, 'close-and-exit', 'closing']);
+    const timer = setTimeout(() => process.kill(child.pid, 'SIGKILL'), 20_000);
+    const result = await child.done;
+    clearTimeout(timer);
+    t.is(result.code, 0, `the process must exit by itself after close(): ${result.stderr.slice(-1500)}`);
+    t.deepEqual(result.lines, [{ closed: true }]);
+  });
+}
