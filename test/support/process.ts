@@ -211,6 +211,7 @@ export function run(
         reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${stderr.trim() || stdout.trim()}`));
       } else resolve(result);
     });
+    child.stdin.on('error', () => {}); // the child may exit before reading its input (EPIPE)
     child.stdin.end(options.input ?? '');
   });
 }

@@ -17,19 +17,25 @@ export async function withDeadline<T>(
   outer?.throwIfAborted();
   const controller = new AbortController();
   let timer: NodeJS.Timeout | undefined;
-  const onOuterAbort = (): void => controller.abort(outer?.reason);
-  outer?.addEventListener('abort', onOuterAbort, { once: true });
+  let onOuterAbort: (() => void) | undefined;
   const timeout = new Promise<never>((_, reject) => {
+    // Reject first, then abort: the caller sees the deadline error, not whatever the aborted
+    // request throws. An outer abort rejects at once with its reason.
+    onOuterAbort = (): void => {
+      reject(outer?.reason);
+      controller.abort(outer?.reason);
+    };
+    outer?.addEventListener('abort', onOuterAbort, { once: true });
     timer = setTimeout(() => {
-      controller.abort(new Error('deadline'));
       reject(new StoreUnavailableError(url, `${what} got no answer within ${timeoutMs} ms`));
+      controller.abort(new Error('deadline'));
     }, timeoutMs);
   });
   try {
     return await Promise.race([fn(controller.signal), timeout]);
   } finally {
     clearTimeout(timer);
-    outer?.removeEventListener('abort', onOuterAbort);
+    if (onOuterAbort) outer?.removeEventListener('abort', onOuterAbort);
   }
 }
 

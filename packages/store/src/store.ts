@@ -67,7 +67,7 @@ export type TxnOp =
       readonly if?: PutCondition;
       readonly lease?: Lease;
     }
-  | { readonly op: 'delete'; readonly key: string; readonly if?: { readonly revision: Revision } }
+  | { readonly op: 'delete'; readonly key: string; readonly if?: { readonly revision: Revision; readonly absent?: undefined } }
   /** Assert without writing: `absent` or an exact revision. */
   | { readonly op: 'check'; readonly key: string; readonly if: PutCondition };
 

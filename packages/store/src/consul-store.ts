@@ -1,0 +1,561 @@
+/**
+ * The Consul backend (`consul://host:8500[,host2:8500]/prefix`), on Consul's KV HTTP API through the
+ * `consul` npm client ({@link ConsulTransport}).
+ *
+ * - **Revisions**: a key's revision is its `ModifyIndex`; a listing's (and a watch batch's) revision
+ *   is the `X-Consul-Index` of the read, i.e. the highest index below the prefix (live keys and
+ *   tombstones), or the whole KV table's index when the prefix is empty.
+ * - **Writes** are `/v1/txn` transactions (see `consul-txn.ts`): they return the new index, carry the
+ *   conditions (`check-index`, `check-not-exists`) and rebind a key to another session atomically.
+ * - **Watches** are blocking queries on the prefix. Consul reports state, not history, so each answer
+ *   is compared with the previous one (`diffSnapshots`); several writes to one key between two reads
+ *   arrive as one put (`exactHistory: false`). A watch needs the state its start revision stands for:
+ *   listings are remembered ({@link SnapshotCache}); from an unknown revision the watch proceeds only
+ *   if the prefix's index still equals it, else it asks for a re-list. An index that goes backwards
+ *   with different data below the prefix (server restarted without its data, snapshot restore)
+ *   also means re-list; with the same data it is Consul reaping tombstones, and the watch goes on. A broken connection is
+ *   retried for {@link WATCH_RECONNECT_BUDGET_MS}: the next read is compared with the last state, so
+ *   nothing is missed, and after that the watch asks for a re-list.
+ * - **Leases** are sessions (see `consul-lease.ts`); a TTL below the server's `session_ttl_min` is
+ *   raised to the minimum Consul states in its refusal.
+ * - Reads that the contract calls linearizable use `?consistent`.
+ */
+
+import type { Logger } from 'pino';
+import { ConsulHttpError, ConsulTransport, isAclDenial, type ConsulReply } from './consul-client.ts';
+import { ConsulLease } from './consul-lease.ts';
+import {
+  CONSUL_TXN_MAX_OPS,
+  CONSUL_VERBS_PER_OP,
+  compileTxn,
+  isMissingKeyError,
+  txnFailure,
+  txnRevision,
+  type ConsulKvOp,
+  type ConsulTxnBody,
+} from './consul-txn.ts';
+import { backoffDelay, sleep } from './deadline.ts';
+import { LeaseLostError, StoreClosedError, StoreProtocolError, StoreUnavailableError, ValueTooLargeError, WatchResetError } from './errors.ts';
+import { validateKey, validatePrefix } from './keys.ts';
+import { diffSnapshots, SnapshotCache, type Snapshot, type SnapshotEntry } from './snapshot-diff.ts';
+import type { StoreAddress } from './store-url.ts';
+import {
+  DEFAULT_TIMEOUT_MS,
+  type CasResult,
+  type KVEntry,
+  type KVListing,
+  type KVStore,
+  type Lease,
+  type PutCondition,
+  type PutOptions,
+  type Revision,
+  type StoreCapabilities,
+  type StoreOptions,
+  type TxnOp,
+  type TxnResult,
+  type WatchBatch,
+  type WatchOptions,
+} from './store.ts';
+import { WatchChannel } from './watch-channel.ts';
+
+/** How long one blocking query waits on the server for a change. */
+export const WATCH_WAIT_S = 15;
+/** Consul adds up to wait/16 of random jitter to a blocking query. */
+const WATCH_JITTER_FRACTION = 1 / 16;
+/** How long a watch keeps trying to reach the server again before it asks for a re-list. */
+export const WATCH_RECONNECT_BUDGET_MS = 15_000;
+export const WATCH_RETRY_BASE_MS = 100;
+export const WATCH_RETRY_CAP_MS = 2_000;
+/** Listings (and watch batches) whose state a later watch can start from. */
+export const SNAPSHOT_CACHE_SIZE = 32;
+/**
+ * Consul's own limit is 512 KiB per value (`kv_max_value_size`), but writes go through `/v1/txn`,
+ * whose whole JSON body is limited to 512 KiB (`txn_max_req_len`) with the value in base64 (4/3):
+ * 376 KiB leaves room for the keys and the other verbs of a conditional put.
+ */
+export const MAX_VALUE_BYTES = 376 * 1024;
+/** Consul's default `txn_max_req_len`: the largest `/v1/txn` body, in bytes. */
+export const TXN_MAX_REQUEST_BYTES = 512 * 1024;
+/** Store operations per transaction: every one may need {@link CONSUL_VERBS_PER_OP} Consul verbs. */
+export const MAX_TXN_OPS = Math.floor(CONSUL_TXN_MAX_OPS / CONSUL_VERBS_PER_OP);
+const SESSION_NAME = 'kvnet';
+
+/** One KV entry as Consul returns it (values decoded to bytes by the client's `buffer` option). */
+interface ConsulEntry {
+  readonly Key: string;
+  readonly Value: Buffer | null;
+  readonly ModifyIndex: number;
+  readonly Session?: string;
+}
+
+/** One read of a prefix: its entries and the index of the read. */
+interface PrefixRead {
+  readonly index: bigint;
+  readonly entries: KVEntry[];
+  readonly snapshot: Snapshot;
+}
+
+/** Opens a Consul store. Nothing is sent until the first call. */
+export async function openConsulStore(address: StoreAddress, options: StoreOptions): Promise<KVStore> {
+  return new ConsulStore(address, options);
+}
+
+class ConsulStore implements KVStore {
+  readonly backend = 'consul' as const;
+  readonly capabilities: StoreCapabilities = { exactHistory: false, maxValueBytes: MAX_VALUE_BYTES, maxTxnOps: MAX_TXN_OPS };
+  readonly url: string;
+  private readonly transport: ConsulTransport;
+  private readonly timeoutMs: number;
+  private readonly log: Logger | undefined;
+  private readonly prefix: string;
+  private readonly listings = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
+  private readonly batches = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
+  private readonly leases = new Set<ConsulLease>();
+  private readonly watches = new Set<WatchChannel>();
+  /** Listing paths the token was shown to be allowed to read (see {@link probeRead}). */
+  private readonly readablePaths = new Set<string>();
+  /** The server's `session_ttl_min`, once a refusal told us. */
+  private sessionTtlMinMs = 0;
+  private closed = false;
+
+  constructor(address: StoreAddress, options: StoreOptions) {
+    this.url = address.redacted;
+    this.prefix = address.prefix;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.log = options.logger?.child({ component: 'store', backend: 'consul' });
+    this.transport = new ConsulTransport(address, this.timeoutMs, options, this.log);
+  }
+
+  // ---- reads ----
+
+  async get(key: string, options: { signal?: AbortSignal } = {}): Promise<KVEntry | undefined> {
+    validateKey(key);
+    this.assertOpen();
+    const reply = await this.request<ConsulEntry>(
+      'get',
+      (consul, ctx) => consul.kv.get(kvGetOptions({ key: this.serverKey(key), consistent: true, buffer: true, ctx })),
+      { signal: options.signal, idempotent: true },
+    );
+    return reply.body ? this.toEntry(reply.body) : undefined;
+  }
+
+  async list(prefix: string, options: { signal?: AbortSignal } = {}): Promise<KVListing> {
+    validatePrefix(prefix);
+    this.assertOpen();
+    const read = await this.readPrefix(prefix, { signal: options.signal });
+    const revision = String(read.index);
+    this.listings.remember(prefix, revision, read.snapshot);
+    return { entries: read.entries, revision };
+  }
+
+  /**
+   * Reads every key below `prefix` with the index of the read: at once and linearizable, or as a
+   * blocking query that returns when the prefix's index passes `after.index`.
+   */
+  private async readPrefix(prefix: string, options: { signal?: AbortSignal | undefined; after?: bigint }): Promise<PrefixRead> {
+    const blocking = options.after !== undefined;
+    const path = `${this.prefix}/${prefix === '' ? '' : `${prefix}/`}`;
+    const reply = await this.request<ConsulEntry[]>(
+      blocking ? 'watch' : 'list',
+      (consul, ctx) =>
+        consul.kv.get(
+          kvGetOptions({
+            key: path,
+            recurse: true,
+            buffer: true,
+            ctx,
+            ...(blocking ? { index: String(options.after), wait: `${WATCH_WAIT_S}s` } : { consistent: true }),
+          }),
+        ),
+      {
+        signal: options.signal,
+        idempotent: true,
+        ...(blocking ? { timeoutMs: WATCH_WAIT_S * 1000 * (1 + WATCH_JITTER_FRACTION) + this.timeoutMs } : {}),
+      },
+    );
+    if (reply.index === undefined) throw new StoreProtocolError(this.url, 'a KV listing came without X-Consul-Index');
+    if (reply.headers['x-consul-default-acl-policy'] === 'deny' && !this.readablePaths.has(path)) await this.probeRead(path, options.signal);
+    const entries: KVEntry[] = [];
+    const snapshot = new Map<string, SnapshotEntry>();
+    for (const item of reply.body ?? []) {
+      const entry = this.toEntry(item);
+      if (!entry) continue;
+      entries.push(entry);
+      snapshot.set(entry.key, { value: entry.value, revision: entry.revision, order: BigInt(item.ModifyIndex) });
+    }
+    entries.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    // Consul never reports index 0 for a served read; treat it as 1 like its own clients do
+    return { index: reply.index > 0n ? reply.index : 1n, entries, snapshot };
+  }
+
+  /**
+   * Consul drops the keys a token may not read from a recursive listing without saying so (an
+   * empty 404, not a 403), so a wrong token would look like an empty store. Where ACLs deny by
+   * default, a plain read of the listed path itself, which does answer 403, proves the token may read it.
+   */
+  private async probeRead(path: string, signal: AbortSignal | undefined): Promise<void> {
+    await this.request('list', (consul, ctx) => consul.kv.get(kvGetOptions({ key: path, consistent: true, buffer: true, ctx })), {
+      signal,
+      idempotent: true,
+    });
+    this.readablePaths.add(path);
+  }
+
+  // ---- writes ----
+
+  async put(key: string, value: Uint8Array, options: PutOptions = {}): Promise<Revision> {
+    const r = await this.transact('put', [{ op: 'put', key, value, ...(options.lease ? { lease: options.lease } : {}) }], options.signal);
+    if (!r.ok) throw new StoreProtocolError(this.url, `an unconditional put of ${key} was refused: ${r.what}`);
+    return r.revisions[0]!;
+  }
+
+  async putIf(key: string, value: Uint8Array, condition: PutCondition, options: PutOptions = {}): Promise<CasResult> {
+    const r = await this.transact(
+      'putIf',
+      [{ op: 'put', key, value, if: condition, ...(options.lease ? { lease: options.lease } : {}) }],
+      options.signal,
+    );
+    if (r.ok) return { ok: true, revision: r.revisions[0]! };
+    return { ok: false, reason: condition.absent ? 'exists' : isMissingKeyError(r.what) ? 'missing' : 'modified' };
+  }
+
+  async delete(key: string, options: { signal?: AbortSignal } = {}): Promise<boolean> {
+    validateKey(key);
+    this.assertOpen();
+    // `get` fails the transaction when the key is absent, which is exactly "did not exist"
+    const Key = this.serverKey(key);
+    const r = await this.sendTxn('delete', [{ KV: { Verb: 'get', Key } }, { KV: { Verb: 'delete', Key } }], options.signal);
+    return r.status === 200;
+  }
+
+  /** On success the revision is the one the key had: Consul does not report the index of a delete. */
+  async deleteIf(key: string, revision: Revision, options: { signal?: AbortSignal } = {}): Promise<CasResult> {
+    const r = await this.transact('deleteIf', [{ op: 'delete', key, if: { revision } }], options.signal);
+    if (r.ok) return { ok: true, revision: r.index };
+    return { ok: false, reason: isMissingKeyError(r.what) ? 'missing' : 'modified' };
+  }
+
+  async txn(ops: readonly TxnOp[], options: { signal?: AbortSignal } = {}): Promise<TxnResult> {
+    const r = await this.transact('txn', ops, options.signal);
+    if (r.ok) return { ok: true, revisions: r.revisions };
+    return { ok: false, failedKey: ops[r.op]!.key };
+  }
+
+  /**
+   * Validates, compiles and sends store operations as one transaction. A failed condition is a
+   * value; a `lock` refused for the lease's session means the lease is gone.
+   */
+  private async transact(
+    what: string,
+    ops: readonly TxnOp[],
+    signal: AbortSignal | undefined,
+  ): Promise<{ ok: true; index: Revision; revisions: Array<Revision | undefined> } | { ok: false; op: number; what: string }> {
+    for (const op of ops) validateKey(op.key);
+    this.assertOpen();
+    if (ops.length > MAX_TXN_OPS) {
+      throw new RangeError(`a Consul transaction may hold at most ${MAX_TXN_OPS} operations, got ${ops.length}`);
+    }
+    for (const op of ops) {
+      if (op.op === 'put' && op.value.byteLength > MAX_VALUE_BYTES) throw new ValueTooLargeError(op.key, op.value.byteLength, MAX_VALUE_BYTES);
+    }
+    if (ops.length === 0) return { ok: true, index: '0', revisions: [] };
+    const compiled = compileTxn(this.url, ops, (key) => this.serverKey(key));
+    const reply = await this.sendTxn(what, compiled.ops, signal, ops);
+    if (reply.status === 200) {
+      const index = txnRevision(this.url, reply.body);
+      return { ok: true, index: index ?? '0', revisions: ops.map((op) => (op.op === 'put' ? index : undefined)) };
+    }
+    const failure = txnFailure(this.url, compiled, reply.body);
+    const op = ops[failure.op]!;
+    if (isAclDenial(failure.what)) throw this.transport.denied(what, failure.what);
+    if (failure.role === 'condition') return { ok: false, op: failure.op, what: failure.what };
+    if (failure.role === 'write' && op.op === 'put' && op.lease) throw new LeaseLostError(op.lease.id, `Consul refused to bind ${op.key} to it: ${failure.what}`);
+    throw new StoreProtocolError(this.url, `${what}: Consul rolled the transaction back at ${op.key}: ${failure.what}`);
+  }
+
+  /** Sends `/v1/txn`; resolves with the body for 200 (applied) and 409 (rolled back). */
+  private async sendTxn(
+    what: string,
+    ops: ConsulKvOp[],
+    signal: AbortSignal | undefined,
+    storeOps?: readonly TxnOp[],
+  ): Promise<{ status: 200 | 409; body: ConsulTxnBody | undefined }> {
+    const bytes = Buffer.byteLength(JSON.stringify(ops));
+    if (bytes > TXN_MAX_REQUEST_BYTES) {
+      const largest = [...(storeOps ?? [])].sort((a, b) => size(b) - size(a))[0];
+      throw new ValueTooLargeError(largest?.key ?? ops[0]!.KV.Key, bytes, TXN_MAX_REQUEST_BYTES);
+    }
+    try {
+      const reply = await this.request<ConsulTxnBody>(
+        what,
+        // the client's operation types have lower-case fields Consul does not read; it sends the array as is
+        (consul, ctx) => consul.transaction.create(ops as unknown as Parameters<typeof consul.transaction.create>[0], { ctx } as never),
+        { signal, raw: true },
+      );
+      return { status: 200, body: reply.body };
+    } catch (err) {
+      if (err instanceof ConsulHttpError && err.status === 409) return { status: 409, body: err.body as ConsulTxnBody };
+      throw this.transport.fail(what, err);
+    }
+  }
+
+  // ---- watches ----
+
+  watch(prefix: string, fromRevision: Revision, options: WatchOptions = {}): AsyncIterable<WatchBatch> {
+    validatePrefix(prefix);
+    this.assertOpen();
+    const stop = new AbortController();
+    const channel: WatchChannel = new WatchChannel(() => {
+      stop.abort();
+      this.watches.delete(channel);
+    }, options.signal);
+    this.watches.add(channel);
+    void this.runWatch(prefix, fromRevision, channel, stop.signal).catch((err: unknown) => channel.fail(err));
+    return channel;
+  }
+
+  private async runWatch(prefix: string, fromRevision: Revision, channel: WatchChannel, signal: AbortSignal): Promise<void> {
+    if (!/^\d{1,19}$/.test(fromRevision)) {
+      channel.fail(new WatchResetError(prefix, `revision "${fromRevision}" was not made by the Consul store`));
+      return;
+    }
+    let index = BigInt(fromRevision);
+    let state = this.listings.recall(prefix, fromRevision) ?? this.batches.recall(prefix, fromRevision);
+    let failingSince: number | undefined;
+    let attempt = 0;
+    while (!channel.isClosed) {
+      let read: PrefixRead;
+      try {
+        // after a failure, read at once: a blocking read would hide a dead server for a whole wait
+        read = await this.readPrefix(prefix, { signal, ...(state && failingSince === undefined ? { after: index } : {}) });
+      } catch (err) {
+        if (channel.isClosed) return;
+        if (this.closed) return channel.fail(new StoreClosedError(this.url));
+        if (!(err instanceof StoreUnavailableError)) return channel.fail(err);
+        failingSince ??= Date.now();
+        if (Date.now() - failingSince > WATCH_RECONNECT_BUDGET_MS) {
+          return channel.fail(new WatchResetError(prefix, `the server could not be read for ${WATCH_RECONNECT_BUDGET_MS} ms: ${err.message}`, { cause: err }));
+        }
+        this.log?.debug({ err, prefix, attempt }, 'watch read failed, retrying');
+        await sleep(backoffDelay(attempt++, WATCH_RETRY_BASE_MS, WATCH_RETRY_CAP_MS), signal).catch(() => undefined);
+        continue;
+      }
+      failingSince = undefined;
+      attempt = 0;
+      if (channel.isClosed) return;
+      if (!state) {
+        // no remembered state for this revision: usable only if nothing below the prefix changed since
+        if (read.index !== index) {
+          return channel.fail(
+            new WatchResetError(prefix, `no state is known for revision ${fromRevision} and the prefix has changed since (now at ${read.index})`),
+          );
+        }
+        state = read.snapshot;
+        continue;
+      }
+      const events = diffSnapshots(state, read.snapshot, String(read.index), read.index);
+      const regressed = firstRegression(state, read.snapshot);
+      if (regressed !== undefined) {
+        return channel.fail(new WatchResetError(prefix, `key ${regressed} went back to an older revision (restored from a snapshot?)`));
+      }
+      if (read.index < index) {
+        // Reaping tombstones (after tombstone_ttl) also lowers a prefix's index; with the same
+        // state below the prefix nothing was lost. Different state means the data went back.
+        if (events.length > 0) {
+          return channel.fail(
+            new WatchResetError(prefix, `the server's index went backwards from ${index} to ${read.index} and the data changed (restarted without its data or restored from a snapshot)`),
+          );
+        }
+        this.log?.debug({ prefix, from: String(index), to: String(read.index) }, 'prefix index went backwards with the same state, going on');
+      }
+      state = read.snapshot;
+      index = read.index;
+      if (events.length > 0) {
+        this.batches.remember(prefix, String(index), state);
+        channel.push({ events, revision: String(index) });
+      }
+    }
+  }
+
+  // ---- leases ----
+
+  async grantLease(ttlSeconds: number, options: { signal?: AbortSignal } = {}): Promise<Lease> {
+    if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`lease TTL must be a positive number of seconds, got ${ttlSeconds}`);
+    this.assertOpen();
+    let ttlMs = Math.max(this.sessionTtlMinMs, Math.round(ttlSeconds * 1000));
+    let id: string;
+    try {
+      id = await this.createSession(ttlMs, options.signal);
+    } catch (err) {
+      const bounds = err instanceof ConsulHttpError ? sessionTtlBounds(err.text) : undefined;
+      if (!bounds) throw this.transport.fail('grantLease', err);
+      const clamped = Math.min(bounds.maxMs, Math.max(bounds.minMs, ttlMs));
+      if (clamped === ttlMs) throw this.transport.fail('grantLease', err);
+      this.log?.info({ requestedMs: ttlMs, ttlMs: clamped }, 'Consul refused the session TTL; using the nearest it accepts');
+      this.sessionTtlMinMs = bounds.minMs;
+      ttlMs = clamped;
+      try {
+        id = await this.createSession(ttlMs, options.signal);
+      } catch (again) {
+        throw this.transport.fail('grantLease', again);
+      }
+    }
+    if (this.closed) {
+      // closed while the session was being created: nobody will renew it, it expires by TTL
+      throw new StoreClosedError(this.url);
+    }
+    const lease = new ConsulLease(
+      id,
+      ttlMs,
+      {
+        renew: (sid, timeoutMs) => this.renewSession(sid, timeoutMs),
+        destroy: (sid) => this.destroySession(sid),
+        forget: (l) => this.leases.delete(l),
+      },
+      this.log,
+    );
+    this.leases.add(lease);
+    return lease;
+  }
+
+  private async createSession(ttlMs: number, signal: AbortSignal | undefined): Promise<string> {
+    const reply = await this.request<{ ID?: string }>(
+      'grantLease',
+      (consul, ctx) =>
+        consul.session.create({
+          name: SESSION_NAME,
+          ttl: `${ttlMs}ms`,
+          behavior: 'delete',
+          lockdelay: '0s',
+          checks: [],
+          ctx,
+        } as Parameters<typeof consul.session.create>[0]),
+      { signal, raw: true },
+    );
+    const id = reply.body?.ID;
+    if (!id) throw new StoreProtocolError(this.url, `session create answered without an ID: ${JSON.stringify(reply.body)}`);
+    return id;
+  }
+
+  private async renewSession(id: string, timeoutMs: number): Promise<boolean> {
+    try {
+      await this.request('renew lease', (consul, ctx) => consul.session.renew({ id, ctx } as { id: string }), {
+        timeoutMs,
+        raw: true,
+      });
+      return true;
+    } catch (err) {
+      if (err instanceof ConsulHttpError && err.status === 404) return false;
+      throw this.transport.fail('renew lease', err);
+    }
+  }
+
+  private async destroySession(id: string): Promise<void> {
+    await this.request('revoke lease', (consul, ctx) => consul.session.destroy({ id, ctx } as { id: string }));
+  }
+
+  // ---- lifecycle ----
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const lease of [...this.leases]) lease.end('closed');
+    for (const channel of [...this.watches]) channel.fail(new StoreClosedError(this.url));
+    this.watches.clear();
+    this.transport.close();
+  }
+
+  // ---- helpers ----
+
+  private assertOpen(): void {
+    if (this.closed) throw new StoreClosedError(this.url);
+  }
+
+  private serverKey(key: string): string {
+    return `${this.prefix}/${key}`;
+  }
+
+  /** A Consul entry as a store entry; undefined for keys no kvnet client could have written. */
+  private toEntry(item: ConsulEntry): KVEntry | undefined {
+    const key = item.Key.slice(this.prefix.length + 1);
+    if (!item.Key.startsWith(`${this.prefix}/`) || !isValidKey(key)) {
+      this.log?.debug({ key: item.Key }, 'ignoring a Consul key outside the key rules');
+      return undefined;
+    }
+    const value = item.Value ? new Uint8Array(item.Value) : new Uint8Array(0);
+    return { key, value, revision: String(item.ModifyIndex), ...(item.Session ? { leaseId: item.Session } : {}) };
+  }
+
+  /**
+   * One request through the transport. HTTP errors become store errors unless `raw` (the caller
+   * handles the statuses it expects: 409 for a rolled-back transaction, 404 for a gone session).
+   */
+  private async request<T>(
+    what: string,
+    send: Parameters<ConsulTransport['call']>[1],
+    options: { signal?: AbortSignal | undefined; timeoutMs?: number; idempotent?: boolean; raw?: boolean } = {},
+  ): Promise<ConsulReply<T>> {
+    try {
+      return await this.transport.call<T>(what, send, options);
+    } catch (err) {
+      if (options.raw) throw err;
+      throw this.transport.fail(what, err);
+    }
+  }
+}
+
+/** Options the client passes on as query parameters but leaves out of its types (`index`, `wait`, `consistent`, `ctx`, `buffer`). */
+function kvGetOptions(options: {
+  key: string;
+  recurse?: boolean;
+  consistent?: boolean;
+  buffer: boolean;
+  index?: string;
+  wait?: string;
+  ctx: unknown;
+}): { key: string } {
+  return options;
+}
+
+function isValidKey(key: string): boolean {
+  try {
+    validateKey(key);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The first key whose index in `next` is lower than in `prev`: Consul's data went back in time. */
+function firstRegression(prev: Snapshot, next: Snapshot): string | undefined {
+  for (const [key, entry] of next) {
+    const before = prev.get(key);
+    if (before && entry.order < before.order) return key;
+  }
+  return undefined;
+}
+
+/**
+ * Consul refuses a TTL outside its bounds with "Invalid Session TTL '500000000', must be between
+ * [1s=24h0m0s]" (HTTP 500); the bounds are Go durations.
+ */
+export function sessionTtlBounds(text: string): { minMs: number; maxMs: number } | undefined {
+  const m = /Invalid Session TTL .*must be between \[([^=\]]+)=([^\]]+)\]/.exec(text);
+  if (!m) return undefined;
+  const minMs = parseGoDurationMs(m[1]!);
+  const maxMs = parseGoDurationMs(m[2]!);
+  return minMs !== undefined && maxMs !== undefined ? { minMs, maxMs } : undefined;
+}
+
+const GO_DURATION_UNITS_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, 'µs': 1e-3, ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+
+/** Parses a Go duration such as `1s`, `1m30s` or `24h0m0s` into milliseconds. */
+export function parseGoDurationMs(text: string): number | undefined {
+  const parts = [...text.trim().matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)];
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text.trim()) return undefined;
+  return Math.round(parts.reduce((ms, p) => ms + Number(p[1]) * GO_DURATION_UNITS_MS[p[2]!]!, 0));
+}
+
+function size(op: TxnOp): number {
+  return op.op === 'put' ? op.value.byteLength : 0;
+}
