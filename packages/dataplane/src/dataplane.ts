@@ -1,0 +1,485 @@
+/**
+ * The data plane contract: what the agent wants (desired state), what the kernel holds (actual state),
+ * the changes between them (plan), and the {@link Dataplane} class that applies them. Desired, actual
+ * and plan are plain data, so the planner is tested without a kernel.
+ */
+
+import { pino, type Logger } from 'pino';
+import { resolveConfig, type ResolvedConfig } from './config.ts';
+import {
+  InvalidConfigError,
+  isDataplaneError,
+  KernelRefusedError,
+  TeardownIncompleteError,
+  type DataplaneError,
+  type DataplaneObject,
+} from './errors.ts';
+import { executePlan, type ExecutionResult } from './executor.ts';
+import { ensureGatewayBridge } from './gateway-bridge.ts';
+import { raiseNeighbourThresholds } from './host-tuning.ts';
+import { iptablesRemovalInput, iptablesRestore } from './iptables.ts';
+import { runBatch } from './iproute2.ts';
+import { probeSandboxes, readActualState } from './kernel-state.ts';
+import { iptablesChains } from './names.ts';
+import { planChanges } from './plan.ts';
+
+/** Read → plan → execute rounds of one `apply` (the first plus re-plans after failed lines). */
+export const APPLY_MAX_ROUNDS = 3;
+/** Errors logged one by one per apply (all are in the report). */
+const LOGGED_ERRORS_PER_APPLY = 10;
+
+/** Configuration of one {@link Dataplane} instance (one per host; several per machine in tests). */
+export interface DataplaneConfig {
+  /**
+   * Short `[a-z0-9]` prefix (≤ 6 chars) of every kernel object this instance creates: overlay netns
+   * names, host-side link names, iptables chains. Several agents on one machine (simulated hosts) use
+   * different prefixes; the same agent keeps its prefix across restarts so it finds its own objects again.
+   */
+  readonly namePrefix: string;
+  /**
+   * The host's network namespace: a name under /run/netns or an absolute path; undefined = this
+   * process's own. The VXLAN sockets, the gateway bridge, egress links, iptables rules and sysctls live
+   * there. Tests drive several simulated hosts from one process with this.
+   */
+  readonly hostNetns?: string;
+  /** Local underlay IPv4 address: the VXLAN source address, and what peers use as this host's VTEP. */
+  readonly vtep: string;
+  /** VXLAN UDP port; default 4789. Must be the same on every host. */
+  readonly vxlanPort?: number;
+  /** MTU of the underlay; default 1500. Overlay interfaces get this − 50 (VXLAN over IPv4). */
+  readonly underlayMtu?: number;
+  /**
+   * The gateway bridge that gives non-internal containers a way out (Docker's docker_gwbridge), or
+   * `false` when something else provides egress (Docker mode: dockerd attaches its own docker_gwbridge).
+   */
+  readonly gatewayBridge?: GatewayBridgeConfig | false;
+  /** Parent logger; the data plane logs through a child with `component: 'dataplane'`. Silent when absent. */
+  readonly logger?: Logger;
+}
+
+/** Where the gateway bridge lives and which subnets it may take. */
+export interface GatewayBridgeConfig {
+  /** Bridge name in the host namespace; default `docker_gwbridge`. */
+  readonly name?: string;
+  /**
+   * First candidate subnet; default `172.18.0.0/16`. The bridge gets the first block of this size, from
+   * here upward to the end of the private range it lies in, that overlaps no route of the host.
+   */
+  readonly pool?: string;
+}
+
+/** Everything the host should have: only networks with at least one local endpoint. */
+export interface DesiredState {
+  /** Networks with at least one endpoint on this host; any other overlay namespace of the prefix is removed. */
+  readonly networks: readonly DesiredNetwork[];
+}
+
+/** One overlay network as this host needs it. */
+export interface DesiredNetwork {
+  /** Network id (Docker's are 64 hex digits); lowercase letters and digits, ≤ 64 chars. */
+  readonly id: string;
+  /** VXLAN network identifier, 256…16777215. */
+  readonly vni: number;
+  /** IPv4 subnets; the bridge gets every gateway, e.g. 10.0.1.1/24. All subnets share one L2 segment. */
+  readonly subnets: readonly { readonly cidr: string; readonly gateway: string }[];
+  /** Internal networks get no egress: no gateway bridge interface, no default route. */
+  readonly internal: boolean;
+  /** MTU of the overlay interfaces; default underlay MTU − 50. */
+  readonly mtu?: number;
+  /** The endpoints on this host. */
+  readonly endpoints: readonly DesiredEndpoint[];
+  /** The endpoints on other hosts. */
+  readonly peers: readonly DesiredPeer[];
+}
+
+/** A container on this host attached to the network. */
+export interface DesiredEndpoint {
+  /** Endpoint id; lowercase letters and digits, ≤ 64 chars; the first 12 must be unique in the network. */
+  readonly id: string;
+  /** IPv4 address with the prefix length of its subnet, e.g. 10.0.1.2/24. */
+  readonly address: string;
+  /** Default `02:42:` + the IPv4 bytes. */
+  readonly mac?: string;
+  /** Standalone mode: the container side is moved into this netns path and named `ifname`. */
+  readonly sandbox?: DesiredSandbox;
+  /** Docker mode: the container side stays in the host netns under this name (Docker moves it itself). */
+  readonly handoff?: { readonly hostIfname: string };
+}
+
+/** Where the container side of an endpoint goes in standalone mode. */
+export interface DesiredSandbox {
+  /** Absolute path of the container's network namespace (a bind mount or /proc/<pid>/ns/net). */
+  readonly path: string;
+  /** Interface name inside the container, e.g. `eth0`. */
+  readonly ifname: string;
+  /**
+   * A second interface on the gateway bridge carrying the default route (non-internal networks only).
+   * `address` is a CIDR inside the bridge's subnet, e.g. 172.18.0.2/16, allocated by the agent.
+   */
+  readonly egress?: { readonly ifname: string; readonly address: string };
+}
+
+/** A remote endpoint: becomes one neighbour entry (ip → mac) and one FDB entry (mac → vtep). */
+export interface DesiredPeer {
+  /** The remote endpoint's IPv4 address (no prefix length). */
+  readonly ip: string;
+  /** The remote endpoint's MAC. */
+  readonly mac: string;
+  /** The remote host's VTEP (underlay IPv4). */
+  readonly vtep: string;
+}
+
+/** Where a command runs: this process's netns, a name under /run/netns, or a netns file path. */
+export type NetnsTarget =
+  | { readonly kind: 'self' }
+  | { readonly kind: 'name'; readonly name: string }
+  | { readonly kind: 'path'; readonly path: string };
+
+/** One interface as read back from the kernel (IPv4 addresses only). */
+export interface ActualLink {
+  /** Interface name in its namespace. */
+  readonly name: string;
+  /** ifindex in its namespace. */
+  readonly index: number;
+  /** `bridge`, `vxlan`, `veth`, …; undefined for devices without a kind (lo, physical). */
+  readonly kind?: string;
+  readonly mtu: number;
+  /** Link-layer address. */
+  readonly mac: string;
+  /** Administratively up. */
+  readonly up: boolean;
+  /** The bridge it is a port of. */
+  readonly master?: string;
+  /** ifalias; carries the data plane's completion marker on links it made. */
+  readonly alias?: string;
+  /** IPv4 addresses as CIDRs, e.g. 10.0.1.1/24. */
+  readonly addresses: readonly string[];
+  /** VXLAN attributes (vxlan devices only); `local` is the source VTEP. */
+  readonly vxlan?: {
+    readonly vni: number;
+    readonly port: number;
+    readonly local?: string;
+    readonly learning: boolean;
+    readonly proxy: boolean;
+  };
+  /** Bridge port isolation (set on gateway bridge ports: no traffic between isolated ports). */
+  readonly isolated?: boolean;
+  /** For veths: the peer's ifindex and the netnsid it lives in (as seen from this namespace). */
+  readonly peer?: { readonly index: number; readonly netnsId?: number };
+}
+
+/** A neighbour entry on the VXLAN device. */
+export interface ActualNeighbour {
+  readonly ip: string;
+  readonly mac: string;
+  /** NUD_PERMANENT (what the data plane programs); anything else is replaced or removed. */
+  readonly permanent: boolean;
+}
+
+/** A forwarding entry of the VXLAN device itself (`self`, with a remote VTEP). */
+export interface ActualFdbEntry {
+  readonly mac: string;
+  /** The remote VTEP the MAC is sent to. */
+  readonly dst: string;
+}
+
+/** One overlay namespace of this prefix as read back. */
+export interface ActualNetwork {
+  /** Network id, from the namespace name. */
+  readonly id: string;
+  /** Overlay namespace name under /run/netns. */
+  readonly netns: string;
+  /** Set when the namespace could not be read (stale mount, …); it will be recreated or removed. */
+  readonly readError?: string;
+  /** Every link in the overlay namespace (lo, br0, vxlan0, endpoint veths). */
+  readonly links: readonly ActualLink[];
+  /** Neighbour entries on vxlan0. */
+  readonly neighbours: readonly ActualNeighbour[];
+  /** `self` FDB entries with a remote of vxlan0. */
+  readonly fdb: readonly ActualFdbEntry[];
+}
+
+/** The gateway bridge as read back. */
+export interface ActualGatewayBridge {
+  /** Bridge name in the host namespace. */
+  readonly name: string;
+  /** Subnet and gateway from the bridge's first IPv4 address; undefined when it has none. */
+  readonly subnet?: string;
+  /** The bridge's own address (the containers' default gateway). */
+  readonly gateway?: string;
+  readonly up: boolean;
+  readonly mtu: number;
+  /** Whether this prefix created it (its alias carries our marker). */
+  readonly owned: boolean;
+}
+
+/** The host namespace's objects of this prefix. */
+export interface ActualHost {
+  /** The host namespace as configured ("(own)" for this process's). */
+  readonly netns: string;
+  /** Host links this prefix owns or may own: egress veths `<prefix>-g…`. */
+  readonly links: readonly ActualLink[];
+  /** The configured gateway bridge, if it exists. */
+  readonly gatewayBridge?: ActualGatewayBridge;
+  /** Our iptables rules in `iptables -S` form per table (our chains and the jumps to them); read on request. */
+  readonly iptables?: { readonly filter: readonly string[]; readonly nat: readonly string[] };
+}
+
+/** What a sandbox path turned out to be when probed. */
+export type SandboxProbe = 'netns' | 'missing' | 'not-netns';
+
+/** Everything this instance owns, as read from the kernel. */
+export interface ActualState {
+  /** The name prefix the state was read for. */
+  readonly prefix: string;
+  /** Overlay namespaces of this prefix, by network id (sorted). */
+  readonly networks: readonly ActualNetwork[];
+  /** The host namespace's share: egress links, gateway bridge, iptables. */
+  readonly host: ActualHost;
+  /** Filled by `apply()` for the sandbox paths of the desired state; absent means "assume they exist". */
+  readonly sandboxes?: Readonly<Record<string, SandboxProbe>>;
+}
+
+/** Plan stages in execution order; the batches of one stage are independent and run concurrently. */
+export type PlanStageName = 'delete' | 'namespaces' | 'create' | 'configure' | 'sandbox' | 'mark';
+
+/** One line of a batch, with what it is for. */
+export interface PlanOp {
+  /** One line of an `ip -batch`/`bridge -batch` input. */
+  readonly line: string;
+  /** The object the line is for; a failure is reported against it. */
+  readonly object: DataplaneObject;
+  /** What the line does, for error messages: "create vxlan0 (VNI 4097, UDP port 4789)". */
+  readonly action: string;
+  /** Failure key: when this line fails, later lines that require the key are skipped. */
+  readonly key: string;
+  /** Keys that must not have failed before this line runs. */
+  readonly requires: readonly string[];
+}
+
+/** One `ip`/`bridge -batch` process: its lines run in order in one namespace. */
+export interface PlanBatch {
+  readonly tool: 'ip' | 'bridge';
+  readonly netns: NetnsTarget;
+  readonly ops: readonly PlanOp[];
+}
+
+/** A step of a plan: its batches are independent of each other and run concurrently. */
+export interface PlanStage {
+  readonly name: PlanStageName;
+  readonly batches: readonly PlanBatch[];
+}
+
+/** The exact changes that turn an actual state into the desired one. */
+export interface Plan {
+  /** Non-empty stages, in execution order. */
+  readonly stages: readonly PlanStage[];
+  /** Desired objects refused before touching the kernel; those objects are left as they are. */
+  readonly errors: readonly DataplaneError[];
+  /** Number of lines (one kernel change each). 0 means the kernel already matches. */
+  readonly changes: number;
+}
+
+/** Options of {@link Dataplane.apply}. */
+export interface ApplyOptions {
+  /** Aborts between batches (a running batch is killed); `apply` then rejects with the abort reason. */
+  readonly signal?: AbortSignal;
+}
+
+/** What one {@link Dataplane.apply} did. */
+export interface ApplyReport {
+  /** Kernel changes made (lines that succeeded). 0 when the kernel already matched. */
+  readonly changes: number;
+  /** Read → plan → execute rounds run; > 1 when a batch failed and the state was read back. */
+  readonly rounds: number;
+  /** Per-object errors of the final round; everything else was applied. */
+  readonly errors: readonly DataplaneError[];
+  /** Wall time of the whole call, including reads. */
+  readonly durationMs: number;
+}
+
+/** What `ensureGatewayBridge` made or found. */
+export interface GatewayBridgeInfo {
+  readonly name: string;
+  /** e.g. 172.18.0.0/16 */
+  readonly subnet: string;
+  /** e.g. 172.18.0.1 */
+  readonly gateway: string;
+}
+
+/**
+ * The Linux data plane of one host: turns a {@link DesiredState} into overlay namespaces, bridges,
+ * VXLAN devices, veth pairs, neighbour and FDB entries, and a gateway bridge — and reads them back.
+ *
+ * Calls on one instance are serialised (a second `apply` waits for the first). Needs root
+ * (CAP_NET_ADMIN and CAP_SYS_ADMIN for namespaces). Never talks to the store.
+ */
+export class Dataplane {
+  readonly #config: ResolvedConfig;
+  readonly #logger: Logger;
+  #tuned = false;
+  #gatewayReady = false;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  /** Validates `config`; throws {@link InvalidConfigError}. Touches nothing in the kernel. */
+  constructor(config: DataplaneConfig) {
+    this.#config = resolveConfig(config);
+    this.#logger = (config.logger ?? pino({ level: 'silent' })).child({ component: 'dataplane', prefix: this.#config.prefix });
+  }
+
+  /** The resolved name prefix. */
+  get prefix(): string {
+    return this.#config.prefix;
+  }
+
+  /** MTU given to overlay interfaces unless a network overrides it (underlay MTU − 50). */
+  get overlayMtu(): number {
+    return this.#config.overlayMtu;
+  }
+
+  /**
+   * Everything this instance owns, read from the kernel: its overlay namespaces (links with addresses,
+   * vxlan0's neighbour and FDB entries), its host links, the gateway bridge, and (unless
+   * `iptables: false`) its iptables rules. Container-side interfaces are not read: an endpoint counts
+   * as present when its overlay-side veth carries the completion marker (see names.ts).
+   */
+  readState(options: { iptables?: boolean; signal?: AbortSignal } = {}): Promise<ActualState> {
+    return readActualState(this.#config, { iptables: options.iptables ?? true, ...(options.signal ? { signal: options.signal } : {}) });
+  }
+
+  /**
+   * Pure: the exact changes that turn `actual` into `desired`, and the desired objects refused up front.
+   * Applying a plan and planning again against the new state yields a plan with `changes === 0`.
+   */
+  plan(desired: DesiredState, actual: ActualState): Plan {
+    return planChanges(desired, actual, this.#config);
+  }
+
+  /**
+   * Makes the kernel match `desired`: read → plan → execute; when a line fails, read back and plan again,
+   * at most {@link APPLY_MAX_ROUNDS} rounds, stopping early when a round fails exactly like the last one.
+   * Call it with the full desired state after every change: an unchanged state costs the reads only, one
+   * new peer costs one neighbour and one FDB line. Per-object failures are reported in
+   * `errors`, everything else is applied. Rejects only on abort or when the kernel cannot be read.
+   */
+  apply(desired: DesiredState, options: ApplyOptions = {}): Promise<ApplyReport> {
+    return this.#exclusive(() => this.#apply(desired, options.signal));
+  }
+
+  /**
+   * Creates (idempotently) the gateway bridge, its iptables rules and IPv4 forwarding in the host
+   * namespace, and returns its subnet and gateway; the agent allocates egress addresses from the subnet.
+   * An existing bridge keeps its subnet. Throws a {@link DataplaneError} (e.g. GatewayPoolExhaustedError).
+   */
+  ensureGatewayBridge(): Promise<GatewayBridgeInfo> {
+    return this.#exclusive(() => this.#ensureGateway());
+  }
+
+  /**
+   * Removes every object with this prefix: overlay namespaces (and with them the container-side
+   * interfaces), egress links, the gateway bridge if this prefix created it, and the iptables chains.
+   * Tries everything, then throws {@link TeardownIncompleteError} if anything is left.
+   */
+  destroyAll(): Promise<void> {
+    return this.#exclusive(() => this.#destroyAll());
+  }
+
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #ensureGateway(): Promise<GatewayBridgeInfo> {
+    if (!this.#config.gateway) throw new InvalidConfigError('gatewayBridge', false, 'this data plane has no gateway bridge');
+    const info = await ensureGatewayBridge(this.#config, this.#logger);
+    this.#gatewayReady = true;
+    return info;
+  }
+
+  async #apply(desired: DesiredState, signal: AbortSignal | undefined): Promise<ApplyReport> {
+    const started = performance.now();
+    signal?.throwIfAborted();
+    if (!this.#tuned) {
+      this.#tuned = true;
+      await raiseNeighbourThresholds(this.#config, this.#logger);
+    }
+    const upfront: DataplaneError[] = [];
+    const wantsGateway = this.#config.gateway !== undefined && desired.networks.some((n) => !n.internal && n.endpoints.some((e) => e.sandbox?.egress));
+    let gatewayTried = false;
+    const ensureGateway = async (): Promise<void> => {
+      gatewayTried = true;
+      try {
+        await this.#ensureGateway();
+      } catch (err) {
+        if (!isDataplaneError(err)) throw err;
+        upfront.push(err);
+      }
+    };
+    if (wantsGateway && !this.#gatewayReady) await ensureGateway();
+
+    let changes = 0;
+    let rounds = 0;
+    let plan: Plan | undefined;
+    let execution: ExecutionResult | undefined;
+    let lastFailure = '';
+    while (rounds < APPLY_MAX_ROUNDS) {
+      signal?.throwIfAborted();
+      const [state, sandboxes] = await Promise.all([
+        readActualState(this.#config, { iptables: false, ...(signal ? { signal } : {}) }),
+        probeSandboxes(desired),
+      ]);
+      if (wantsGateway && !gatewayTried && !state.host.gatewayBridge?.subnet) {
+        await ensureGateway(); // it vanished since this instance last made it
+        continue;
+      }
+      rounds++;
+      plan = planChanges(desired, { ...state, sandboxes }, this.#config);
+      execution = undefined;
+      if (plan.changes === 0) break;
+      execution = await executePlan(plan, signal ? { signal } : {});
+      changes += execution.succeeded;
+      if (execution.failedKeys.size === 0) break;
+      const failure = execution.errors.map((e) => e.message).join('\n');
+      if (failure === lastFailure) break;
+      lastFailure = failure;
+    }
+    const errors = [...upfront, ...(plan?.errors ?? []), ...(execution?.errors ?? [])];
+    const durationMs = performance.now() - started;
+    const summary = { changes, rounds, errors: errors.length, durationMs: Math.round(durationMs) };
+    for (const err of errors.slice(0, LOGGED_ERRORS_PER_APPLY)) {
+      const o = err.object;
+      this.#logger.warn({ code: err.code, nid: o.network, eid: o.endpoint, peer: o.peer, ifname: o.ifname, netns: o.netns }, err.message);
+    }
+    if (errors.length > 0) this.#logger.warn(summary, 'data plane applied with errors; the rest is in place');
+    else if (changes > 0) this.#logger.debug(summary, 'data plane applied');
+    return { changes, rounds, errors, durationMs };
+  }
+
+  async #destroyAll(): Promise<void> {
+    const config = this.#config;
+    const state = await readActualState(config, { iptables: true });
+    const execution = await executePlan(planChanges({ networks: [] }, state, config));
+    const errors: DataplaneError[] = [...execution.errors];
+    const gw = state.host.gatewayBridge;
+    if (gw?.owned) {
+      const r = await runBatch('ip', config.host, [`link del dev ${gw.name}`]);
+      const reason = r.fatal ?? r.failures.get(1);
+      if (reason) errors.push(new KernelRefusedError({ kind: 'gateway-bridge', ifname: gw.name }, `remove gateway bridge ${gw.name}`, config.hostLabel, reason, `link del dev ${gw.name}`));
+    }
+    const chains = iptablesChains(config.prefix);
+    for (const [table, chain] of [['filter', chains.forward], ['nat', chains.postrouting]] as const) {
+      const input = iptablesRemovalInput(table, state.host.iptables?.[table] ?? [], [chain]);
+      if (!input) continue;
+      try {
+        await iptablesRestore(config, input, { kind: 'host', netns: config.hostLabel });
+      } catch (err) {
+        if (!isDataplaneError(err)) throw err;
+        errors.push(err);
+      }
+    }
+    this.#gatewayReady = false;
+    if (errors.length > 0) throw new TeardownIncompleteError(config.prefix, errors);
+    this.#logger.info({ networks: state.networks.length }, 'removed every data plane object of this prefix');
+  }
+}

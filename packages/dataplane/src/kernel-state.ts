@@ -1,0 +1,184 @@
+/**
+ * Reading back what this prefix owns in the kernel, as data ({@link ActualState}). Parsers are pure and
+ * take iproute2's `-json` output; readers run two processes per overlay namespace (`ip -d -json -batch`
+ * for links+addresses+neighbours, `bridge -json fdb show`) and one for the host namespace.
+ */
+
+import { readdir, statfs } from 'node:fs/promises';
+import type { ResolvedConfig } from './config.ts';
+import type {
+  ActualFdbEntry,
+  ActualGatewayBridge,
+  ActualHost,
+  ActualLink,
+  ActualNeighbour,
+  ActualNetwork,
+  ActualState,
+  DesiredState,
+  SandboxProbe,
+} from './dataplane.ts';
+import { readIptables } from './iptables.ts';
+import { formatNetwork, parseCidr } from './ipv4.ts';
+import { mapConcurrent } from './concurrency.ts';
+import { readJson, readJsonBatch } from './iproute2.ts';
+import { gatewayBridgeMarker, isEgressHostIfname, networkIdOfNetns, VXLAN_IFNAME } from './names.ts';
+
+/** Where `ip netns add` puts namespace files. */
+export const NETNS_RUN_DIR = '/run/netns';
+/** Overlay namespaces read at the same time. */
+export const READ_CONCURRENCY = 4;
+/** statfs(2) f_type of a namespace file (nsfs). */
+const NSFS_MAGIC = 0x6e736673;
+
+type Json = Record<string, unknown>;
+
+function asArray(value: unknown): Json[] {
+  return Array.isArray(value) ? (value.filter((v) => v !== null && typeof v === 'object') as Json[]) : [];
+}
+
+/** `ip -d -json addr show` → links with their IPv4 addresses. */
+export function parseLinks(json: unknown): ActualLink[] {
+  return asArray(json).map((l) => {
+    const info = (l.linkinfo ?? {}) as Json;
+    const data = (info.info_data ?? {}) as Json;
+    const slave = (info.info_slave_data ?? {}) as Json;
+    const flags = Array.isArray(l.flags) ? (l.flags as string[]) : [];
+    const addresses = asArray(l.addr_info)
+      .filter((a) => a.family === 'inet')
+      .map((a) => `${String(a.local)}/${Number(a.prefixlen)}`);
+    const kind = typeof info.info_kind === 'string' ? info.info_kind : undefined;
+    const link: ActualLink = {
+      name: String(l.ifname),
+      index: Number(l.ifindex),
+      ...(kind ? { kind } : {}),
+      mtu: Number(l.mtu),
+      mac: String(l.address ?? ''),
+      up: flags.includes('UP'),
+      ...(typeof l.master === 'string' ? { master: l.master } : {}),
+      ...(typeof l.ifalias === 'string' ? { alias: l.ifalias } : {}),
+      addresses,
+      ...(kind === 'vxlan'
+        ? {
+            vxlan: {
+              vni: Number(data.id),
+              port: Number(data.port),
+              ...(typeof data.local === 'string' ? { local: data.local } : {}),
+              learning: data.learning === true,
+              proxy: data.proxy === true,
+            },
+          }
+        : {}),
+      ...(info.info_slave_kind === 'bridge' ? { isolated: slave.isolated === true } : {}),
+      ...(kind === 'veth' && typeof l.link_index === 'number'
+        ? { peer: { index: l.link_index, ...(typeof l.link_netnsid === 'number' ? { netnsId: l.link_netnsid } : {}) } }
+        : {}),
+    };
+    return link;
+  });
+}
+
+/** `ip -json neigh show` (all devices) → IPv4 entries on `dev`. */
+export function parseNeighbours(json: unknown, dev: string): ActualNeighbour[] {
+  return asArray(json)
+    .filter((n) => n.dev === dev && typeof n.dst === 'string' && n.dst.includes('.'))
+    .map((n) => ({
+      ip: n.dst as string,
+      mac: String(n.lladdr ?? ''),
+      permanent: Array.isArray(n.state) && (n.state as string[]).includes('PERMANENT'),
+    }));
+}
+
+/** `bridge -json fdb show` (all devices) → the `self` entries of `dev` that have a remote (`dst`). */
+export function parseFdb(json: unknown, dev: string): ActualFdbEntry[] {
+  return asArray(json)
+    .filter((e) => e.ifname === dev && typeof e.dst === 'string' && Array.isArray(e.flags) && (e.flags as string[]).includes('self'))
+    .map((e) => ({ mac: String(e.mac), dst: e.dst as string }));
+}
+
+export function gatewayBridgeOf(links: readonly ActualLink[], name: string, prefix: string): ActualGatewayBridge | undefined {
+  const br = links.find((l) => l.name === name && l.kind === 'bridge');
+  if (!br) return undefined;
+  const first = br.addresses[0];
+  const cidr = first ? parseCidr(first) : undefined;
+  return {
+    name,
+    ...(cidr && first ? { subnet: formatNetwork(cidr), gateway: first.slice(0, first.indexOf('/')) } : {}),
+    up: br.up,
+    mtu: br.mtu,
+    owned: br.alias === gatewayBridgeMarker(prefix),
+  };
+}
+
+/** The overlay namespace names of this prefix present under /run/netns. */
+export async function listOverlayNamespaces(prefix: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(NETNS_RUN_DIR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  return names.filter((n) => networkIdOfNetns(prefix, n) !== undefined).sort();
+}
+
+export async function readOverlayNetwork(prefix: string, netns: string, signal?: AbortSignal): Promise<ActualNetwork> {
+  const id = networkIdOfNetns(prefix, netns)!;
+  const target = { kind: 'name', name: netns } as const;
+  try {
+    const [ipOut, fdbOut] = await Promise.all([
+      readJsonBatch('ip', target, ['-d'], ['addr show', 'neigh show'], { ...(signal ? { signal } : {}) }),
+      readJson('bridge', target, ['fdb', 'show'], { ...(signal ? { signal } : {}) }),
+    ]);
+    return {
+      id,
+      netns,
+      links: parseLinks(ipOut[0]),
+      neighbours: parseNeighbours(ipOut[1], VXLAN_IFNAME),
+      fdb: parseFdb(fdbOut, VXLAN_IFNAME),
+    };
+  } catch (err) {
+    signal?.throwIfAborted();
+    return { id, netns, readError: (err as Error).message, links: [], neighbours: [], fdb: [] };
+  }
+}
+
+export async function readHost(config: ResolvedConfig, options: { iptables: boolean; signal?: AbortSignal }): Promise<ActualHost> {
+  const signalOpt = options.signal ? { signal: options.signal } : {};
+  const all = parseLinks(await readJson('ip', config.host, ['-d', 'addr', 'show'], signalOpt));
+  const links = all.filter((l) => isEgressHostIfname(config.prefix, l.name));
+  const gatewayBridge = config.gateway ? gatewayBridgeOf(all, config.gateway.name, config.prefix) : undefined;
+  const iptables = options.iptables ? await readIptables(config, options.signal) : undefined;
+  return {
+    netns: config.hostLabel,
+    links,
+    ...(gatewayBridge ? { gatewayBridge } : {}),
+    ...(iptables ? { iptables } : {}),
+  };
+}
+
+/** Everything this prefix owns: overlay namespaces (read concurrently) and the host's parts. */
+export async function readActualState(config: ResolvedConfig, options: { iptables: boolean; signal?: AbortSignal }): Promise<ActualState> {
+  const names = await listOverlayNamespaces(config.prefix);
+  const [networks, host] = await Promise.all([
+    mapConcurrent(names, READ_CONCURRENCY, (n) => readOverlayNetwork(config.prefix, n, options.signal)),
+    readHost(config, options),
+  ]);
+  return { prefix: config.prefix, networks, host };
+}
+
+/** What each sandbox path of `desired` is: a network namespace, missing, or something else. */
+export async function probeSandboxes(desired: DesiredState): Promise<Record<string, SandboxProbe>> {
+  const paths = new Set<string>();
+  for (const n of desired.networks) for (const e of n.endpoints) if (e.sandbox?.path.startsWith('/')) paths.add(e.sandbox.path);
+  const out: Record<string, SandboxProbe> = {};
+  await Promise.all(
+    [...paths].map(async (p) => {
+      try {
+        out[p] = (await statfs(p)).type === NSFS_MAGIC ? 'netns' : 'not-netns';
+      } catch {
+        out[p] = 'missing';
+      }
+    }),
+  );
+  return out;
+}

@@ -1,0 +1,213 @@
+/**
+ * Simulated hosts for data plane and agent tests: network namespaces on one underlay, all on this machine.
+ *
+ * ```ts
+ * const sim = await createSimNetwork({ hosts: 2, prefix: runId(), outside: true });
+ * const c1 = await sim.addContainer(sim.hosts[0]!, 'c1');        // netns `${prefix}c1`, path /run/netns/…
+ * await sim.ping(c1.name, '10.0.1.3');                            // → boolean
+ * await sim.destroy();                                            // idempotent; also runs at process exit
+ * ```
+ *
+ * Layout (every name starts with `prefix`; give each test run a unique one, e.g. `runId()`):
+ * - `<prefix>u`: the underlay namespace holding bridge `ul0` (its own namespace, so the root namespace's
+ *   FORWARD policy and br_netfilter never see the traffic);
+ * - `<prefix>h<i>` (i = 1…n): host namespaces, each with `eth0` on the underlay at 198.18.0.<i>/15,
+ *   lo up, net.ipv4.ip_forward=1;
+ * - `<prefix>x` (with `outside: true`): an "outside" namespace at {@link OUTSIDE_ADDRESS}/15 on the same
+ *   underlay, with no route to anything else — a reply reaches a container only if its host masquerades;
+ * - `<prefix><name>`: "containers" made by `addContainer` (lo up, nothing else).
+ *
+ * `destroy()` deletes every namespace under /run/netns whose name starts with `prefix` — including
+ * those a data plane under test made with a prefix that starts with the same characters — so a test
+ * that fails half-way still leaves nothing behind. Only 198.18.0.0/15 addresses are used.
+ */
+
+import { execFileSync, spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import type { RunResult } from './process.ts';
+
+/** Underlay addresses: host i is 198.18.0.i. */
+export const UNDERLAY_PREFIX_LENGTH = 15;
+/** The address of the outside namespace. */
+export const OUTSIDE_ADDRESS = '198.19.255.254';
+const COMMAND_TIMEOUT_MS = 15_000;
+const NETNS_DIR = '/run/netns';
+
+export interface SimHost {
+  /** Netns name (under /run/netns). */
+  readonly name: string;
+  /** 1-based. */
+  readonly index: number;
+  /** Underlay IPv4 address (the VTEP). */
+  readonly address: string;
+  readonly path: string;
+}
+
+export interface SimContainer {
+  /** Netns name (under /run/netns). */
+  readonly name: string;
+  /** Absolute netns path, as a sandbox path. */
+  readonly path: string;
+  readonly host: SimHost;
+}
+
+export interface SimNetwork {
+  readonly prefix: string;
+  /** The underlay namespace's name. */
+  readonly underlay: string;
+  readonly hosts: readonly SimHost[];
+  /** The outside namespace, when asked for. */
+  readonly outside?: { readonly name: string; readonly address: string };
+  /** A new "container" namespace `<prefix><name>` (lo up), associated with `host`. */
+  addContainer(host: SimHost, name: string): Promise<SimContainer>;
+  /** Deletes a container namespace (its veths go with it). */
+  removeContainer(container: SimContainer): Promise<void>;
+  /** Runs `command args…` inside netns `ns` (a name); never rejects on a non-zero exit. */
+  exec(ns: string, command: string, ...args: string[]): Promise<RunResult>;
+  /** Whether `ip` answers one ping from netns `fromNs` within `waitS` seconds (default 1), trying `tries` times (default 1). */
+  ping(fromNs: string, ip: string, options?: { waitS?: number; tries?: number }): Promise<boolean>;
+  /** Removes everything: every netns whose name starts with the prefix. Idempotent. */
+  destroy(): Promise<void>;
+}
+
+const live = new Set<string>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const prefix of live) sweepSync(prefix);
+  });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      for (const prefix of live) sweepSync(prefix);
+      process.exit(130);
+    });
+  }
+}
+
+function namespacesWithPrefix(prefix: string): string[] {
+  try {
+    return readdirSync(NETNS_DIR).filter((n) => n.startsWith(prefix));
+  } catch {
+    return [];
+  }
+}
+
+function sweepSync(prefix: string): void {
+  for (const ns of namespacesWithPrefix(prefix)) {
+    try {
+      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: COMMAND_TIMEOUT_MS });
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/**
+ * Runs a command with stdin closed and a timeout. (process.ts's `run` pipes stdin and can die of an
+ * unhandled EPIPE when a quick command exits before its empty input is flushed.)
+ */
+function run(command: string, args: string[], options: { allowFailure?: boolean; timeoutMs: number }): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: options.timeoutMs, killSignal: 'SIGKILL' });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      const result = { code: code ?? -1, stdout, stderr };
+      if (code !== 0 && !options.allowFailure) {
+        reject(new Error(`${command} ${args.join(' ')} exited ${code ?? signal}: ${stderr.trim() || stdout.trim()}`));
+      } else resolve(result);
+    });
+  });
+}
+
+async function ip(...args: string[]): Promise<void> {
+  await run('ip', args, { timeoutMs: COMMAND_TIMEOUT_MS });
+}
+
+async function addNamespace(name: string): Promise<void> {
+  await ip('netns', 'add', name);
+  await ip('-n', name, 'link', 'set', 'dev', 'lo', 'up');
+}
+
+/** Builds the underlay, `hosts` host namespaces and optionally the outside namespace. */
+export async function createSimNetwork(options: { hosts: number; prefix: string; outside?: boolean }): Promise<SimNetwork> {
+  const { prefix } = options;
+  if (!/^[a-z0-9]{1,8}$/.test(prefix)) throw new Error(`sim prefix ${JSON.stringify(prefix)} must be 1-8 lowercase letters or digits`);
+  if (options.hosts < 1 || options.hosts > 200) throw new Error(`hosts must be 1…200, not ${options.hosts}`);
+  if (namespacesWithPrefix(prefix).length > 0) throw new Error(`namespaces starting with ${prefix} already exist; use a unique prefix`);
+  installExitHook();
+  live.add(prefix);
+  const underlay = `${prefix}u`;
+  const hosts: SimHost[] = [];
+  let outside: SimNetwork['outside'];
+
+  const attach = async (ns: string, port: string, address: string): Promise<void> => {
+    await ip('link', 'add', 'name', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', port, 'netns', underlay);
+    await ip('-n', underlay, 'link', 'set', 'dev', port, 'master', 'ul0', 'up');
+    await ip('-n', ns, 'addr', 'add', `${address}/${UNDERLAY_PREFIX_LENGTH}`, 'dev', 'eth0');
+    await ip('-n', ns, 'link', 'set', 'dev', 'eth0', 'up');
+  };
+
+  try {
+    await addNamespace(underlay);
+    await ip('-n', underlay, 'link', 'add', 'name', 'ul0', 'type', 'bridge');
+    await ip('-n', underlay, 'link', 'set', 'dev', 'ul0', 'up');
+    for (let i = 1; i <= options.hosts; i++) {
+      const name = `${prefix}h${i}`;
+      const address = `198.18.${Math.floor(i / 256)}.${i % 256}`;
+      await addNamespace(name);
+      await attach(name, `p${i}`, address);
+      await run('nsenter', [`--net=${NETNS_DIR}/${name}`, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'], { timeoutMs: COMMAND_TIMEOUT_MS });
+      hosts.push({ name, index: i, address, path: `${NETNS_DIR}/${name}` });
+    }
+    if (options.outside) {
+      const name = `${prefix}x`;
+      await addNamespace(name);
+      await attach(name, 'px', OUTSIDE_ADDRESS);
+      outside = { name, address: OUTSIDE_ADDRESS };
+    }
+  } catch (err) {
+    sweepSync(prefix);
+    live.delete(prefix);
+    throw err;
+  }
+
+  const exec = (ns: string, command: string, ...args: string[]): Promise<RunResult> =>
+    run('nsenter', [`--net=${NETNS_DIR}/${ns}`, command, ...args], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
+
+  return {
+    prefix,
+    underlay,
+    hosts,
+    ...(outside ? { outside } : {}),
+    async addContainer(host, name) {
+      const ns = `${prefix}${name}`;
+      await addNamespace(ns);
+      return { name: ns, path: `${NETNS_DIR}/${ns}`, host };
+    },
+    async removeContainer(container) {
+      await run('ip', ['netns', 'del', container.name], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
+    },
+    exec,
+    async ping(fromNs, target, opts = {}) {
+      const tries = opts.tries ?? 1;
+      for (let i = 0; i < tries; i++) {
+        const r = await exec(fromNs, 'ping', '-c', '1', '-W', String(opts.waitS ?? 1), '-n', '-q', target);
+        if (r.code === 0) return true;
+      }
+      return false;
+    },
+    async destroy() {
+      await Promise.all(
+        namespacesWithPrefix(prefix).map((ns) => run('ip', ['netns', 'del', ns], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS })),
+      );
+      live.delete(prefix);
+    },
+  };
+}
