@@ -1,0 +1,100 @@
+/** The agent's configuration (what `kvnet agent` flags become), its defaults and its validation. */
+
+import { networkInterfaces } from 'node:os';
+import { InvalidConfigError } from './errors.ts';
+import { parseIpv4 } from './ipv4.ts';
+
+export const DEFAULT_STORE_URL = 'local:///var/lib/kvnet/store.db';
+export const DEFAULT_STATE_DIR = '/var/lib/kvnet';
+export const DEFAULT_SOCKET = '/run/kvnet/kvnet.sock';
+export const DEFAULT_METRICS_ADDR = '127.0.0.1:9473';
+export const DEFAULT_TTL_S = 10;
+export const MIN_TTL_S = 2;
+export const MAX_TTL_S = 600;
+export const DEFAULT_NAME_PREFIX = 'kvnet';
+export const DEFAULT_GATEWAY_BRIDGE = 'kvnet_gwbridge';
+export const NAME_PREFIX_PATTERN = /^[a-z0-9]{1,6}$/;
+export const NODE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+
+export interface AgentConfig {
+  readonly storeUrl: string;
+  /** `--cluster-store-opt` values, `k=v`. */
+  readonly storeOpts: readonly string[];
+  /** Interface name or IPv4 address, optionally `:PORT` (the port is recorded, not used). */
+  readonly advertise: string;
+  readonly nodeName: string;
+  readonly stateDir: string;
+  readonly socketPath: string;
+  /** `HOST:PORT` or `off`. */
+  readonly metricsAddr: string;
+  readonly ttlS: number;
+  readonly namePrefix: string;
+  /** Bridge name, or `none` for no egress. */
+  readonly gatewayBridge: string;
+  readonly vxlanPort?: number;
+}
+
+/** Parses `10s`, `1m`, `1500ms` or a bare number of seconds into whole seconds. */
+export function parseTtl(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!m) throw new InvalidConfigError(`invalid --ttl "${text}": expected a duration like 10s or 1m`);
+  const n = Number(m[1]);
+  const seconds = m[2] === 'ms' ? n / 1000 : m[2] === 'm' ? n * 60 : n;
+  if (!(seconds >= MIN_TTL_S && seconds <= MAX_TTL_S)) {
+    throw new InvalidConfigError(`invalid --ttl "${text}": must be between ${MIN_TTL_S}s and ${MAX_TTL_S / 60}m`);
+  }
+  return Math.round(seconds);
+}
+
+export interface Advertise {
+  /** IPv4 address: this host's VTEP. */
+  readonly ip: string;
+  /** As given, normalised to `ip[:port]`. */
+  readonly address: string;
+}
+
+/**
+ * `IFACE|IP[:PORT]` → the IPv4 address. An interface name is looked up in the agent's own network
+ * namespace (its first IPv4 address).
+ */
+export function resolveAdvertise(text: string, interfaces = networkInterfaces()): Advertise {
+  const m = /^([^:\s]+)(?::(\d{1,5}))?$/.exec(text.trim());
+  if (!m) throw new InvalidConfigError(`invalid --cluster-advertise "${text}": expected IFACE or IP, optionally with :PORT`);
+  const [, host, port] = m;
+  if (port !== undefined && (Number(port) < 1 || Number(port) > 65535)) {
+    throw new InvalidConfigError(`invalid --cluster-advertise "${text}": port ${port} is not 1…65535`);
+  }
+  let ip: string;
+  if (parseIpv4(host!) !== undefined) ip = host!;
+  else if (/^\d+(\.\d+)*$/.test(host!)) throw new InvalidConfigError(`invalid --cluster-advertise "${text}": ${host} is not an IPv4 address`);
+  else {
+    const addrs = interfaces[host!];
+    if (!addrs) {
+      throw new InvalidConfigError(`invalid --cluster-advertise "${text}": no interface ${host} that is up with an address in this network namespace (have: ${Object.keys(interfaces).join(', ') || 'none'})`);
+    }
+    const v4 = addrs.find((a) => a.family === 'IPv4' && !a.internal) ?? addrs.find((a) => a.family === 'IPv4');
+    if (!v4) throw new InvalidConfigError(`invalid --cluster-advertise "${text}": interface ${host} has no IPv4 address`);
+    ip = v4.address;
+  }
+  if (ip === '0.0.0.0' || ip.startsWith('127.')) {
+    throw new InvalidConfigError(`invalid --cluster-advertise "${text}": ${ip} cannot be reached by other hosts`);
+  }
+  return { ip, address: port !== undefined ? `${ip}:${port}` : ip };
+}
+
+/** Checks the flags that need no I/O; throws InvalidConfigError naming the flag and value. */
+export function validateConfig(config: AgentConfig): void {
+  if (!NAME_PREFIX_PATTERN.test(config.namePrefix)) {
+    throw new InvalidConfigError(`invalid --name-prefix "${config.namePrefix}": must be 1 to 6 lowercase letters or digits`);
+  }
+  if (!NODE_NAME_PATTERN.test(config.nodeName)) {
+    throw new InvalidConfigError(`invalid --node-name "${config.nodeName}": must be letters, digits, "_", "." or "-" (at most 63), starting with a letter or digit`);
+  }
+  if (config.gatewayBridge !== 'none' && !/^[A-Za-z0-9_.-]{1,15}$/.test(config.gatewayBridge)) {
+    throw new InvalidConfigError(`invalid --gateway-bridge "${config.gatewayBridge}": must be an interface name of at most 15 characters, or none`);
+  }
+  if (!(config.ttlS >= MIN_TTL_S && config.ttlS <= MAX_TTL_S)) {
+    throw new InvalidConfigError(`invalid --ttl ${config.ttlS}s: must be between ${MIN_TTL_S}s and ${MAX_TTL_S / 60}m`);
+  }
+  if (!config.socketPath.startsWith('/')) throw new InvalidConfigError(`invalid --socket "${config.socketPath}": must be an absolute path`);
+}

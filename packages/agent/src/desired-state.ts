@@ -1,0 +1,83 @@
+/**
+ * Pure: the data plane's desired state for one host, from the cluster view. Networks with at least
+ * one local endpoint; their local endpoints (standalone sandboxes, with egress on non-internal
+ * networks when this host has a gateway bridge address for them); every endpoint on another node as
+ * a peer, at that node's live advertise address or, while its record is missing, the address recorded
+ * in the endpoint. A node record that lapses for a moment (an agent restart longer than the TTL, a
+ * store outage during which every lease expired) must not cut traffic; a dead node's entries go when
+ * the reaper deletes its endpoints.
+ */
+
+import type { DesiredEndpoint, DesiredNetwork, DesiredPeer, DesiredState } from '@kvnet/dataplane';
+import type { ClusterView } from './cluster-view.ts';
+import { byAge } from './egress.ts';
+import type { EndpointRecord } from './layout.ts';
+
+/** Name of the egress interface inside a container (Docker's eth1). */
+export const EGRESS_IFNAME = 'eth1';
+export const DEFAULT_IFNAME = 'eth0';
+
+export interface DesiredStateInput {
+  readonly view: ClusterView;
+  /** This node's name. */
+  readonly node: string;
+  /** Gateway bridge addresses of local endpoints (eid → `ip/len`); absent = no egress. */
+  readonly egress: ReadonlyMap<string, string>;
+}
+
+export interface DesiredStateResult {
+  readonly state: DesiredState;
+  /** Number of peers in the state. */
+  readonly peers: number;
+  /** Local endpoints of this node (also those whose network record is missing). */
+  readonly localEndpoints: readonly EndpointRecord[];
+}
+
+export function computeDesiredState(input: DesiredStateInput): DesiredStateResult {
+  const { view, node } = input;
+  const networks: DesiredNetwork[] = [];
+  const localEndpoints: EndpointRecord[] = [];
+  let peerCount = 0;
+  const nids = [...view.endpoints.keys()].sort();
+  for (const nid of nids) {
+    // Oldest first: when two endpoints clash (a transient race), the data plane keeps the first.
+    const eps = [...view.endpoints.get(nid)!.values()].sort(byAge);
+    const local = eps.filter((e) => e.node === node);
+    localEndpoints.push(...local);
+    const net = view.networks.get(nid);
+    if (!net || local.length === 0) continue;
+    const endpoints: DesiredEndpoint[] = [];
+    for (const e of local) {
+      if (!e.netns) continue; // a record without a sandbox path has nothing to plumb here
+      const egressAddress = net.internal ? undefined : input.egress.get(e.id);
+      endpoints.push({
+        id: e.id,
+        address: e.address,
+        mac: e.mac,
+        sandbox: {
+          path: e.netns,
+          ifname: e.ifname ?? DEFAULT_IFNAME,
+          ...(egressAddress ? { egress: { ifname: EGRESS_IFNAME, address: egressAddress } } : {}),
+        },
+      });
+    }
+    if (endpoints.length === 0) continue;
+    const peers: DesiredPeer[] = [];
+    for (const e of eps) {
+      if (e.node === node) continue;
+      const vtep = view.nodes.get(e.node)?.advertise ?? e.vtep;
+      if (!vtep) continue;
+      peers.push({ ip: e.ip, mac: e.mac, vtep });
+    }
+    peerCount += peers.length;
+    networks.push({
+      id: nid,
+      vni: net.vni,
+      internal: net.internal,
+      subnets: [{ cidr: net.subnet, gateway: net.gateway }],
+      endpoints,
+      peers,
+    });
+  }
+  return { state: { networks }, peers: peerCount, localEndpoints };
+}

@@ -1,0 +1,76 @@
+/**
+ * Errors raised by the agent's own logic (the API edge maps every error with a `kind` to an HTTP
+ * status). Store, IPAM and data plane errors pass through unchanged: they already carry a `code`, a
+ * `kind` and a message that names the thing and the value.
+ */
+
+import type { ErrorKind } from '@kvnet/store';
+
+export abstract class AgentError extends Error {
+  abstract readonly code: string;
+  abstract readonly kind: ErrorKind;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Bad input to an API call: the message names the field and the value. */
+export class InvalidInputError extends AgentError {
+  readonly code = 'KVNET_INVALID_INPUT';
+  readonly kind = 'invalid';
+}
+
+/** A network or endpoint that does not exist. */
+export class NotFoundError extends AgentError {
+  readonly code = 'KVNET_NOT_FOUND';
+  readonly kind = 'not-found';
+}
+
+/** A name already taken cluster-wide (`network with name X already exists`). */
+export class NameConflictError extends AgentError {
+  readonly code = 'KVNET_NAME_CONFLICT';
+  readonly kind = 'conflict';
+}
+
+/** A network that still has endpoints, or one that is being removed. */
+export class NetworkInUseError extends AgentError {
+  readonly code = 'KVNET_NETWORK_IN_USE';
+  readonly kind = 'conflict';
+}
+
+/** The node name or advertise address is held by another live agent. */
+export class NodeConflictError extends AgentError {
+  readonly code = 'KVNET_NODE_CONFLICT';
+  readonly kind = 'conflict';
+}
+
+/** Agent configuration (flags) that cannot be used. */
+export class InvalidConfigError extends AgentError {
+  readonly code = 'KVNET_INVALID_CONFIG';
+  readonly kind = 'invalid';
+}
+
+/** The data plane could not plumb an endpoint; the store records were rolled back. */
+export class PlumbingError extends AgentError {
+  readonly code = 'KVNET_PLUMBING_FAILED';
+  readonly kind = 'internal';
+}
+
+/** The agent is shutting down or not yet ready. */
+export class AgentNotReadyError extends AgentError {
+  readonly code = 'KVNET_AGENT_NOT_READY';
+  readonly kind = 'unavailable';
+}
+
+/** Any error carrying a stable `code` and `kind` (ours, the store's, IPAM's, the data plane's). */
+export function errorKind(err: unknown): ErrorKind | undefined {
+  if (err instanceof Error && typeof (err as { kind?: unknown }).kind === 'string' && typeof (err as { code?: unknown }).code === 'string') {
+    return (err as unknown as { kind: ErrorKind }).kind;
+  }
+  return undefined;
+}
+
+export function errorCode(err: unknown): string {
+  return err instanceof Error && typeof (err as { code?: unknown }).code === 'string' ? (err as unknown as { code: string }).code : 'KVNET_INTERNAL';
+}

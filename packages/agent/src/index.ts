@@ -1,0 +1,30 @@
+/**
+ * @packageDocumentation
+ * The per-host kvnet agent: membership, watch-driven reconciliation, dead-node reaping, the local
+ * API and metrics. `kvnet agent` (packages/cli) runs one {@link Agent}.
+ *
+ * ```ts
+ * const agent = new Agent({ ...config, logger });
+ * await agent.start();   // registered, synced, reconciled, API listening
+ * await agent.stop();    // data plane and node record left in place
+ * ```
+ */
+
+export { Agent, AGENT_VERSION, defaultNodeName, type AgentOptions } from './agent.ts';
+export {
+  DEFAULT_GATEWAY_BRIDGE,
+  DEFAULT_METRICS_ADDR,
+  DEFAULT_NAME_PREFIX,
+  DEFAULT_SOCKET,
+  DEFAULT_STATE_DIR,
+  DEFAULT_STORE_URL,
+  DEFAULT_TTL_S,
+  parseTtl,
+  resolveAdvertise,
+  validateConfig,
+  type AgentConfig,
+} from './config.ts';
+export { AgentError, InvalidConfigError, InvalidInputError, NameConflictError, NetworkInUseError, NodeConflictError, NotFoundError } from './errors.ts';
+export type { EndpointView, NetworkView } from './network-service.ts';
+export { computeDesiredState } from './desired-state.ts';
+export { chooseReaper, DeadNodeTracker } from './reaper.ts';

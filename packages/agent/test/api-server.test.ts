@@ -1,0 +1,79 @@
+/** The local API server's socket handling and routing (a stub service; no root needed). */
+
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { ApiServer } from '../src/api-server.ts';
+import { NameConflictError } from '../src/errors.ts';
+import type { NetworkService } from '../src/network-service.ts';
+
+const logger = pino({ level: 'silent' });
+const status = { status: () => ({ node: 'h1', ready: true }), nodes: () => [{ name: 'h1' }] };
+const service = {
+  listNetworks: () => [],
+  createNetwork: async () => {
+    throw new NameConflictError('network with name multi already exists');
+  },
+} as unknown as NetworkService;
+
+function call(socketPath: string, method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, method, path }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => (text += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+function tmp(t: import('ava').ExecutionContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kvnet-api-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('serves on a 0600 socket in a new 0700 directory; routes and error bodies', async (t) => {
+  const socketPath = join(tmp(t), 'run', 'kvnet.sock');
+  const api = new ApiServer({ socketPath, service, status, logger });
+  await api.start();
+  t.teardown(() => api.stop());
+  t.is(statSync(socketPath).mode & 0o777, 0o600);
+  t.is(statSync(join(socketPath, '..')).mode & 0o777, 0o700);
+  t.deepEqual(JSON.parse((await call(socketPath, 'GET', '/v1/status')).body), { node: 'h1', ready: true });
+  t.deepEqual(JSON.parse((await call(socketPath, 'GET', '/v1/networks')).body), []);
+  const conflict = await call(socketPath, 'POST', '/v1/networks', JSON.stringify({ name: 'multi' }));
+  t.is(conflict.status, 409);
+  t.deepEqual(JSON.parse(conflict.body), { error: 'network with name multi already exists', code: 'KVNET_NAME_CONFLICT' });
+  const bad = await call(socketPath, 'POST', '/v1/networks', '{"name": 1}');
+  t.is(bad.status, 400);
+  t.regex(JSON.parse(bad.body).error, /invalid name 1/);
+  t.is((await call(socketPath, 'PUT', '/v1/networks')).status, 405);
+  t.is((await call(socketPath, 'GET', '/nope')).status, 404);
+});
+
+test('a stale socket nobody answers on is replaced; a live one or a regular file is refused', async (t) => {
+  const dir = tmp(t);
+  const stale = join(dir, 'stale.sock');
+  // A bound but never listening unix socket: connecting is refused, like one left by a killed agent.
+  execFileSync('python3', ['-c', `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(stale)})`]);
+  const api = new ApiServer({ socketPath: stale, service, status, logger });
+  await api.start();
+  t.is((await call(stale, 'GET', '/v1/status')).status, 200);
+  await api.stop();
+
+  const live = join(dir, 'live.sock');
+  const other = createServer((_req, res) => res.end('hi'));
+  await new Promise<void>((r) => other.listen(live, () => r()));
+  t.teardown(() => new Promise<void>((r) => other.close(() => r())));
+  await t.throwsAsync(new ApiServer({ socketPath: live, service, status, logger }).start(), { message: /another process is answering on socket .*live\.sock/ });
+
+  const file = join(dir, 'file.sock');
+  writeFileSync(file, 'not a socket');
+  await t.throwsAsync(new ApiServer({ socketPath: file, service, status, logger }).start(), { message: /exists and is not a socket/ });
+});

@@ -1,0 +1,54 @@
+import test from 'ava';
+import { parseTtl, resolveAdvertise, validateConfig, type AgentConfig } from '../src/config.ts';
+import { lowestFreeAddress } from '../src/ipv4.ts';
+import { parseListenAddress } from '../src/metrics.ts';
+
+const ifaces = {
+  lo: [{ address: '127.0.0.1', family: 'IPv4', internal: true, netmask: '', mac: '', cidr: null }],
+  eth0: [
+    { address: 'fe80::1', family: 'IPv6', internal: false, netmask: '', mac: '', cidr: null, scopeid: 0 },
+    { address: '198.18.0.7', family: 'IPv4', internal: false, netmask: '', mac: '', cidr: null },
+  ],
+  eth1: [{ address: 'fe80::2', family: 'IPv6', internal: false, netmask: '', mac: '', cidr: null, scopeid: 0 }],
+} as unknown as ReturnType<typeof import('node:os').networkInterfaces>;
+
+test('advertise: an IP, an IP with a port, or an interface name', (t) => {
+  t.deepEqual(resolveAdvertise('198.18.0.1', ifaces), { ip: '198.18.0.1', address: '198.18.0.1' });
+  t.deepEqual(resolveAdvertise('198.18.0.1:2376', ifaces), { ip: '198.18.0.1', address: '198.18.0.1:2376' });
+  t.deepEqual(resolveAdvertise('eth0:7946', ifaces), { ip: '198.18.0.7', address: '198.18.0.7:7946' });
+  t.throws(() => resolveAdvertise('eth9', ifaces), { message: /no interface eth9 that is up with an address in this network namespace \(have: lo, eth0, eth1\)/ });
+  t.throws(() => resolveAdvertise('eth1', ifaces), { message: /interface eth1 has no IPv4 address/ });
+  t.throws(() => resolveAdvertise('lo', ifaces), { message: /127\.0\.0\.1 cannot be reached/ });
+  t.throws(() => resolveAdvertise('1.2.3', ifaces), { message: /not an IPv4 address/ });
+  t.throws(() => resolveAdvertise('198.18.0.1:99999', ifaces), { message: /port 99999/ });
+});
+
+test('ttl durations', (t) => {
+  t.is(parseTtl('10s'), 10);
+  t.is(parseTtl('1m'), 60);
+  t.is(parseTtl('5000ms'), 5);
+  t.is(parseTtl('30'), 30);
+  t.throws(() => parseTtl('1s'), { message: /between 2s and 10m/ });
+  t.throws(() => parseTtl('ten'), { message: /invalid --ttl "ten"/ });
+});
+
+test('flags are validated with the flag and value in the message', (t) => {
+  const base: AgentConfig = {
+    storeUrl: 'local:///tmp/x.db', storeOpts: [], advertise: 'eth0', nodeName: 'h1', stateDir: '/tmp/s', socketPath: '/tmp/s.sock',
+    metricsAddr: 'off', ttlS: 10, namePrefix: 'kvnet', gatewayBridge: 'kvnet_gwbridge',
+  };
+  t.notThrows(() => validateConfig(base));
+  t.throws(() => validateConfig({ ...base, namePrefix: 'KV' }), { message: /invalid --name-prefix "KV"/ });
+  t.throws(() => validateConfig({ ...base, namePrefix: 'toolong7' }), { message: /--name-prefix/ });
+  t.throws(() => validateConfig({ ...base, nodeName: 'a b' }), { message: /invalid --node-name "a b"/ });
+  t.throws(() => validateConfig({ ...base, gatewayBridge: 'a-very-long-bridge-name' }), { message: /--gateway-bridge/ });
+  t.throws(() => validateConfig({ ...base, socketPath: 'rel.sock' }), { message: /--socket/ });
+  t.throws(() => parseListenAddress('9473'), { message: /--metrics-addr "9473"/ });
+  t.deepEqual(parseListenAddress('127.0.0.1:9473'), { host: '127.0.0.1', port: 9473 });
+});
+
+test('egress addresses: lowest free host address, skipping gateway and used ones', (t) => {
+  t.is(lowestFreeAddress('172.18.0.0/16', '172.18.0.1', new Set()), '172.18.0.2/16');
+  t.is(lowestFreeAddress('172.18.0.0/16', '172.18.0.1', new Set(['172.18.0.2', '172.18.0.3'])), '172.18.0.4/16');
+  t.is(lowestFreeAddress('10.0.0.0/30', '10.0.0.1', new Set(['10.0.0.2'])), undefined);
+});
