@@ -1,0 +1,4 @@
+/** Issue 5's multi-host scenarios on the local store backend (see scenarios.ts). */
+import { registerClusterScenarios } from './scenarios.ts';
+
+registerClusterScenarios('local');
