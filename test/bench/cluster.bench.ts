@@ -1,5 +1,7 @@
 /**
- * `npm run bench -- cluster [--json] [--backends local,etcd] [--hosts 3,10] [--reps N]` (root).
+ * `npm run bench -- cluster [--json] [--backends local,etcd] [--hosts 3,10] [--reps N] [--tsx]` (root).
+ *
+ * Agents run from the bundle a deployment runs (`npm run build` → dist/kvnet.mjs, rebuilt here), or with `--tsx` from the TypeScript sources through tsx, as the tests do (≈ 40 MiB more RSS).
  *
  * For each backend × host count: a cluster of simulated hosts with one real agent each (the harness of
  * the multi-host tests), then, after one warm-up of each kind:
@@ -18,7 +20,8 @@
 
 import { spawn } from 'node:child_process';
 import { Cluster, sleep, type ClusterBackend, type ClusterHost, type Container, type Endpoint, type Network } from '../support/cluster.ts';
-import { waitFor } from '../support/process.ts';
+import { join } from 'node:path';
+import { REPO_ROOT, run, waitFor } from '../support/process.ts';
 
 const DEFAULT_BACKENDS: ClusterBackend[] = ['local', 'etcd'];
 const DEFAULT_HOSTS = [3, 10];
@@ -30,17 +33,19 @@ const PING_INTERVAL_S = '0.01';
 
 interface Options {
   json: boolean;
+  tsx: boolean;
   backends: ClusterBackend[];
   hosts: number[];
   reps: number;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { json: false, backends: DEFAULT_BACKENDS, hosts: DEFAULT_HOSTS, reps: DEFAULT_REPS };
-  const usage = 'usage: cluster [--json] [--backends local,etcd,consul,zookeeper] [--hosts 3,10] [--reps N]';
+  const o: Options = { json: false, tsx: false, backends: DEFAULT_BACKENDS, hosts: DEFAULT_HOSTS, reps: DEFAULT_REPS };
+  const usage = 'usage: cluster [--json] [--backends local,etcd,consul,zookeeper] [--hosts 3,10] [--reps N] [--tsx]';
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--json') o.json = true;
+    else if (a === '--tsx') o.tsx = true;
     else if (a === '--backends') o.backends = String(argv[++i]).split(',') as ClusterBackend[];
     else if (a === '--hosts') o.hosts = String(argv[++i]).split(',').map(Number);
     else if (a === '--reps') o.reps = Number(argv[++i]);
@@ -175,6 +180,7 @@ async function benchCase(backend: ClusterBackend, hosts: number, reps: number): 
       ep_reachable_p99_ms: round1(percentile(reachable, 99)),
       agent_rss_mib: round1(Math.max(...rss)),
       agent_rss_mean_mib: round1(rss.reduce((a, b) => a + b, 0) / rss.length),
+      agent_runtime: process.env.KVNET_AGENT_BUNDLE ? 'bundle' : 'tsx',
       reps,
     };
   } finally {
@@ -187,6 +193,12 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) {
     progress('the cluster benchmark needs root (network namespaces)');
     process.exit(2);
+  }
+  if (!options.tsx) {
+    // dist/ (not a temp dir): the bundle resolves its external dependencies from the repo's node_modules.
+    const bundle = join(REPO_ROOT, 'dist', 'kvnet.mjs');
+    await run(process.execPath, [join(REPO_ROOT, 'scripts', 'build.mjs'), bundle]);
+    process.env.KVNET_AGENT_BUNDLE = bundle;
   }
   const results: Record<string, number | string>[] = [];
   for (const backend of options.backends) {

@@ -45,6 +45,18 @@ export const CLUSTER_BACKENDS: readonly ClusterBackend[] = ['local', 'etcd', 'co
 export const KV_ADDRESS = '198.19.0.1';
 /** The `kvnet` CLI entry point. */
 export const CLI_MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
+/**
+ * How agents are run: from the TypeScript sources through tsx (default), or, with
+ * `KVNET_AGENT_BUNDLE=path/to/kvnet.mjs` (made by `npm run build`), from the bundle a deployment runs.
+ */
+export function agentEntry(): string[] {
+  const bundle = process.env.KVNET_AGENT_BUNDLE;
+  if (bundle) {
+    if (!existsSync(bundle)) throw new Error(`KVNET_AGENT_BUNDLE=${bundle} does not exist: run npm run build`);
+    return [bundle];
+  }
+  return ['--import', 'tsx', CLI_MAIN];
+}
 /** The key prefix on server backends. */
 export const STORE_PREFIX = 'kvnet';
 
@@ -274,7 +286,7 @@ export class Cluster {
     const offset = existsSync(host.logFile) ? statSync(host.logFile).size : 0;
     const env = { ...process.env };
     for (const k of ['KVNET_CLUSTER_STORE', 'KVNET_CLUSTER_ADVERTISE', 'KVNET_NODE_NAME', 'KVNET_SOCKET']) delete env[k];
-    const agent = startProcess(`agent-${host.node}`, process.execPath, ['--import', 'tsx', CLI_MAIN, ...this.agentArgs(host)], {
+    const agent = startProcess(`agent-${host.node}`, process.execPath, [...agentEntry(), ...this.agentArgs(host)], {
       netns: host.name,
       logFile: host.logFile,
       cwd: REPO_ROOT,
