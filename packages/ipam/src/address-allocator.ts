@@ -438,7 +438,15 @@ export class AddressAllocator {
         }
         const shard = this.shardFromEntry(g, shardEntry);
         const offset = Number(ordinal - idx * BigInt(g.shardSize));
-        if (shard.bm.has(offset)) throw new AddressInUseError(ipText, poolId, '(unknown: set in the bitmap without an owner record)');
+        if (shard.bm.has(offset)) {
+          // The three reads above ran in parallel: a winner may have committed (bit + address key in
+          // one transaction) between the address read and the shard read. Reading the address key
+          // after the shard names the holder; only a really inconsistent store leaves it unknown.
+          const after = await store.get(keys.ip(poolId, ipText));
+          const holder = after ? decodeRecord<IpRecord>(after, validIp).o : '(unknown: set in the bitmap without an owner record)';
+          if (holder === owner) return { done: this.allocation(g, poolId, ipText, owner) };
+          throw new AddressInUseError(ipText, poolId, holder);
+        }
         shard.bm.set(offset);
         const ownerRec = ownerEntry ? decodeRecord<OwnerRecord>(ownerEntry, validOwner) : undefined;
         const shardRec: ShardRecord = { b: shard.bm.encode(), ...(shard.last !== undefined ? { l: shard.last } : {}) };
