@@ -29,6 +29,12 @@ import { ApiServer } from './api-server.ts';
 import { allEndpoints, buildClusterView, type ClusterView } from './cluster-view.ts';
 import { resolveAdvertise, validateConfig, type AgentConfig, type Advertise } from './config.ts';
 import { computeDesiredState, EGRESS_IFNAME } from './desired-state.ts';
+import { StoreDockerBackend } from './docker-backend.ts';
+import { withDockerEndpoints } from './docker-desired-state.ts';
+import { DockerDriver } from './docker-driver.ts';
+import { DockerEngine } from './docker-engine.ts';
+import { DockerNetworkSync } from './docker-network-sync.ts';
+import { DockerPluginServer } from './docker-plugin.ts';
 import { AgentNotReadyError } from './errors.ts';
 import { assignEgress } from './egress.ts';
 import { Janitor, JANITOR_INTERVAL_MS, JANITOR_RING_KEY } from './janitor.ts';
@@ -78,6 +84,8 @@ export const STOP_BUDGET_MS = 4_000;
  */
 export const PERIODIC_APPLY_MS = 30_000;
 const VIEW_POLL_MS = 10;
+/** Next Docker sync while endpoints wait for dockerd to list them (to learn their container names). */
+export const DOCKER_SYNC_PENDING_MS = 1_000;
 
 export const AGENT_VERSION: string = (() => {
   try {
@@ -104,6 +112,9 @@ export class Agent {
   private membership: Membership | undefined;
   private mirrors: { networks: PrefixMirror; endpoints: PrefixMirror; nodes: PrefixMirror; reaped: PrefixMirror } | undefined;
   private api: ApiServer | undefined;
+  private dockerPlugin: DockerPluginServer | undefined;
+  private dockerDriver: DockerDriver | undefined;
+  private dockerSync: DockerNetworkSync | undefined;
   private metricsServer: Server | undefined;
   private state: LocalState | undefined;
   private advertise: Advertise | undefined;
@@ -245,11 +256,41 @@ export class Agent {
       });
       this.api = new ApiServer({ socketPath: config.socketPath, service, status: this, logger: logger.child({ component: 'api' }) });
       await this.api.start();
+      if (config.dockerPlugin !== undefined && config.dockerPlugin !== 'off') {
+        const dockerLog = logger.child({ component: 'docker' });
+        const engine = config.dockerSocket === 'off' ? undefined : new DockerEngine(config.dockerSocket);
+        const backend = new StoreDockerBackend({
+          store,
+          ipam,
+          service,
+          logger: dockerLog,
+          node: config.nodeName,
+          nodeId: this.state.nodeId,
+          vtep: this.advertise.ip,
+          view: () => this.view(),
+          waitForView: (key, present, timeoutMs) => this.waitForView(key, present, timeoutMs),
+          reconcileNow: () => this.reconcileNow(),
+        });
+        this.dockerDriver = new DockerDriver({ backend, logger: dockerLog, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}) });
+        this.dockerPlugin = new DockerPluginServer({ socketPath: config.dockerPlugin, handlers: this.dockerDriver, logger: dockerLog });
+        await this.dockerPlugin.start();
+        if (engine) {
+          this.dockerSync = new DockerNetworkSync({
+            engine,
+            node: config.nodeName,
+            logger: dockerLog,
+            removeEndpoint: (dockerNetworkId, dockerEndpointId) => backend.deleteEndpoint(dockerNetworkId, dockerEndpointId),
+            nameEndpoint: (nid, eid, name) => backend.nameEndpoint(nid, eid, name),
+            mirrorNetworks: config.dockerScope !== 'global',
+          });
+        }
+      }
       if (config.metricsAddr !== 'off') this.metricsServer = await startMetricsServer(config.metricsAddr, this.metrics, this);
       this.periodicTimer = setInterval(() => this.schedule(), PERIODIC_APPLY_MS);
       this.janitor = new Janitor({ store, ipam, logger: logger.child({ component: 'janitor' }) });
       this.janitorTimer = setInterval(() => void this.runJanitor(), JANITOR_INTERVAL_MS);
       this.ready = true;
+      if (this.dockerSync) this.schedule(); // first mirroring of kvnet networks into Docker
       logger.info({ socket: config.socketPath, metrics: config.metricsAddr, advertise: this.advertise.address }, 'agent ready');
     } catch (err) {
       await this.stop().catch(() => undefined);
@@ -272,6 +313,8 @@ export class Agent {
     clearInterval(this.periodicTimer);
     clearInterval(this.janitorTimer);
     const work = (async () => {
+      await this.dockerPlugin?.stop();
+      await this.dockerDriver?.stop();
       await this.api?.stop();
       if (this.metricsServer) {
         const s = this.metricsServer;
@@ -480,7 +523,9 @@ export class Agent {
       this.state.setEgress(egress);
     }
 
-    const desired = computeDesiredState({ view, node: me, egress });
+    const base = computeDesiredState({ view, node: me, egress });
+    // Docker endpoints (records with `handoff`) are plumbed in the data plane's Docker mode.
+    const desired = { ...base, state: withDockerEndpoints(base.state, view, me) };
     let errors: readonly DataplaneError[] = [];
     const stateJson = JSON.stringify(desired.state);
     const unchanged = this.lastApplied?.state === stateJson && Date.now() - this.lastApplied.at < PERIODIC_APPLY_MS;
@@ -508,6 +553,18 @@ export class Agent {
 
     this.metrics.liveNodes.set(view.nodes.size);
     this.checkDeadNodes(view);
+    if (this.dockerSync && this.storeHealthy && this.ready) {
+      this.dockerSync
+        .run(() => this.view())
+        .then((r) => {
+          if (r.errors.length > 0) this.scheduleRetry();
+          else if (r.pending > 0) this.schedule(DOCKER_SYNC_PENDING_MS); // name new endpoints once dockerd lists them
+        })
+        .catch((err) => {
+          this.logger.warn({ err }, 'cannot reach the local dockerd to mirror kvnet networks; will retry');
+          this.scheduleRetry();
+        });
+    }
     if (mirrors.reaped.view.size > 0 && !this.restoring) void this.restoreReaped(false);
     return errors;
   }

@@ -13,6 +13,9 @@ export const MIN_TTL_S = 2;
 export const MAX_TTL_S = 600;
 export const DEFAULT_NAME_PREFIX = 'kvnet';
 export const DEFAULT_GATEWAY_BRIDGE = 'kvnet_gwbridge';
+/** Where dockerd looks for the `kvnet` v1 plugin. */
+export const DEFAULT_DOCKER_PLUGIN_SOCKET = '/run/docker/plugins/kvnet.sock';
+export const DEFAULT_DOCKER_SOCKET = '/var/run/docker.sock';
 export const NAME_PREFIX_PATTERN = /^[a-z0-9]{1,6}$/;
 export const NODE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
@@ -32,6 +35,12 @@ export interface AgentConfig {
   /** Bridge name, or `none` for no egress. */
   readonly gatewayBridge: string;
   readonly vxlanPort?: number;
+  /** Unix socket of the Docker network + IPAM plugin, or `off` (default: off). */
+  readonly dockerPlugin?: string;
+  /** The local dockerd's Engine API socket (network names; mirroring kvnet networks into Docker), or `off`. */
+  readonly dockerSocket?: string;
+  /** Scope the plugin reports to Docker: `local` (default, any Docker version) or `global` (dockerd with --cluster-store). */
+  readonly dockerScope?: 'local' | 'global';
 }
 
 /** Parses `10s`, `1m`, `1500ms` or a bare number of seconds into whole seconds. */
@@ -97,4 +106,13 @@ export function validateConfig(config: AgentConfig): void {
     throw new InvalidConfigError(`invalid --ttl ${config.ttlS}s: must be between ${MIN_TTL_S}s and ${MAX_TTL_S / 60}m`);
   }
   if (!config.socketPath.startsWith('/')) throw new InvalidConfigError(`invalid --socket "${config.socketPath}": must be an absolute path`);
+  if (config.dockerPlugin !== undefined && config.dockerPlugin !== 'off' && !config.dockerPlugin.startsWith('/')) {
+    throw new InvalidConfigError(`invalid --docker-plugin "${config.dockerPlugin}": must be an absolute socket path (e.g. ${DEFAULT_DOCKER_PLUGIN_SOCKET}) or off`);
+  }
+  if (config.dockerSocket !== undefined && config.dockerSocket !== 'off' && !config.dockerSocket.startsWith('/')) {
+    throw new InvalidConfigError(`invalid --docker-socket "${config.dockerSocket}": must be an absolute socket path or off`);
+  }
+  if (config.dockerScope !== undefined && config.dockerScope !== 'local' && config.dockerScope !== 'global') {
+    throw new InvalidConfigError(`invalid --docker-scope "${String(config.dockerScope)}": must be local or global`);
+  }
 }

@@ -19,6 +19,8 @@ export {
   DEFAULT_STATE_DIR,
   DEFAULT_STORE_URL,
   DEFAULT_TTL_S,
+  DEFAULT_DOCKER_PLUGIN_SOCKET,
+  DEFAULT_DOCKER_SOCKET,
   parseTtl,
   resolveAdvertise,
   validateConfig,
@@ -28,3 +30,6 @@ export { AgentError, InvalidConfigError, InvalidInputError, NameConflictError, N
 export type { EndpointView, NetworkView } from './network-service.ts';
 export { computeDesiredState } from './desired-state.ts';
 export { chooseReaper, DeadNodeTracker } from './reaper.ts';
+export { DockerPluginServer, DEFAULT_PLUGIN_SOCKET } from './docker-plugin.ts';
+export { DockerDriver, KVNET_ADDRESS_SPACE } from './docker-driver.ts';
+export { StoreDockerBackend, type DockerBackend } from './docker-backend.ts';

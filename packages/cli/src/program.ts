@@ -87,6 +87,9 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .option('--ttl <duration>', 'TTL of the node record (2s…10m); a dead node is noticed after about this long', `${DEFAULT_TTL_S}s`)
     .option('--name-prefix <prefix>', 'prefix of every kernel object this agent creates, [a-z0-9]{1,6}', DEFAULT_NAME_PREFIX)
     .option('--gateway-bridge <name|none>', 'bridge giving containers of non-internal networks a way out, or none', DEFAULT_GATEWAY_BRIDGE)
+    .option('--docker-plugin <socket|off>', 'serve the Docker network + IPAM plugin "kvnet" on this socket (e.g. /run/docker/plugins/kvnet.sock)', 'off')
+    .option('--docker-socket <socket|off>', 'the local dockerd\'s API socket (network names; kvnet networks mirrored into Docker)', '/var/run/docker.sock')
+    .addOption(new Option('--docker-scope <scope>', 'scope the Docker plugin reports').choices(['local', 'global']).default('local'))
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
     .action(async (opts, cmd) => {
       if (!opts.clusterAdvertise) throw new CliExit('--cluster-advertise is required (or set KVNET_CLUSTER_ADVERTISE)', EXIT_USAGE);
@@ -107,6 +110,9 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
         ttlS,
         namePrefix: opts.namePrefix,
         gatewayBridge: opts.gatewayBridge,
+        dockerPlugin: opts.dockerPlugin,
+        dockerSocket: opts.dockerSocket,
+        dockerScope: opts.dockerScope,
       };
       const { parseStoreUrl, parseStoreOpts } = await import('@kvnet/store');
       try {

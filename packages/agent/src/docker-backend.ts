@@ -1,0 +1,443 @@
+/**
+ * What the Docker plugin needs from kvnet, as one narrow contract ({@link DockerBackend}), and its
+ * implementation on the cluster store, IPAM and {@link NetworkService} ({@link StoreDockerBackend}).
+ *
+ * Identity mapping. Docker's IPAM calls come before the driver calls and carry no network or endpoint
+ * id, so kvnet ids are minted where the first resource is reserved and Docker's ids are bound to them:
+ * - `RequestPool` mints the kvnet network id (the pool's owner); `CreateNetwork` writes the network
+ *   record under that id with `docker.networks[<node>] = <Docker network id>` (a local-scope Docker
+ *   network has a different id on every host);
+ * - `RequestAddress` mints the kvnet endpoint id (the address's owner); `CreateEndpoint` writes the
+ *   endpoint record under it with `docker = {networkId, endpointId}` and `handoff` = the host-side
+ *   interface name the data plane creates for dockerd to move into the container.
+ * So every kvnet rule keeps holding: pool owner = network id, address owner = endpoint id (the janitor
+ * and the reaper release by those), and `kvnet network rm` releases a Docker-made network's pool.
+ */
+
+import type { Logger } from 'pino';
+import { DEFAULT_ADDRESS_SPACE, type AddressAllocation, type Ipam, type PoolInfo } from '@kvnet/ipam';
+import { macFromIpv4 } from '@kvnet/dataplane';
+import { sleep, type KVStore } from '@kvnet/store';
+import { allEndpoints, type ClusterView } from './cluster-view.ts';
+import { InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from './errors.ts';
+import { parseIpv4 } from './ipv4.ts';
+import {
+  decodeRecord,
+  decodeText,
+  encodeRecord,
+  encodeText,
+  ID_PATTERN,
+  keys,
+  NAME_MAX_CHARS,
+  NAME_PATTERN,
+  newId,
+  type EndpointRecord,
+  type NetworkRecord,
+} from './layout.ts';
+import type { NetworkService } from './network-service.ts';
+import type { DataplaneError } from '@kvnet/dataplane';
+
+/** How long a write waits for this agent's own view to show it. */
+export const DOCKER_VIEW_CATCHUP_TIMEOUT_MS = 5_000;
+const VIEW_POLL_MS = 10;
+/** Host-side name of a Docker endpoint's veth before dockerd moves it: prefix + endpoint id (≤ 15 bytes). */
+export const HANDOFF_IFNAME_PREFIX = 'kvd';
+export const HANDOFF_IFNAME_ID_CHARS = 12;
+
+/** A kvnet network record made through Docker. */
+export interface DockerNetworkRecord extends NetworkRecord {
+  docker?: {
+    /** node name → that host's Docker network id. */
+    networks: Record<string, string>;
+    /** True until the Docker network's name has been learned from the Engine API. */
+    provisionalName?: boolean;
+  };
+}
+
+/** A kvnet endpoint record made through Docker. */
+export interface DockerEndpointRecord extends EndpointRecord {
+  /** Host-side interface dockerd moves into the container (data plane "handoff" mode). */
+  handoff?: string;
+  docker?: { networkId: string; endpointId: string };
+}
+
+export function handoffIfname(eid: string): string {
+  return `${HANDOFF_IFNAME_PREFIX}${eid.slice(0, HANDOFF_IFNAME_ID_CHARS)}`;
+}
+
+/** The name a Docker network has in kvnet until its Docker name is known. */
+export function provisionalNetworkName(dockerNetworkId: string): string {
+  return `docker-${dockerNetworkId.slice(0, 12)}`;
+}
+
+export interface DockerNetworkInput {
+  readonly dockerNetworkId: string;
+  readonly poolId: string;
+  /** Bare IP. */
+  readonly gateway: string;
+  readonly internal: boolean;
+  readonly options: Record<string, string>;
+}
+
+export interface DockerEndpointInput {
+  readonly dockerNetworkId: string;
+  readonly dockerEndpointId: string;
+  /** `ip/len` as Docker's IPAM (kvnet's) gave it. */
+  readonly address: string;
+  /** A MAC the user gave (`--mac-address`); default `02:42:` + the IPv4 bytes. */
+  readonly mac?: string;
+}
+
+/**
+ * Everything the Docker plugin does to kvnet. Errors carry a `code` and a human message naming the
+ * thing; the plugin edge puts the message in `Err`/`Error`.
+ */
+export interface DockerBackend {
+  /**
+   * Reserves a pool for a new kvnet network, whose id is minted here and owns the pool. Docker's
+   * PoolID is that network id ({@link PoolInfo.owner}): it stays the same when the pool is reshaped,
+   * while kvnet's own pool id does not.
+   */
+  requestPool(req: { subnet?: string; ipRange?: string }): Promise<PoolInfo>;
+  /**
+   * The pool of an existing kvnet network, for the Docker network the agent creates on this host to
+   * mirror it (`--ipam-opt kvnet.network=<nid>`); refuses another subnet.
+   */
+  adoptPool(nid: string, subnet?: string): Promise<PoolInfo>;
+  /** The pool by Docker's PoolID (the owning network id); undefined when gone or being released. */
+  getPool(dockerPoolId: string): Promise<PoolInfo | undefined>;
+  /** The kvnet pool with exactly this subnet. */
+  findPool(subnet: string): Promise<PoolInfo | undefined>;
+  /** True once a network record uses the pool (CreateNetwork has happened). */
+  poolHasNetwork(dockerPoolId: string): Promise<boolean>;
+  /**
+   * Gives a pool not yet bound to a network another gateway and aux addresses (Docker sends them
+   * after RequestPool): the pool is released and requested again by the same owner, so for a moment
+   * its subnet is free.
+   */
+  reshapePool(dockerPoolId: string, shape: { gateway: string; auxAddresses: Record<string, string> }): Promise<PoolInfo>;
+  /** Releases a pool unless a network still uses it (that network's removal releases it). */
+  releasePool(dockerPoolId: string): Promise<void>;
+  /** Allocates an address for a future endpoint (its id is minted here and owns the address). */
+  allocateAddress(dockerPoolId: string, address?: string): Promise<AddressAllocation>;
+  /** Releases an address that never became an endpoint; no-op for an endpoint's or an unknown one. */
+  releaseAddress(dockerPoolId: string, address: string): Promise<void>;
+  /** Writes the kvnet network for a pool (kvnet pool id); refuses a pool that already has one. */
+  createNetwork(input: DockerNetworkInput): Promise<DockerNetworkRecord>;
+  /** Sets the kvnet name of a network created with a provisional one. */
+  nameNetwork(nid: string, name: string): Promise<void>;
+  /** Removes the network bound to this Docker id (refused while any host has an endpoint on it). */
+  deleteNetwork(dockerNetworkId: string): Promise<void>;
+  /** Creates the endpoint and plumbs its host-side interface; returns its MAC and that interface. */
+  createEndpoint(input: DockerEndpointInput): Promise<{ mac: string; ifname: string }>;
+  /** The host-side interface of a created endpoint. */
+  joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string }>;
+  /** Deletes the endpoint, releases its address, unplumbs it. Unknown endpoints are not an error. */
+  deleteEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<void>;
+  /** The kvnet network bound to a Docker network id on this host. */
+  findNetwork(dockerNetworkId: string): DockerNetworkRecord | undefined;
+  /** Renames an endpoint (to its container's name); refused when the name is taken in the network. */
+  nameEndpoint(nid: string, eid: string, name: string): Promise<void>;
+}
+
+export interface StoreDockerBackendDeps {
+  readonly store: KVStore;
+  readonly ipam: Ipam;
+  readonly service: NetworkService;
+  readonly logger: Logger;
+  readonly node: string;
+  readonly nodeId: string;
+  readonly vtep: string;
+  readonly view: () => ClusterView;
+  readonly waitForView: (key: string, present: boolean, timeoutMs: number) => Promise<boolean>;
+  readonly reconcileNow: () => Promise<readonly DataplaneError[]>;
+}
+
+export class StoreDockerBackend implements DockerBackend {
+  constructor(private readonly deps: StoreDockerBackendDeps) {}
+
+  async requestPool(req: { subnet?: string; ipRange?: string }): Promise<PoolInfo> {
+    if (req.ipRange && !req.subnet) throw new InvalidInputError(`invalid ip-range "${req.ipRange}": an ip range needs --subnet`);
+    return this.deps.ipam.requestPool({ owner: newId(), ...(req.subnet ? { subnet: req.subnet } : {}), ...(req.ipRange ? { ipRange: req.ipRange } : {}) });
+  }
+
+  async getPool(dockerPoolId: string): Promise<PoolInfo | undefined> {
+    if (!ID_PATTERN.test(dockerPoolId)) return undefined;
+    return (await this.deps.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.owner === dockerPoolId && !p.releasing);
+  }
+
+  async adoptPool(nid: string, subnet?: string): Promise<PoolInfo> {
+    const pool = await this.getPool(nid);
+    if (!pool || !(await this.poolHasNetwork(nid))) throw new NotFoundError(`no kvnet network ${nid} to adopt`);
+    if (subnet && subnet !== pool.subnet) throw new InvalidInputError(`kvnet network ${nid.slice(0, 12)} has subnet ${pool.subnet}, not ${subnet}`);
+    return pool;
+  }
+
+  async findPool(subnet: string): Promise<PoolInfo | undefined> {
+    return (await this.deps.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.subnet === subnet && !p.releasing);
+  }
+
+  async poolHasNetwork(dockerPoolId: string): Promise<boolean> {
+    return ID_PATTERN.test(dockerPoolId) && (await this.deps.store.get(keys.network(dockerPoolId))) !== undefined;
+  }
+
+  async reshapePool(dockerPoolId: string, shape: { gateway: string; auxAddresses: Record<string, string> }): Promise<PoolInfo> {
+    const { ipam } = this.deps;
+    const pool = await this.mustGetPool(dockerPoolId);
+    const sameAux = JSON.stringify(Object.entries(pool.auxAddresses).sort()) === JSON.stringify(Object.entries(shape.auxAddresses).sort());
+    if (pool.gateway.split('/')[0] === shape.gateway && sameAux) return pool;
+    if (await this.poolHasNetwork(dockerPoolId)) throw new InvalidInputError(`pool ${pool.subnet} already belongs to a network; its gateway cannot change`);
+    await ipam.releasePool(pool.id, pool.owner);
+    return ipam.requestPool({
+      owner: pool.owner,
+      subnet: pool.subnet,
+      gateway: shape.gateway,
+      ...(pool.ipRange ? { ipRange: pool.ipRange } : {}),
+      ...(Object.keys(shape.auxAddresses).length ? { auxAddresses: shape.auxAddresses } : {}),
+    });
+  }
+
+  async releasePool(dockerPoolId: string): Promise<void> {
+    const pool = await this.getPool(dockerPoolId);
+    if (!pool) return;
+    if (await this.poolHasNetwork(dockerPoolId)) return; // released with the network
+    await this.deps.ipam.releasePool(pool.id, pool.owner);
+  }
+
+  async allocateAddress(dockerPoolId: string, address?: string): Promise<AddressAllocation> {
+    const pool = await this.mustGetPool(dockerPoolId);
+    return this.deps.ipam.allocateAddress(pool.id, { owner: newId(), ...(address ? { address } : {}) });
+  }
+
+  async releaseAddress(dockerPoolId: string, address: string): Promise<void> {
+    const pool = await this.getPool(dockerPoolId);
+    if (!pool) return;
+    const ip = address.split('/')[0]!;
+    const holder = (await this.deps.ipam.listAllocations(pool.id)).find((a) => a.ip === ip);
+    if (!holder) return;
+    // An endpoint's address is released with the endpoint (DeleteEndpoint); never free a live one here.
+    if (await this.deps.store.get(keys.endpoint(pool.owner, holder.owner))) return;
+    await this.deps.ipam.releaseAddress(pool.id, holder.address, holder.owner);
+  }
+
+  async createNetwork(input: DockerNetworkInput): Promise<DockerNetworkRecord> {
+    const { store, ipam, logger, node } = this.deps;
+    const pool = await ipam.getPool(input.poolId);
+    if (!pool || pool.releasing) throw new NotFoundError(`no such kvnet pool: ${input.poolId}`);
+    const nid = pool.owner;
+    const name = provisionalNetworkName(input.dockerNetworkId);
+    const existing = await store.get(keys.network(nid));
+    if (existing) {
+      // The pool was adopted (the only way to reach an existing network's pool): bind this host's Docker network.
+      const rec = decodeRecord<DockerNetworkRecord>(existing.value, existing.key);
+      if (rec.docker?.networks[node] === input.dockerNetworkId) return rec; // a retried call
+      if (rec.deleting) throw new InvalidInputError(`network ${rec.name} is being removed`);
+      const bound: DockerNetworkRecord = { ...rec, docker: { ...rec.docker, networks: { ...rec.docker?.networks, [node]: input.dockerNetworkId } } };
+      const r = await store.putIf(existing.key, encodeRecord(bound), { revision: existing.revision });
+      if (!r.ok) throw new NameConflictError(`network ${rec.name} changed while being bound to Docker network ${input.dockerNetworkId.slice(0, 12)}; try again`);
+      logger.info({ nid, docker: input.dockerNetworkId, network: rec.name }, 'docker network bound');
+      await this.waitForRecord(nid, (n) => n.docker?.networks[node] === input.dockerNetworkId);
+      return bound;
+    }
+    const vni = await ipam.allocateVni({ network: nid });
+    const record: DockerNetworkRecord = {
+      id: nid,
+      name,
+      vni,
+      poolId: pool.id,
+      subnet: pool.subnet,
+      gateway: input.gateway,
+      ...(pool.ipRange ? { ipRange: pool.ipRange } : {}),
+      auxAddresses: pool.auxAddresses ?? {},
+      internal: input.internal,
+      labels: {},
+      options: input.options,
+      createdAt: new Date().toISOString(),
+      createdBy: node,
+      docker: { networks: { [node]: input.dockerNetworkId }, provisionalName: true },
+    };
+    const r = await store.txn([
+      { op: 'put', key: keys.netname(name), value: encodeText(nid), if: { absent: true } },
+      { op: 'put', key: keys.network(nid), value: encodeRecord(record), if: { absent: true } },
+    ]);
+    if (!r.ok) {
+      await ipam.releaseVni(vni, nid).catch(() => undefined);
+      throw new NameConflictError(`network with name ${name} already exists`);
+    }
+    logger.info({ nid, docker: input.dockerNetworkId, vni, subnet: record.subnet }, 'docker network created');
+    await this.deps.waitForView(keys.network(nid), true, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
+    return record;
+  }
+
+  async nameNetwork(nid: string, name: string): Promise<void> {
+    const { store, logger } = this.deps;
+    if (!NAME_PATTERN.test(name) || name.length > NAME_MAX_CHARS) throw new InvalidInputError(`invalid network name "${name}"`);
+    const entry = await store.get(keys.network(nid));
+    if (!entry) throw new NotFoundError(`no such network: ${nid}`);
+    const rec = decodeRecord<DockerNetworkRecord>(entry.value, entry.key);
+    if (rec.name === name) return;
+    const oldName = await store.get(keys.netname(rec.name));
+    const updated: DockerNetworkRecord = { ...rec, name, docker: { networks: rec.docker?.networks ?? {} } };
+    const r = await store.txn([
+      { op: 'put', key: keys.netname(name), value: encodeText(nid), if: { absent: true } },
+      { op: 'put', key: entry.key, value: encodeRecord(updated), if: { revision: entry.revision } },
+      ...(oldName && decodeText(oldName.value) === nid ? [{ op: 'delete' as const, key: oldName.key, if: { revision: oldName.revision } }] : []),
+    ]);
+    if (!r.ok) {
+      if (await store.get(keys.netname(name))) throw new NameConflictError(`network with name ${name} already exists`);
+      throw new NameConflictError(`network ${rec.name} changed while being named ${name}; try again`);
+    }
+    logger.info({ nid, network: name }, 'docker network named');
+    await this.deps.waitForView(entry.key, true, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
+  }
+
+  private async waitForRecord(nid: string, ok: (n: DockerNetworkRecord) => boolean): Promise<void> {
+    const deadline = Date.now() + DOCKER_VIEW_CATCHUP_TIMEOUT_MS;
+    while (Date.now() < deadline) {
+      const n = this.deps.view().networks.get(nid) as DockerNetworkRecord | undefined;
+      if (n && ok(n)) return;
+      await sleep(VIEW_POLL_MS);
+    }
+  }
+
+  findNetwork(dockerNetworkId: string): DockerNetworkRecord | undefined {
+    let elsewhere: DockerNetworkRecord | undefined;
+    for (const n of this.deps.view().networks.values() as Iterable<DockerNetworkRecord>) {
+      const bound = n.docker?.networks ?? {};
+      if (bound[this.deps.node] === dockerNetworkId) return n;
+      // Scope global (dockerd with --cluster-store): one Docker id cluster-wide, and hosts other than the
+      // creator get CreateEndpoint for a network they never saw. Local-scope ids never collide.
+      if (!elsewhere && Object.values(bound).includes(dockerNetworkId)) elsewhere = n;
+    }
+    return elsewhere;
+  }
+
+  private mustFindNetwork(dockerNetworkId: string): DockerNetworkRecord {
+    const n = this.findNetwork(dockerNetworkId);
+    if (!n) throw new NotFoundError(`no kvnet network is bound to Docker network ${dockerNetworkId.slice(0, 12)} on node ${this.deps.node}`);
+    return n;
+  }
+
+  async deleteNetwork(dockerNetworkId: string): Promise<void> {
+    const n = this.findNetwork(dockerNetworkId);
+    if (!n) return; // already gone (a retry, or removed with `kvnet network rm`)
+    await this.deps.service.deleteNetwork(n.id);
+  }
+
+  private findEndpoint(dockerNetworkId: string, dockerEndpointId: string): DockerEndpointRecord | undefined {
+    const me = this.deps.node;
+    return allEndpoints(this.deps.view()).find((e) => {
+      const d = (e as DockerEndpointRecord).docker;
+      return e.node === me && d?.endpointId === dockerEndpointId && d.networkId === dockerNetworkId;
+    }) as DockerEndpointRecord | undefined;
+  }
+
+  async createEndpoint(input: DockerEndpointInput): Promise<{ mac: string; ifname: string }> {
+    const { store, ipam, logger } = this.deps;
+    const existing = this.findEndpoint(input.dockerNetworkId, input.dockerEndpointId);
+    if (existing) return { mac: existing.mac, ifname: existing.handoff! };
+    const net = this.mustFindNetwork(input.dockerNetworkId);
+    if (net.deleting) throw new InvalidInputError(`network ${net.name} is being removed`);
+    const ip = input.address.split('/')[0]!;
+    const ipNum = parseIpv4(ip);
+    if (ipNum === undefined) throw new InvalidInputError(`invalid address "${input.address}": not an IPv4 address (IPv6 is not supported yet)`);
+    // The address was allocated by RequestAddress; its owner is this endpoint's kvnet id.
+    const alloc = (await ipam.listAllocations(net.poolId)).find((a) => a.ip === ip);
+    if (!alloc) throw new InvalidInputError(`address ${input.address} was not allocated by kvnet in network ${net.name}; use --ipam-driver kvnet`);
+    const eid = alloc.owner;
+    if (await store.get(keys.endpoint(net.id, eid))) throw new NameConflictError(`address ${ip} already belongs to an endpoint of network ${net.name}`);
+    const name = input.dockerEndpointId.slice(0, 12);
+    const record: DockerEndpointRecord = {
+      id: eid,
+      name,
+      network: net.id,
+      node: this.deps.node,
+      nodeId: this.deps.nodeId,
+      address: alloc.address,
+      ip,
+      mac: input.mac ?? macFromIpv4(ipNum),
+      vtep: this.deps.vtep,
+      createdAt: new Date().toISOString(),
+      handoff: handoffIfname(eid),
+      docker: { networkId: input.dockerNetworkId, endpointId: input.dockerEndpointId },
+    };
+    const netEntry = await store.get(keys.network(net.id));
+    if (!netEntry) throw new NotFoundError(`no such network: ${net.name}`);
+    const epKey = keys.endpoint(net.id, eid);
+    const r = await store.txn([
+      { op: 'check', key: netEntry.key, if: { revision: netEntry.revision } },
+      { op: 'put', key: keys.epname(net.id, name), value: encodeText(eid), if: { absent: true } },
+      { op: 'put', key: epKey, value: encodeRecord(record), if: { absent: true } },
+    ]);
+    if (!r.ok) {
+      if (await store.get(keys.epname(net.id, name))) throw new NameConflictError(`endpoint with name ${name} already exists in network ${net.name}`);
+      throw new InvalidInputError(`network ${net.name} changed while creating an endpoint; try again`);
+    }
+    const log = logger.child({ nid: net.id, eid, network: net.name, docker: input.dockerEndpointId.slice(0, 12) });
+    log.info({ address: record.address, ifname: record.handoff }, 'docker endpoint created');
+    await this.deps.waitForView(epKey, true, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
+    await this.plumb(record, log);
+    return { mac: record.mac, ifname: record.handoff! };
+  }
+
+  /** Runs a reconcile and fails with the data plane's error for this endpoint, if any. */
+  private async plumb(record: DockerEndpointRecord, log: Logger): Promise<void> {
+    const errors = await this.deps.reconcileNow();
+    const mine = errors.filter((e) => e.object.endpoint === record.id || (e.object.kind === 'network' && e.object.network === record.network));
+    if (mine.length > 0) {
+      log.warn({ err: mine[0] }, 'docker endpoint could not be plumbed');
+      throw new PlumbingError(mine[0]!.message);
+    }
+  }
+
+  async joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string }> {
+    const ep = this.findEndpoint(dockerNetworkId, dockerEndpointId);
+    if (!ep?.handoff) throw new NotFoundError(`no kvnet endpoint for Docker endpoint ${dockerEndpointId.slice(0, 12)}`);
+    return { ifname: ep.handoff };
+  }
+
+  async deleteEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<void> {
+    const { store, ipam, logger } = this.deps;
+    const ep = this.findEndpoint(dockerNetworkId, dockerEndpointId);
+    if (!ep) return;
+    const net = this.deps.view().networks.get(ep.network);
+    const key = keys.endpoint(ep.network, ep.id);
+    const nameEntry = await store.get(keys.epname(ep.network, ep.name));
+    await store.txn([
+      { op: 'delete', key },
+      ...(nameEntry && decodeText(nameEntry.value) === ep.id ? [{ op: 'delete' as const, key: nameEntry.key, if: { revision: nameEntry.revision } }] : []),
+    ]);
+    if (net) await ipam.releaseAddress(net.poolId, ep.address, ep.id).catch((err) => logger.warn({ err, eid: ep.id }, 'could not release the address of a removed docker endpoint'));
+    logger.info({ nid: ep.network, eid: ep.id, docker: dockerEndpointId.slice(0, 12) }, 'docker endpoint removed');
+    await this.deps.waitForView(key, false, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
+    await this.deps.reconcileNow();
+  }
+
+  async nameEndpoint(nid: string, eid: string, name: string): Promise<void> {
+    const { store, logger } = this.deps;
+    const clean = name.replace(/^\//, ''); // the Engine API may prefix container names with "/"
+    if (!NAME_PATTERN.test(clean) || clean.length > NAME_MAX_CHARS) throw new InvalidInputError(`invalid endpoint name "${name}"`);
+    const entry = await store.get(keys.endpoint(nid, eid));
+    if (!entry) throw new NotFoundError(`no such endpoint: ${eid}`);
+    const ep = decodeRecord<DockerEndpointRecord>(entry.value, entry.key);
+    if (ep.name === clean) return;
+    const oldName = await store.get(keys.epname(nid, ep.name));
+    const r = await store.txn([
+      { op: 'put', key: keys.epname(nid, clean), value: encodeText(eid), if: { absent: true } },
+      { op: 'put', key: entry.key, value: encodeRecord({ ...ep, name: clean }), if: { revision: entry.revision } },
+      ...(oldName && decodeText(oldName.value) === eid ? [{ op: 'delete' as const, key: oldName.key, if: { revision: oldName.revision } }] : []),
+    ]);
+    if (!r.ok) {
+      const net = this.deps.view().networks.get(nid)?.name ?? nid.slice(0, 12);
+      if (await store.get(keys.epname(nid, clean))) throw new NameConflictError(`endpoint with name ${clean} already exists in network ${net}`);
+      throw new NameConflictError(`endpoint ${ep.name} changed while being named ${clean}; try again`);
+    }
+    logger.info({ nid, eid, endpoint: clean }, 'docker endpoint named after its container');
+  }
+
+  private async mustGetPool(dockerPoolId: string): Promise<PoolInfo> {
+    const pool = await this.getPool(dockerPoolId);
+    if (!pool) throw new NotFoundError(`no such kvnet pool: ${dockerPoolId}`);
+    return pool;
+  }
+}

@@ -1,0 +1,244 @@
+/**
+ * The Docker NetworkDriver + IpamDriver semantics on top of a {@link DockerBackend}: which Docker call
+ * means what for kvnet, and the exact answers Docker expects (research notes §1–2). Transport and
+ * validation live in docker-protocol.ts and docker-plugin.ts.
+ *
+ * Call order Docker uses (§1.6): RequestPool → RequestAddress(gateway) → RequestAddress(aux…) →
+ * CreateNetwork; RequestAddress → CreateEndpoint → Join; Leave → DeleteEndpoint → ReleaseAddress;
+ * ReleaseAddress(gateway, aux) → ReleasePool → DeleteNetwork. Hence:
+ * - a RequestAddress with an address for a pool that has no network yet is an aux address (answered,
+ *   reserved when CreateNetwork reshapes the pool); the gateway request is answered from the pool;
+ * - ReleasePool of a pool whose network exists does nothing: DeleteNetwork (which Docker sends after
+ *   it, and which kvnet may refuse while another host has endpoints) releases it.
+ *
+ * The network's Docker name is not in CreateNetwork; it is read from the local Engine API once dockerd
+ * has stored the network (right after CreateNetwork returns), see {@link DockerDriver.learnName}.
+ */
+
+import type { Logger } from 'pino';
+import { sleep } from '@kvnet/store';
+import type { DockerBackend } from './docker-backend.ts';
+import type { DockerEngine } from './docker-engine.ts';
+import {
+  GATEWAY_ADDRESS_TYPE,
+  OPTION_GENERIC,
+  OPTION_INTERNAL,
+  OPTION_IPV6,
+  REQUEST_ADDRESS_TYPE,
+  type CreateEndpointRequest,
+  type CreateNetworkRequest,
+  type EndpointRequest,
+  type JoinRequest,
+  type JoinResponse,
+  type NetworkRequest,
+  type PluginHandlers,
+  type RequestAddressRequest,
+  type RequestPoolRequest,
+} from './docker-protocol.ts';
+import { InvalidInputError } from './errors.ts';
+import { cidrContains, parseCidr, parseIpv4 } from './ipv4.ts';
+
+/** The address space kvnet reports to Docker (local and global); Docker's own IPAM uses LocalDefault/GlobalDefault. */
+export const KVNET_ADDRESS_SPACE = 'kvnet';
+/** `--ipam-opt` naming the existing kvnet network whose pool a Docker network uses (set by the network sync). */
+export const ADOPT_NETWORK_OPTION = 'kvnet.network';
+/** Interface name prefix inside the container: eth0, eth1, … */
+export const CONTAINER_IFNAME_PREFIX = 'eth';
+/** Learning a network's name: attempts and the pause between them (doubling, capped). */
+export const NAME_LEARN_ATTEMPTS = 20;
+export const NAME_LEARN_BASE_MS = 50;
+export const NAME_LEARN_CAP_MS = 2_000;
+
+export interface DockerDriverOptions {
+  readonly backend: DockerBackend;
+  readonly logger: Logger;
+  /** `local` (default): works on every Docker version; `global`: for dockerd with --cluster-store. */
+  readonly scope?: 'local' | 'global';
+  /** The local Engine API, to learn network names; without it networks keep their provisional name. */
+  readonly engine?: DockerEngine;
+}
+
+function stringOptions(generic: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (generic && typeof generic === 'object') {
+    for (const [k, v] of Object.entries(generic as Record<string, unknown>)) out[k] = typeof v === 'string' ? v : JSON.stringify(v);
+  }
+  return out;
+}
+
+export class DockerDriver implements PluginHandlers {
+  private readonly abort = new AbortController();
+  private readonly learning = new Set<Promise<void>>();
+
+  constructor(private readonly opts: DockerDriverOptions) {}
+
+  /** Stops background work (name learning). */
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await Promise.allSettled([...this.learning]);
+  }
+
+  /** Resolves when every name being learned is learned (or given up); for tests. */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.learning]);
+  }
+
+  // ---- NetworkDriver ----
+
+  networkCapabilities(): { Scope: 'local' | 'global'; ConnectivityScope: 'local' | 'global' } {
+    return { Scope: this.opts.scope ?? 'local', ConnectivityScope: 'global' };
+  }
+
+  async createNetwork(req: CreateNetworkRequest): Promise<void> {
+    const { backend } = this.opts;
+    if (req.IPv6Data.length > 0 || req.Options[OPTION_IPV6] === true) throw new InvalidInputError('kvnet networks are IPv4 only: drop --ipv6');
+    if (req.IPv4Data.length !== 1) throw new InvalidInputError(`kvnet networks have exactly one IPv4 subnet; got ${req.IPv4Data.length}`);
+    const data = req.IPv4Data[0]!;
+    if (data.AddressSpace !== KVNET_ADDRESS_SPACE) {
+      throw new InvalidInputError(
+        `kvnet networks need kvnet's IPAM, which keeps addresses unique across hosts (Docker's default IPAM would hand out the same addresses on every host): add --ipam-driver kvnet to docker network create`,
+      );
+    }
+    const pool = await backend.findPool(data.Pool);
+    if (!pool) throw new InvalidInputError(`subnet ${data.Pool} was not reserved by kvnet's IPAM; create the network with --ipam-driver kvnet`);
+    const gateway = (data.Gateway ?? pool.gateway).split('/')[0]!;
+    const aux: Record<string, string> = {};
+    for (const [name, a] of Object.entries(data.AuxAddresses ?? {})) aux[name] = a.split('/')[0]!;
+    const shaped = await backend.reshapePool(pool.owner, { gateway, auxAddresses: aux });
+    const record = await backend.createNetwork({
+      dockerNetworkId: req.NetworkID,
+      poolId: shaped.id,
+      gateway,
+      internal: req.Options[OPTION_INTERNAL] === true || req.Options[OPTION_INTERNAL] === 'true',
+      options: stringOptions(req.Options[OPTION_GENERIC]),
+    });
+    if (this.opts.engine) this.track(this.learnName(record.id, req.NetworkID));
+  }
+
+  private track(p: Promise<void>): void {
+    this.learning.add(p);
+    void p.finally(() => this.learning.delete(p));
+  }
+
+  /**
+   * dockerd stores the network only after CreateNetwork returns, so its name is read from the Engine
+   * API afterwards, retrying until it shows up.
+   */
+  private async learnName(nid: string, dockerNetworkId: string): Promise<void> {
+    const { engine, backend, logger } = this.opts;
+    const log = logger.child({ nid, docker: dockerNetworkId.slice(0, 12) });
+    let delay = NAME_LEARN_BASE_MS;
+    for (let attempt = 1; attempt <= NAME_LEARN_ATTEMPTS && !this.abort.signal.aborted; attempt++) {
+      await sleep(delay, this.abort.signal).catch(() => undefined);
+      if (this.abort.signal.aborted) return;
+      delay = Math.min(delay * 2, NAME_LEARN_CAP_MS);
+      try {
+        const net = await engine!.inspectNetwork(dockerNetworkId, this.abort.signal);
+        if (!net) continue;
+        await backend.nameNetwork(nid, net.Name);
+        return;
+      } catch (err) {
+        if ((err as { kind?: string }).kind === 'conflict' || (err as { kind?: string }).kind === 'invalid' || (err as { kind?: string }).kind === 'not-found') {
+          log.error({ err }, 'cannot give the kvnet network its Docker name; it keeps its provisional name');
+          return;
+        }
+        log.debug({ err, attempt }, 'network name not learned yet');
+      }
+    }
+    if (!this.abort.signal.aborted) log.warn('gave up learning the Docker name of a network; it keeps its provisional name');
+  }
+
+  async deleteNetwork(req: NetworkRequest): Promise<void> {
+    await this.opts.backend.deleteNetwork(req.NetworkID);
+  }
+
+  async createEndpoint(req: CreateEndpointRequest): Promise<{ Interface?: { MacAddress?: string } }> {
+    const iface = req.Interface ?? { Address: '', AddressIPv6: '', MacAddress: '' };
+    if (iface.AddressIPv6) throw new InvalidInputError('kvnet networks are IPv4 only: no --ip6');
+    if (!iface.Address) throw new InvalidInputError('the endpoint has no IPv4 address: create the network with --ipam-driver kvnet');
+    const r = await this.opts.backend.createEndpoint({
+      dockerNetworkId: req.NetworkID,
+      dockerEndpointId: req.EndpointID,
+      address: iface.Address,
+      ...(iface.MacAddress ? { mac: iface.MacAddress.toLowerCase() } : {}),
+    });
+    // Only a field Docker left empty may be filled in ("driver modified interface … address" otherwise).
+    return iface.MacAddress ? {} : { Interface: { MacAddress: r.mac } };
+  }
+
+  async deleteEndpoint(req: EndpointRequest): Promise<void> {
+    await this.opts.backend.deleteEndpoint(req.NetworkID, req.EndpointID);
+  }
+
+  async endpointOperInfo(_req: EndpointRequest): Promise<Record<string, unknown>> {
+    return {};
+  }
+
+  async join(req: JoinRequest): Promise<JoinResponse> {
+    const { ifname } = await this.opts.backend.joinEndpoint(req.NetworkID, req.EndpointID);
+    // No Gateway: Docker then attaches docker_gwbridge for egress and published ports (not on --internal).
+    return { InterfaceName: { SrcName: ifname, DstPrefix: CONTAINER_IFNAME_PREFIX }, DisableGatewayService: false };
+  }
+
+  async leave(_req: EndpointRequest): Promise<void> {
+    // dockerd moves the interface out of the sandbox itself; DeleteEndpoint removes it.
+  }
+
+  // ---- IpamDriver ----
+
+  ipamCapabilities(): { RequiresMACAddress: boolean; RequiresRequestReplay: boolean } {
+    // No MAC from Docker: kvnet gives every endpoint its IP-derived MAC in CreateEndpoint.
+    return { RequiresMACAddress: false, RequiresRequestReplay: false };
+  }
+
+  defaultAddressSpaces(): { LocalDefaultAddressSpace: string; GlobalDefaultAddressSpace: string } {
+    return { LocalDefaultAddressSpace: KVNET_ADDRESS_SPACE, GlobalDefaultAddressSpace: KVNET_ADDRESS_SPACE };
+  }
+
+  async requestPool(req: RequestPoolRequest): Promise<{ PoolID: string; Pool: string; Data: Record<string, string> }> {
+    if (req.V6) throw new InvalidInputError('kvnet networks are IPv4 only: drop --ipv6');
+    if (req.AddressSpace && req.AddressSpace !== KVNET_ADDRESS_SPACE) throw new InvalidInputError(`unknown address space "${req.AddressSpace}"; kvnet has only "${KVNET_ADDRESS_SPACE}"`);
+    if (req.SubPool && !req.Pool) throw new InvalidInputError(`invalid ip-range "${req.SubPool}": an ip range needs --subnet`);
+    const adopt = req.Options[ADOPT_NETWORK_OPTION];
+    const pool = adopt
+      ? await this.opts.backend.adoptPool(adopt, req.Pool || undefined)
+      : await this.opts.backend.requestPool({ ...(req.Pool ? { subnet: req.Pool } : {}), ...(req.SubPool ? { ipRange: req.SubPool } : {}) });
+    return { PoolID: pool.owner, Pool: pool.subnet, Data: {} };
+  }
+
+  async releasePool(req: { PoolID: string }): Promise<void> {
+    await this.opts.backend.releasePool(req.PoolID);
+  }
+
+  async requestAddress(req: RequestAddressRequest): Promise<{ Address: string; Data: Record<string, string> }> {
+    const { backend } = this.opts;
+    const pool = await backend.getPool(req.PoolID);
+    if (!pool) throw new InvalidInputError(`no such kvnet pool: ${req.PoolID}`);
+    const cidr = parseCidr(pool.subnet)!;
+    const withLen = (ip: string): string => `${ip}/${cidr.prefixLength}`;
+    const inside = (ip: string): string => {
+      const bare = ip.split('/')[0]!;
+      const n = parseIpv4(bare);
+      if (n === undefined) throw new InvalidInputError(`invalid address "${ip}": not an IPv4 address`);
+      if (!cidrContains(cidr, n)) throw new InvalidInputError(`invalid address "${ip}": outside subnet ${pool.subnet}`);
+      return bare;
+    };
+    if (req.Options?.[REQUEST_ADDRESS_TYPE] === GATEWAY_ADDRESS_TYPE) {
+      return { Address: req.Address ? withLen(inside(req.Address)) : pool.gateway, Data: {} };
+    }
+    if (req.Address && (Object.values(pool.auxAddresses).includes(req.Address.split('/')[0]!) || !(await backend.poolHasNetwork(req.PoolID)))) {
+      // an aux address (--aux-address): reserved in the pool when CreateNetwork arrives
+      return { Address: withLen(inside(req.Address)), Data: {} };
+    }
+    const alloc = await backend.allocateAddress(req.PoolID, req.Address ? inside(req.Address) : undefined);
+    return { Address: alloc.address, Data: {} };
+  }
+
+  async releaseAddress(req: { PoolID: string; Address: string }): Promise<void> {
+    const pool = await this.opts.backend.getPool(req.PoolID);
+    if (!pool) return;
+    const ip = req.Address.split('/')[0]!;
+    if (ip === pool.gateway.split('/')[0] || Object.values(pool.auxAddresses).includes(ip)) return; // part of the pool
+    await this.opts.backend.releaseAddress(req.PoolID, ip);
+  }
+}

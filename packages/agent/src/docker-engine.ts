@@ -1,0 +1,109 @@
+/**
+ * A minimal Docker Engine API client over the local docker socket: only what the plugin needs to
+ * learn what the plugin protocol does not say (the name of a network — CreateNetwork carries only its
+ * id). Version-less paths, so any Engine API version the daemon speaks is used.
+ */
+
+import { request } from 'node:http';
+
+export const DEFAULT_DOCKER_SOCKET = '/var/run/docker.sock';
+/** One Engine API request's budget. */
+export const ENGINE_REQUEST_TIMEOUT_MS = 10_000;
+
+export class DockerEngineError extends Error {
+  readonly code = 'KVNET_DOCKER_ENGINE';
+  readonly kind = 'unavailable' as const;
+  constructor(
+    message: string,
+    /** HTTP status, when the daemon answered. */
+    readonly status?: number,
+  ) {
+    super(message);
+    this.name = 'DockerEngineError';
+  }
+}
+
+export interface EngineNetwork {
+  Id: string;
+  Name: string;
+  Driver: string;
+  Scope: string;
+  Internal?: boolean;
+  Labels?: Record<string, string> | null;
+  /** Containers attached (only in GET /networks/<id>): container id → endpoint. */
+  Containers?: Record<string, { Name: string; EndpointID: string; MacAddress?: string; IPv4Address?: string }> | null;
+}
+
+export class DockerEngine {
+  constructor(readonly socketPath: string = DEFAULT_DOCKER_SOCKET) {}
+
+  /** GET a path; resolves with status and parsed JSON (undefined for an empty body). */
+  private call(method: string, path: string, signal?: AbortSignal, payload?: unknown): Promise<{ status: number; body: unknown }> {
+    const data = payload === undefined ? undefined : JSON.stringify(payload);
+    return new Promise((resolve, reject) => {
+      const headers: Record<string, string | number> = { host: 'docker' };
+      if (data !== undefined) {
+        headers['content-type'] = 'application/json';
+        headers['content-length'] = Buffer.byteLength(data);
+      }
+      const req = request(
+        { socketPath: this.socketPath, method, path, headers, timeout: ENGINE_REQUEST_TIMEOUT_MS, ...(signal ? { signal } : {}) },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', reject);
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let body: unknown;
+            try {
+              body = text ? JSON.parse(text) : undefined;
+            } catch {
+              body = text;
+            }
+            resolve({ status: res.statusCode ?? 0, body });
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new DockerEngineError(`docker ${method} ${path} on ${this.socketPath}: no answer within ${ENGINE_REQUEST_TIMEOUT_MS} ms`)));
+      req.on('error', (err) =>
+        reject(err instanceof DockerEngineError ? err : new DockerEngineError(`docker ${method} ${path} on ${this.socketPath}: ${(err as Error).message}`)),
+      );
+      req.end(data);
+    });
+  }
+
+  /** The network, or undefined when dockerd does not (yet) know it. */
+  async inspectNetwork(id: string, signal?: AbortSignal): Promise<EngineNetwork | undefined> {
+    const r = await this.call('GET', `/networks/${encodeURIComponent(id)}`, signal);
+    if (r.status === 404) return undefined;
+    if (r.status !== 200) throw new DockerEngineError(`docker GET /networks/${id}: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
+    return r.body as EngineNetwork;
+  }
+
+  /** Networks of one driver. */
+  async listNetworks(driver: string, signal?: AbortSignal): Promise<EngineNetwork[]> {
+    const filters = encodeURIComponent(JSON.stringify({ driver: [driver] }));
+    const r = await this.call('GET', `/networks?filters=${filters}`, signal);
+    if (r.status !== 200) throw new DockerEngineError(`docker GET /networks: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
+    // the driver filter matches by substring on some versions: filter exactly
+    return (r.body as EngineNetwork[]).filter((n) => n.Driver === driver);
+  }
+
+  /** Creates a network; resolves with its id. The error carries dockerd's message (e.g. a plugin's `Err`). */
+  async createNetwork(spec: Record<string, unknown>, signal?: AbortSignal): Promise<string> {
+    const r = await this.call('POST', '/networks/create', signal, spec);
+    if (r.status !== 201 && r.status !== 200) {
+      const msg = (r.body as { message?: string } | undefined)?.message ?? JSON.stringify(r.body);
+      throw new DockerEngineError(`docker network create ${String(spec.Name)}: ${msg}`, r.status);
+    }
+    return (r.body as { Id: string }).Id;
+  }
+
+  /** Removes a network; a network dockerd does not know is not an error. */
+  async removeNetwork(id: string, signal?: AbortSignal): Promise<void> {
+    const r = await this.call('DELETE', `/networks/${encodeURIComponent(id)}`, signal);
+    if (r.status === 404 || r.status === 204 || r.status === 200) return;
+    const msg = (r.body as { message?: string } | undefined)?.message ?? JSON.stringify(r.body);
+    throw new DockerEngineError(`docker network rm ${id.slice(0, 12)}: ${msg}`, r.status);
+  }
+}

@@ -1,0 +1,209 @@
+/**
+ * Makes every kvnet network appear in this host's dockerd, and disappear with it. With the plugin's
+ * default `local` scope Docker keeps a network only on the host where `docker network create` ran;
+ * this closes the gap: for each kvnet network this host's dockerd lacks, it creates a Docker network
+ * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnet, gateway,
+ * ip-range, aux addresses, `--internal`, options and labels, and the IPAM option
+ * `kvnet.network=<nid>` so the plugin adopts the existing pool instead of reserving a new one (and
+ * CreateNetwork binds the new Docker id to the same kvnet network). A Docker network of driver kvnet
+ * whose kvnet network is gone is removed from dockerd.
+ *
+ * {@link DockerNetworkSync.run} is idempotent and cheap when nothing changed; call it after every
+ * change of the view (the agent does it after each reconcile) and it converges. Errors are logged and
+ * retried on the next run.
+ */
+
+import type { Logger } from 'pino';
+import type { ClusterView } from './cluster-view.ts';
+import { allEndpoints } from './cluster-view.ts';
+import type { DockerEndpointRecord, DockerNetworkRecord } from './docker-backend.ts';
+import { ADOPT_NETWORK_OPTION } from './docker-driver.ts';
+import type { DockerEngine, EngineNetwork } from './docker-engine.ts';
+
+/** The plugin's name as drivers: `-d kvnet --ipam-driver kvnet`. */
+export const PLUGIN_NAME = 'kvnet';
+/**
+ * A Docker endpoint dockerd does not list (in `GET /networks/<id>` → Containers) this long after it
+ * was created is stale: dockerd crashed or restarted and dropped it without Leave/DeleteEndpoint.
+ * The grace covers the moment between CreateEndpoint and Join, when dockerd does not list it yet.
+ */
+export const STALE_ENDPOINT_GRACE_MS = 60_000;
+
+export interface DockerNetworkSyncOptions {
+  readonly engine: DockerEngine;
+  readonly node: string;
+  readonly logger: Logger;
+  /** Removes a Docker endpoint of this node (DockerBackend.deleteEndpoint); without it stale endpoints are only logged. */
+  readonly removeEndpoint?: (dockerNetworkId: string, dockerEndpointId: string) => Promise<void>;
+  /** Renames a kvnet endpoint to its container's name (DockerBackend.nameEndpoint). */
+  readonly nameEndpoint?: (nid: string, eid: string, name: string) => Promise<void>;
+  /**
+   * Create missing kvnet networks in dockerd and remove orphaned ones (default true). False for the
+   * plugin's `global` scope, where dockerd itself shares networks through its cluster store.
+   */
+  readonly mirrorNetworks?: boolean;
+  /** Default {@link STALE_ENDPOINT_GRACE_MS}. */
+  readonly staleAfterMs?: number;
+  readonly now?: () => number;
+}
+
+export interface SyncResult {
+  readonly created: string[];
+  readonly removed: string[];
+  /** Kvnet endpoint ids removed because dockerd no longer has them. */
+  readonly staleEndpoints: string[];
+  /** Endpoints dockerd does not list yet (between CreateEndpoint and the end of Join): run again soon to name them. */
+  pending: number;
+  readonly errors: Array<{ network: string; message: string }>;
+}
+
+/** The Engine API body that makes a Docker network mirroring `n`. */
+export function dockerNetworkSpec(n: DockerNetworkRecord): Record<string, unknown> {
+  return {
+    Name: n.name,
+    Driver: PLUGIN_NAME,
+    CheckDuplicate: true,
+    Internal: n.internal,
+    Labels: n.labels ?? {},
+    Options: n.options ?? {},
+    IPAM: {
+      Driver: PLUGIN_NAME,
+      Options: { [ADOPT_NETWORK_OPTION]: n.id },
+      Config: [
+        {
+          Subnet: n.subnet,
+          Gateway: n.gateway,
+          ...(n.ipRange ? { IPRange: n.ipRange } : {}),
+          ...(Object.keys(n.auxAddresses ?? {}).length ? { AuxiliaryAddresses: n.auxAddresses } : {}),
+        },
+      ],
+    },
+  };
+}
+
+export class DockerNetworkSync {
+  private running: Promise<SyncResult> | undefined;
+  /** Endpoints whose container name is taken in their network: not retried. */
+  private readonly unnameable = new Set<string>();
+  private again = false;
+
+  constructor(private readonly opts: DockerNetworkSyncOptions) {}
+
+  /** One pass (joined if one is running; then one more pass follows it). */
+  run(view: () => ClusterView): Promise<SyncResult> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      let result: SyncResult;
+      do {
+        this.again = false;
+        result = await this.pass(view());
+      } while (this.again);
+      return result;
+    })().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async pass(view: ClusterView): Promise<SyncResult> {
+    const { engine, node, logger } = this.opts;
+    const result: SyncResult = { created: [], removed: [], staleEndpoints: [], pending: 0, errors: [] };
+    const docker = await engine.listNetworks(PLUGIN_NAME);
+    const dockerIds = new Set(docker.map((d) => d.Id));
+    const byName = new Map<string, EngineNetwork>(docker.map((d) => [d.Name, d]));
+    const boundHere = new Set<string>();
+    const mirror = this.opts.mirrorNetworks ?? true;
+    for (const n of view.networks.values() as Iterable<DockerNetworkRecord>) {
+      const mine = n.docker?.networks[node];
+      if (mine) boundHere.add(mine);
+      if (!mirror) continue;
+      if (n.deleting || n.docker?.provisionalName) continue;
+      if (mine && dockerIds.has(mine)) continue;
+      if (byName.has(n.name)) continue; // being created right now (CreateNetwork binds it), or a name clash logged below
+      try {
+        await engine.createNetwork(dockerNetworkSpec(n));
+        result.created.push(n.name);
+        logger.info({ nid: n.id, network: n.name }, 'kvnet network created in the local dockerd');
+      } catch (err) {
+        result.errors.push({ network: n.name, message: (err as Error).message });
+        logger.warn({ err, nid: n.id, network: n.name }, 'cannot create the kvnet network in the local dockerd; will retry');
+      }
+    }
+    for (const d of mirror ? docker : []) {
+      if (boundHere.has(d.Id)) continue;
+      // Only networks this plugin made that kvnet no longer has; an unbound one whose kvnet network is
+      // still being written is left for the next pass.
+      const kvnetOwned = [...view.networks.values()].some((n) => n.name === d.Name);
+      if (kvnetOwned) continue;
+      try {
+        await engine.removeNetwork(d.Id);
+        result.removed.push(d.Name);
+        logger.info({ docker: d.Id.slice(0, 12), network: d.Name }, 'removed a Docker network whose kvnet network is gone');
+      } catch (err) {
+        result.errors.push({ network: d.Name, message: (err as Error).message });
+        logger.warn({ err, network: d.Name }, 'cannot remove a Docker network whose kvnet network is gone; will retry');
+      }
+    }
+    await this.removeStaleEndpoints(view, dockerIds, result);
+    return result;
+  }
+
+  /**
+   * One `GET /networks/<id>` per Docker network with local endpoints that are unnamed or past the
+   * grace: an endpoint dockerd lists gets its container's name (CreateEndpoint does not carry it); one
+   * it does not list after the grace is stale and removed.
+   */
+  private async removeStaleEndpoints(view: ClusterView, dockerIds: ReadonlySet<string>, result: SyncResult): Promise<void> {
+    const { engine, node, logger } = this.opts;
+    const graceMs = this.opts.staleAfterMs ?? STALE_ENDPOINT_GRACE_MS;
+    const now = (this.opts.now ?? Date.now)();
+    type Docked = DockerEndpointRecord & { docker: { networkId: string; endpointId: string } };
+    const local = allEndpoints(view).filter((e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined);
+    const isOld = (e: Docked): boolean => now - Date.parse(e.createdAt) >= graceMs;
+    const unnamed = (e: Docked): boolean => e.name === e.docker.endpointId.slice(0, 12) && !this.unnameable.has(e.id);
+    const byNetwork = new Map<string, Docked[]>();
+    for (const e of local) {
+      if (!isOld(e) && !unnamed(e)) continue;
+      byNetwork.set(e.docker.networkId, [...(byNetwork.get(e.docker.networkId) ?? []), e]);
+    }
+    for (const [dockerNetworkId, eps] of byNetwork) {
+      let live: Map<string, string>;
+      if (!dockerIds.has(dockerNetworkId)) {
+        live = new Map(); // the Docker network itself is gone
+      } else {
+        const net = await engine.inspectNetwork(dockerNetworkId).catch(() => null);
+        if (net === null) continue; // dockerd unreachable: decide nothing
+        live = new Map(Object.values(net?.Containers ?? {}).map((c) => [c.EndpointID, c.Name]));
+      }
+      for (const e of eps) {
+        const containerName = live.get(e.docker.endpointId);
+        if (containerName !== undefined) {
+          if (unnamed(e) && containerName && this.opts.nameEndpoint) {
+            try {
+              await this.opts.nameEndpoint(e.network, e.id, containerName);
+            } catch (err) {
+              this.unnameable.add(e.id);
+              logger.warn({ err, eid: e.id, endpoint: containerName }, 'cannot give the endpoint its container name; it keeps its id');
+            }
+          }
+          continue;
+        }
+        if (!isOld(e)) {
+          if (unnamed(e)) result.pending++;
+          continue;
+        }
+        logger.warn({ nid: e.network, eid: e.id, docker: e.docker.endpointId.slice(0, 12), address: e.address }, 'dockerd no longer has this endpoint (crash or restart without DeleteEndpoint); removing it');
+        if (!this.opts.removeEndpoint) continue;
+        try {
+          await this.opts.removeEndpoint(dockerNetworkId, e.docker.endpointId);
+          result.staleEndpoints.push(e.id);
+        } catch (err) {
+          result.errors.push({ network: e.network, message: (err as Error).message });
+        }
+      }
+    }
+  }
+}

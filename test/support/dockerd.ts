@@ -1,0 +1,200 @@
+/**
+ * A real dockerd (Debian's docker.io 20.10) on a simulated host, as shared/docs/environment.md
+ * describes: in the host's network namespace plus its own UTS and mount namespaces
+ * (`nsenter --net=/run/netns/H unshare --uts --mount`; `ip netns exec` would remount /sys and break
+ * dockerd's cgroup setup), with a per-host directory bind-mounted over /run/docker/plugins inside that
+ * mount namespace — so a plugin socket created in `pluginDir` is seen by this dockerd only — and its
+ * own data root, exec root, API socket and pid file in a per-run temp dir. A busybox image (from
+ * busybox-static, no registry) is imported as {@link Dockerd.image}.
+ *
+ * ```ts
+ * const d = await startDockerd({ host: sim.hosts[0], runId: id });
+ * await writePluginSocketIn(d.pluginDir);            // e.g. DockerPluginServer({ socketPath: join(d.pluginDir, 'kvnet.sock') })
+ * await d.docker('run', '--rm', '--network', 'none', d.image, 'true');
+ * await d.stop();                                    // containers removed, dockerd stopped, files removed
+ * ```
+ *
+ * Everything is named with the run id; `stop()` is idempotent and a process exit kills what is left.
+ */
+
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, copyFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { makeTempDir, removeTempDir, run, startProcess, waitFor, type ManagedProcess, type RunResult } from './process.ts';
+import type { SimHost } from './sim-hosts.ts';
+
+const DOCKER_PLUGIN_DIR = '/run/docker/plugins';
+const BUSYBOX = '/bin/busybox';
+const BUSYBOX_APPLETS = ['sh', 'ip', 'ping', 'cat', 'sleep', 'ifconfig', 'route', 'hostname', 'true', 'wget', 'nc', 'ls'];
+const READY_TIMEOUT_MS = 90_000;
+const STOP_GRACE_MS = 20_000;
+const COMMAND_TIMEOUT_MS = 120_000;
+
+const liveExecRoots = new Set<string>();
+let exitHookInstalled = false;
+
+/**
+ * SIGKILLs what a dockerd left running: the containers' init processes, found by the `*.pid` files
+ * under its exec root and checked by their cgroup (which names the container id, the pid file's
+ * directory), and its managed containerd and shims, found by the exec root (unique to the run) in
+ * their command lines. A pid that now belongs to anything else is never killed.
+ */
+function killPidFiles(execRoot: string): void {
+  const ours = (pid: number, containerId: string): boolean => {
+    try {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+      if (cmdline.includes(execRoot)) return true;
+      return /^[0-9a-f]{64}$/.test(containerId) && readFileSync(`/proc/${pid}/cgroup`, 'utf8').includes(containerId);
+    } catch {
+      return false;
+    }
+  };
+  const walk = (dir: string, depth: number): void => {
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const path = join(dir, e.name);
+      if (e.isDirectory() && depth < 8) walk(path, depth + 1);
+      else if (e.isFile() && e.name.endsWith('.pid')) {
+        let pid = NaN;
+        try {
+          pid = Number(readFileSync(path, 'utf8').trim());
+        } catch {
+          continue;
+        }
+        if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid || !ours(pid, basename(dir))) continue;
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }
+  };
+  walk(execRoot, 0);
+  // the shims write no pid file: find them (and containerd) by the exec root in their command line
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) continue;
+    if (!ours(pid, '')) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Before process.ts's own hooks (which SIGKILL dockerd and delete the temp dirs holding the pid files).
+  const sweep = (): void => {
+    for (const root of liveExecRoots) killPidFiles(root);
+  };
+  process.prependListener('exit', sweep);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.prependOnceListener(sig, sweep);
+}
+
+/** True when this machine can run the real-dockerd tests (root, dockerd, docker CLI, static busybox). */
+export async function canRunDockerd(): Promise<boolean> {
+  if (process.getuid?.() !== 0) return false;
+  const r = await run('sh', ['-c', 'command -v dockerd && command -v docker && command -v containerd && command -v runc'], { allowFailure: true });
+  if (r.code !== 0 || !existsSync(BUSYBOX)) return false;
+  const file = await run('sh', ['-c', `ldd ${BUSYBOX} 2>&1`], { allowFailure: true });
+  return /not a dynamic executable|statically linked/.test(file.stdout);
+}
+
+export interface Dockerd {
+  readonly host: SimHost;
+  /** Per-host directory mounted over /run/docker/plugins inside this dockerd's mount namespace. */
+  readonly pluginDir: string;
+  /** The Engine API socket (reachable from the test process). */
+  readonly socket: string;
+  /** The busybox image, `kvnetbb:<run id>`. */
+  readonly image: string;
+  readonly process: ManagedProcess;
+  /** Runs the docker CLI against this daemon; resolves with the result whatever the exit code. */
+  docker(...args: string[]): Promise<RunResult>;
+  /** Like {@link docker} but rejects on a non-zero exit, with stderr in the message. */
+  dockerOk(...args: string[]): Promise<string>;
+  /** dockerd's log so far. */
+  log(): string;
+  stop(): Promise<void>;
+}
+
+/** Starts dockerd on `host` and imports the busybox image. Rejects (after cleaning up) if it does not come up. */
+export async function startDockerd(opts: { host: SimHost; runId: string }): Promise<Dockerd> {
+  const { host, runId } = opts;
+  const dir = makeTempDir(`dockerd-${runId}-${host.name}`);
+  const paths = {
+    data: join(dir, 'data'),
+    exec: join(dir, 'exec'),
+    plugins: join(dir, 'plugins'),
+    rootfs: join(dir, 'rootfs'),
+    socket: join(dir, 'docker.sock'),
+    pid: join(dir, 'docker.pid'),
+  };
+  for (const p of [paths.data, paths.exec, paths.plugins, join(paths.rootfs, 'bin'), DOCKER_PLUGIN_DIR]) mkdirSync(p, { recursive: true });
+  const hostname = `${host.name}`;
+  const script = [
+    `hostname ${hostname}`,
+    `mount --bind ${paths.plugins} ${DOCKER_PLUGIN_DIR}`,
+    `exec dockerd --data-root ${paths.data} --exec-root ${paths.exec} -H unix://${paths.socket} -p ${paths.pid} --bridge none --log-level info`,
+  ].join(' && ');
+  const proc = startProcess(`dockerd-${host.name}`, 'nsenter', [`--net=/run/netns/${host.name}`, 'unshare', '--uts', '--mount', 'sh', '-c', script], {
+    logFile: join(dir, 'dockerd.log'),
+  });
+  installExitHook();
+  liveExecRoots.add(paths.exec);
+  const image = `kvnetbb:${runId}`;
+  const docker = (...args: string[]): Promise<RunResult> => run('docker', ['-H', `unix://${paths.socket}`, ...args], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
+  const dockerOk = async (...args: string[]): Promise<string> => {
+    const r = await docker(...args);
+    if (r.code !== 0) throw new Error(`docker ${args.join(' ')} on ${host.name} exited ${r.code}: ${r.stderr.trim() || r.stdout.trim()}`);
+    return r.stdout.trim();
+  };
+  let stopped = false;
+  const d: Dockerd = {
+    host,
+    pluginDir: paths.plugins,
+    socket: paths.socket,
+    image,
+    process: proc,
+    docker,
+    dockerOk,
+    log: () => proc.log(),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      if (proc.child.exitCode === null && proc.child.signalCode === null && existsSync(paths.socket)) {
+        const ids = (await docker('ps', '-aq')).stdout.split('\n').filter(Boolean);
+        if (ids.length) await docker('rm', '-f', ...ids);
+        const nets = (await docker('network', 'ls', '-q', '--filter', 'type=custom')).stdout.split('\n').filter(Boolean);
+        for (const n of nets) await docker('network', 'rm', n);
+      }
+      await proc.stop(STOP_GRACE_MS);
+      // dockerd's managed containerd and the shims exit with it; make sure, by their pid files
+      killPidFiles(paths.exec);
+      liveExecRoots.delete(paths.exec);
+      removeTempDir(dir);
+    },
+  };
+  try {
+    await waitFor(`dockerd on ${host.name}`, async () => {
+      if (proc.child.exitCode !== null || proc.child.signalCode !== null) throw new Error(`dockerd exited: ${proc.log().slice(-2000)}`);
+      return existsSync(paths.socket) && (await docker('version', '--format', '{{.Server.Version}}')).code === 0;
+    }, READY_TIMEOUT_MS, 200);
+    copyFileSync(BUSYBOX, join(paths.rootfs, 'bin', 'busybox'));
+    for (const a of BUSYBOX_APPLETS) symlinkSync('busybox', join(paths.rootfs, 'bin', a));
+    const r = await run('sh', ['-c', `tar -C ${paths.rootfs} -c . | docker -H unix://${paths.socket} import - ${image}`], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
+    if (r.code !== 0) throw new Error(`importing busybox into dockerd on ${host.name} failed: ${r.stderr}`);
+    return d;
+  } catch (err) {
+    await d.stop().catch(() => undefined);
+    throw err;
+  }
+}
