@@ -2,8 +2,10 @@
 // `npm run build`: bundles the kvnet command (agent included) into dist/kvnet.mjs with esbuild, so
 // production runs plain JavaScript: no TypeScript loader in the process (it costs ~40 MiB of RSS and
 // start-up time). Registry dependencies stay external (native better-sqlite3, the store clients).
+// Also writes dist/kvnet, the launcher to run: node with a 1 MiB young-generation semi-space, which
+// keeps an agent's RSS ≈ 15–25 MiB lower at no measurable cost (an agent allocates little).
 import { build } from 'esbuild';
-import { readFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -27,4 +29,12 @@ await build({
   // ESM output still meets CommonJS-only dependencies that call require().
   banner: { js: "import { createRequire as __kvnetRequire } from 'node:module'; const require = __kvnetRequire(import.meta.url);" },
 });
-process.stderr.write(`built ${out}\n`);
+/** Node flags the launcher (and the cluster benchmark) run the bundle with. */
+export const NODE_FLAGS = ['--max-semi-space-size=1'];
+const launcher = join(dirname(out), 'kvnet');
+writeFileSync(
+  launcher,
+  `#!/bin/sh\n# kvnet, from the bundle next to this file (npm run build).\nexec node ${NODE_FLAGS.join(' ')} "$(dirname "$(readlink -f "$0")")/kvnet.mjs" "$@"\n`,
+);
+chmodSync(launcher, 0o755);
+process.stderr.write(`built ${out} and ${launcher}\n`);

@@ -1,7 +1,8 @@
 /**
  * `npm run bench -- cluster [--json] [--backends local,etcd] [--hosts 3,10] [--reps N] [--tsx]` (root).
  *
- * Agents run from the bundle a deployment runs (`npm run build` → dist/kvnet.mjs, rebuilt here), or with `--tsx` from the TypeScript sources through tsx, as the tests do (≈ 40 MiB more RSS).
+ * Agents run from the bundle as a deployment runs it (`npm run build` → dist/kvnet, rebuilt here), or
+ * with `--tsx` from the TypeScript sources through tsx, as the tests do (≈ 30–50 MiB more RSS).
  *
  * For each backend × host count: a cluster of simulated hosts with one real agent each (the harness of
  * the multi-host tests), then, after one warm-up of each kind:

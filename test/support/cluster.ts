@@ -49,11 +49,13 @@ export const CLI_MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
  * How agents are run: from the TypeScript sources through tsx (default), or, with
  * `KVNET_AGENT_BUNDLE=path/to/kvnet.mjs` (made by `npm run build`), from the bundle a deployment runs.
  */
+/** The Node flags `dist/kvnet` (written by scripts/build.mjs) runs the bundle with. */
+const BUNDLE_NODE_FLAGS = ['--max-semi-space-size=1'];
 export function agentEntry(): string[] {
   const bundle = process.env.KVNET_AGENT_BUNDLE;
   if (bundle) {
     if (!existsSync(bundle)) throw new Error(`KVNET_AGENT_BUNDLE=${bundle} does not exist: run npm run build`);
-    return [bundle];
+    return [...BUNDLE_NODE_FLAGS, bundle];
   }
   return ['--import', 'tsx', CLI_MAIN];
 }
