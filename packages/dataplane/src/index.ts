@@ -61,7 +61,7 @@ export {
   type ErrorKind,
 } from './errors.ts';
 export { NEIGH_GC_THRESHOLDS } from './host-tuning.ts';
-export { macFromIpv4, parseIpv4 } from './ipv4.ts';
+export { cidrContains, formatIpv4, macFromIpv4, parseCidr, parseIpv4, type Ipv4Cidr } from './ipv4.ts';
 export {
   BRIDGE_IFNAME,
   IFNAME_MAX_BYTES,
