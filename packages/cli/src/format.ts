@@ -1,6 +1,8 @@
 /** Plain-text tables for `ls` commands (Docker's look: upper-case headers, columns padded with 3 spaces). */
 
-export function table(headers: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+export function table(headers: readonly string[], rawRows: ReadonlyArray<ReadonlyArray<string | undefined>>): string {
+  // An agent of another version may leave a field out: show '-' rather than fail.
+  const rows = rawRows.map((r) => headers.map((_, i) => r[i] ?? '-'));
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: readonly string[]): string =>
     cells
