@@ -1,31 +1,14 @@
 /** The janitor against the real embedded store and the real IPAM (no root needed). */
 
 import test from 'ava';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { pino } from 'pino';
-import { Ipam } from '@kvnet/ipam';
-import { openStore } from '@kvnet/store';
+import { storeWithNetwork } from './fixtures/store-network.ts';
 import { buildClusterView } from '../src/cluster-view.ts';
 import { Janitor } from '../src/janitor.ts';
-import { encodeRecord, encodeText, ENDPOINTS, keys, NETWORKS, newId, type EndpointRecord, type NetworkRecord } from '../src/layout.ts';
+import { encodeRecord, encodeText, ENDPOINTS, keys, NETWORKS, newId, type EndpointRecord } from '../src/layout.ts';
 
 test('orphaned names go at once, orphaned addresses on the second run; live ones stay', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'kvnet-janitor-'));
-  const store = await openStore(`local://${dir}/store.db`);
-  t.teardown(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const logger = pino({ level: 'silent' });
-  const ipam = new Ipam({ store, logger });
-  const nid = newId();
-  const pool = await ipam.requestPool({ owner: nid, subnet: '10.5.0.0/24' });
-  const net: NetworkRecord = {
-    id: nid, name: 'n', vni: 300, poolId: pool.id, subnet: pool.subnet, gateway: '10.5.0.1', auxAddresses: {}, internal: false,
-    labels: {}, options: {}, createdAt: '', createdBy: 'h1',
-  };
+  const { store, ipam, logger, pool, net } = await storeWithNetwork(t, '10.5.0.0/24', '10.5.0.1');
+  const nid = net.id;
   await store.put(keys.network(nid), encodeRecord(net));
 
   // A live endpoint: record, name and address.

@@ -1,30 +1,13 @@
 /** reapNode against the real embedded store and the real IPAM (no root needed). */
 
 import test from 'ava';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { pino } from 'pino';
-import { Ipam } from '@kvnet/ipam';
-import { openStore } from '@kvnet/store';
-import { decodeRecord, encodeRecord, encodeText, keys, newId, type EndpointRecord, type NetworkRecord } from '../src/layout.ts';
+import { storeWithNetwork } from './fixtures/store-network.ts';
+import { decodeRecord, encodeRecord, encodeText, keys, newId, type EndpointRecord } from '../src/layout.ts';
 import { reapNode } from '../src/reaper.ts';
 
 test('a dead node\'s endpoints are removed with their names and addresses, leaving tombstones; a restart announcement postpones it', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'kvnet-reaper-'));
-  const store = await openStore(`local://${dir}/store.db`);
-  t.teardown(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const logger = pino({ level: 'silent' });
-  const ipam = new Ipam({ store, logger });
-  const nid = newId();
-  const pool = await ipam.requestPool({ owner: nid, subnet: '10.6.0.0/24' });
-  const net: NetworkRecord = {
-    id: nid, name: 'n', vni: 300, poolId: pool.id, subnet: pool.subnet, gateway: '10.6.0.1', auxAddresses: {}, internal: false,
-    labels: {}, options: {}, createdAt: '', createdBy: 'h1',
-  };
+  const { store, ipam, logger, pool, net } = await storeWithNetwork(t, '10.6.0.0/24', '10.6.0.1');
+  const nid = net.id;
   const eps: EndpointRecord[] = [];
   for (const name of ['a', 'b']) {
     const id = newId();
