@@ -127,8 +127,14 @@ export interface Dockerd {
 }
 
 /** Starts dockerd on `host` and imports the busybox image. Rejects (after cleaning up) if it does not come up. */
-export async function startDockerd(opts: { host: SimHost; runId: string }): Promise<Dockerd> {
+export async function startDockerd(opts: {
+  host: SimHost;
+  runId: string;
+  /** More dockerd flags, e.g. `--cluster-store etcd://198.19.0.1:2379 --cluster-advertise eth0:2376`. */
+  extraArgs?: readonly string[];
+}): Promise<Dockerd> {
   const { host, runId } = opts;
+  const quote = (a: string): string => `'${a.replaceAll("'", "'\\''")}'`;
   const dir = makeTempDir(`dockerd-${runId}-${host.name}`);
   const paths = {
     data: join(dir, 'data'),
@@ -143,7 +149,7 @@ export async function startDockerd(opts: { host: SimHost; runId: string }): Prom
   const script = [
     `hostname ${hostname}`,
     `mount --bind ${paths.plugins} ${DOCKER_PLUGIN_DIR}`,
-    `exec dockerd --data-root ${paths.data} --exec-root ${paths.exec} -H unix://${paths.socket} -p ${paths.pid} --bridge none --log-level info`,
+    `exec dockerd --data-root ${paths.data} --exec-root ${paths.exec} -H unix://${paths.socket} -p ${paths.pid} --bridge none --log-level info${(opts.extraArgs ?? []).map((a) => ` ${quote(a)}`).join('')}`,
   ].join(' && ');
   const proc = startProcess(`dockerd-${host.name}`, 'nsenter', [`--net=/run/netns/${host.name}`, 'unshare', '--uts', '--mount', 'sh', '-c', script], {
     logFile: join(dir, 'dockerd.log'),

@@ -40,6 +40,8 @@ export interface ServerOptions {
   readonly host?: string;
   /** etcd only: serve TLS with these files and require client certificates signed by `caFile`. */
   readonly tls?: { caFile: string; certFile: string; keyFile: string };
+  /** etcd only: also serve the v2 API (`--enable-v2`), which dockerd 20.10's `--cluster-store etcd://` speaks. */
+  readonly enableV2?: boolean;
 }
 
 export const CONSUL_VERSION = 'v1.22.5';
@@ -150,6 +152,7 @@ async function startEtcd(options: ServerOptions): Promise<KvServer> {
         '--initial-advertise-peer-urls', `http://${host}:${peerPort}`,
         '--initial-cluster', `kvnet-test=http://${host}:${peerPort}`,
         '--log-level', 'warn',
+        ...(options.enableV2 ? ['--enable-v2'] : []),
         ...(tls ? ['--cert-file', tls.certFile, '--key-file', tls.keyFile, '--trusted-ca-file', tls.caFile, '--client-cert-auth'] : []),
       ],
       ready: () => waitForPort(host, port, 20_000, options.netns),

@@ -282,6 +282,7 @@ export class Agent {
             removeEndpoint: (dockerNetworkId, dockerEndpointId) => backend.deleteEndpoint(dockerNetworkId, dockerEndpointId),
             nameEndpoint: (nid, eid, name) => backend.nameEndpoint(nid, eid, name),
             mirrorNetworks: config.dockerScope !== 'global',
+            ...(config.dockerDriverName ? { driverName: config.dockerDriverName } : {}),
           });
         }
       }

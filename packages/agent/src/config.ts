@@ -41,6 +41,8 @@ export interface AgentConfig {
   readonly dockerSocket?: string;
   /** Scope the plugin reports to Docker: `local` (default, any Docker version) or `global` (dockerd with --cluster-store). */
   readonly dockerScope?: 'local' | 'global';
+  /** The name dockerd knows the plugin by: `kvnet` for a socket plugin (default), the plugin reference (`kvnet:latest`) for a managed one. */
+  readonly dockerDriverName?: string;
 }
 
 /** Parses `10s`, `1m`, `1500ms` or a bare number of seconds into whole seconds. */
@@ -114,5 +116,8 @@ export function validateConfig(config: AgentConfig): void {
   }
   if (config.dockerScope !== undefined && config.dockerScope !== 'local' && config.dockerScope !== 'global') {
     throw new InvalidConfigError(`invalid --docker-scope "${String(config.dockerScope)}": must be local or global`);
+  }
+  if (config.dockerDriverName !== undefined && !/^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$/.test(config.dockerDriverName)) {
+    throw new InvalidConfigError(`invalid --docker-driver-name "${config.dockerDriverName}": expected a Docker plugin name like kvnet or kvnet:latest`);
   }
 }

@@ -20,7 +20,12 @@ import type { DockerEndpointRecord, DockerNetworkRecord } from './docker-backend
 import { ADOPT_NETWORK_OPTION } from './docker-driver.ts';
 import type { DockerEngine, EngineNetwork } from './docker-engine.ts';
 
-/** The plugin's name as drivers: `-d kvnet --ipam-driver kvnet`. */
+/**
+ * The plugin's name as drivers when it runs from a socket in /run/docker/plugins: `-d kvnet
+ * --ipam-driver kvnet`. A managed plugin is known to dockerd by its plugin reference instead
+ * (`kvnet:latest` for `docker plugin create kvnet …`), which the agent is told with
+ * `--docker-driver-name` (the plugin's `DOCKER_DRIVER_NAME` setting).
+ */
 export const PLUGIN_NAME = 'kvnet';
 /**
  * A Docker endpoint dockerd does not list (in `GET /networks/<id>` → Containers) this long after it
@@ -42,6 +47,8 @@ export interface DockerNetworkSyncOptions {
    * plugin's `global` scope, where dockerd itself shares networks through its cluster store.
    */
   readonly mirrorNetworks?: boolean;
+  /** The name dockerd knows this plugin by (default {@link PLUGIN_NAME}). */
+  readonly driverName?: string;
   /** Default {@link STALE_ENDPOINT_GRACE_MS}. */
   readonly staleAfterMs?: number;
   readonly now?: () => number;
@@ -58,16 +65,16 @@ export interface SyncResult {
 }
 
 /** The Engine API body that makes a Docker network mirroring `n`. */
-export function dockerNetworkSpec(n: DockerNetworkRecord): Record<string, unknown> {
+export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = PLUGIN_NAME): Record<string, unknown> {
   return {
     Name: n.name,
-    Driver: PLUGIN_NAME,
+    Driver: driverName,
     CheckDuplicate: true,
     Internal: n.internal,
     Labels: n.labels ?? {},
     Options: n.options ?? {},
     IPAM: {
-      Driver: PLUGIN_NAME,
+      Driver: driverName,
       Options: { [ADOPT_NETWORK_OPTION]: n.id },
       Config: [
         {
@@ -111,7 +118,8 @@ export class DockerNetworkSync {
   private async pass(view: ClusterView): Promise<SyncResult> {
     const { engine, node, logger } = this.opts;
     const result: SyncResult = { created: [], removed: [], staleEndpoints: [], pending: 0, errors: [] };
-    const docker = await engine.listNetworks(PLUGIN_NAME);
+    const driverName = this.opts.driverName ?? PLUGIN_NAME;
+    const docker = await engine.listNetworks(driverName);
     const dockerIds = new Set(docker.map((d) => d.Id));
     const byName = new Map<string, EngineNetwork>(docker.map((d) => [d.Name, d]));
     const boundHere = new Set<string>();
@@ -124,7 +132,7 @@ export class DockerNetworkSync {
       if (mine && dockerIds.has(mine)) continue;
       if (byName.has(n.name)) continue; // being created right now (CreateNetwork binds it), or a name clash logged below
       try {
-        await engine.createNetwork(dockerNetworkSpec(n));
+        await engine.createNetwork(dockerNetworkSpec(n, driverName));
         result.created.push(n.name);
         logger.info({ nid: n.id, network: n.name }, 'kvnet network created in the local dockerd');
       } catch (err) {

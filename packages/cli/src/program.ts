@@ -90,6 +90,7 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .option('--docker-plugin <socket|off>', 'serve the Docker network + IPAM plugin "kvnet" on this socket (e.g. /run/docker/plugins/kvnet.sock)', 'off')
     .option('--docker-socket <socket|off>', 'the local dockerd\'s API socket (network names; kvnet networks mirrored into Docker)', '/var/run/docker.sock')
     .addOption(new Option('--docker-scope <scope>', 'scope the Docker plugin reports').choices(['local', 'global']).default('local'))
+    .addOption(new Option('--docker-driver-name <name>', 'the name dockerd knows the plugin by: kvnet, or a managed plugin\'s reference such as kvnet:latest').env('KVNET_DOCKER_DRIVER_NAME').default('kvnet'))
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
     .action(async (opts, cmd) => {
       if (!opts.clusterAdvertise) throw new CliExit('--cluster-advertise is required (or set KVNET_CLUSTER_ADVERTISE)', EXIT_USAGE);
@@ -113,6 +114,7 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
         dockerPlugin: opts.dockerPlugin,
         dockerSocket: opts.dockerSocket,
         dockerScope: opts.dockerScope,
+        dockerDriverName: opts.dockerDriverName,
       };
       const { parseStoreUrl, parseStoreOpts } = await import('@kvnet/store');
       try {
