@@ -121,8 +121,16 @@ export interface Dockerd {
   docker(...args: string[]): Promise<RunResult>;
   /** Like {@link docker} but rejects on a non-zero exit, with stderr in the message. */
   dockerOk(...args: string[]): Promise<string>;
-  /** dockerd's log so far. */
+  /** dockerd's log so far (of the current process, since the last restart). */
   log(): string;
+  /**
+   * Stops dockerd and starts it again on the same data root, exec root and sockets; resolves when it
+   * answers. `graceful`: SIGTERM (containers stop; those with a restart policy come back). `crash`:
+   * SIGKILL dockerd only (containerd and the containers keep running, as after a dockerd crash).
+   * `power-off`: SIGKILL dockerd, containerd, the shims and every container process, as a host
+   * losing power would. Neither crash nor power-off sends the plugin Leave or DeleteEndpoint.
+   */
+  restart(how: 'graceful' | 'crash' | 'power-off'): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -151,9 +159,12 @@ export async function startDockerd(opts: {
     `mount --bind ${paths.plugins} ${DOCKER_PLUGIN_DIR}`,
     `exec dockerd --data-root ${paths.data} --exec-root ${paths.exec} -H unix://${paths.socket} -p ${paths.pid} --bridge none --log-level info${(opts.extraArgs ?? []).map((a) => ` ${quote(a)}`).join('')}`,
   ].join(' && ');
-  const proc = startProcess(`dockerd-${host.name}`, 'nsenter', [`--net=/run/netns/${host.name}`, 'unshare', '--uts', '--mount', 'sh', '-c', script], {
-    logFile: join(dir, 'dockerd.log'),
-  });
+  let restarts = 0;
+  const launch = (): ManagedProcess =>
+    startProcess(`dockerd-${host.name}${restarts ? `-${restarts}` : ''}`, 'nsenter', [`--net=/run/netns/${host.name}`, 'unshare', '--uts', '--mount', 'sh', '-c', script], {
+      logFile: join(dir, restarts ? `dockerd-${restarts}.log` : 'dockerd.log'),
+    });
+  let proc = launch();
   installExitHook();
   liveExecRoots.add(paths.exec);
   const image = `kvnetbb:${runId}`;
@@ -169,10 +180,31 @@ export async function startDockerd(opts: {
     pluginDir: paths.plugins,
     socket: paths.socket,
     image,
-    process: proc,
+    get process() {
+      return proc;
+    },
     docker,
     dockerOk,
     log: () => proc.log(),
+    async restart(how) {
+      if (how === 'graceful') await proc.stop(STOP_GRACE_MS);
+      else {
+        proc.child.kill('SIGKILL');
+        await new Promise<void>((resolve) => (proc.child.exitCode !== null || proc.child.signalCode !== null ? resolve() : proc.child.once('exit', () => resolve())));
+        // nsenter/unshare exec'd into sh which exec'd dockerd, so the child is dockerd itself
+        if (how === 'power-off') killPidFiles(paths.exec);
+        // containerd dies with dockerd (parent-death signal) but may linger until reaped; a new dockerd
+        // that finds its pid still in /proc waits for it instead of starting a new one, and times out
+        const pidFile = join(paths.exec, 'containerd', 'containerd.pid');
+        const containerdPid = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : NaN;
+        if (Number.isInteger(containerdPid) && containerdPid > 1) {
+          await waitFor(`the old containerd (pid ${containerdPid}) of ${host.name} to be gone`, () => !existsSync(`/proc/${containerdPid}`), 30_000, 100);
+        }
+      }
+      restarts++;
+      proc = launch();
+      await waitReady();
+    },
     async stop() {
       if (stopped) return;
       stopped = true;
@@ -189,11 +221,13 @@ export async function startDockerd(opts: {
       removeTempDir(dir);
     },
   };
-  try {
-    await waitFor(`dockerd on ${host.name}`, async () => {
+  const waitReady = (): Promise<unknown> =>
+    waitFor(`dockerd on ${host.name}`, async () => {
       if (proc.child.exitCode !== null || proc.child.signalCode !== null) throw new Error(`dockerd exited: ${proc.log().slice(-2000)}`);
       return existsSync(paths.socket) && (await docker('version', '--format', '{{.Server.Version}}')).code === 0;
     }, READY_TIMEOUT_MS, 200);
+  try {
+    await waitReady();
     copyFileSync(BUSYBOX, join(paths.rootfs, 'bin', 'busybox'));
     for (const a of BUSYBOX_APPLETS) symlinkSync('busybox', join(paths.rootfs, 'bin', a));
     const r = await run('sh', ['-c', `tar -C ${paths.rootfs} -c . | docker -H unix://${paths.socket} import - ${image}`], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
