@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything kvnet's tests and demo need on a fresh Debian 12 machine (as root).
 # Idempotent: every step checks first, so running it again costs a few seconds.
-#   - Debian packages: etcd, ZooKeeper, dockerd, datapath tools, debootstrap (offline base images)
+#   - Debian packages: etcd, ZooKeeper, dockerd, datapath tools, debootstrap (offline base images), docker-compose (the multi-host harness)
 #   - the Consul binary (not packaged in Debian): built once from the Go module proxy and
 #     cached in /var/cache/kvnet (override with KVNET_CONSUL_BIN=/path/to/consul)
 #   - npm dependencies (npm ci) when node_modules is missing or older than package-lock.json
@@ -15,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-APT_PACKAGES=(etcd-server zookeeper iproute2 iptables iputils-ping tcpdump busybox-static docker.io containerd runc debootstrap)
+APT_PACKAGES=(etcd-server zookeeper iproute2 iptables iputils-ping tcpdump busybox-static docker.io containerd runc debootstrap docker-compose)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
