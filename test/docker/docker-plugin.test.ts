@@ -273,3 +273,50 @@ rt('cross-host: a network created on h1 appears in h2\'s dockerd; containers on 
 function decodeName(entry: { value: Uint8Array } | undefined): string | undefined {
   return entry ? new TextDecoder().decode(entry.value) : undefined;
 }
+
+rt('endpoint names are container names, unique in a network across hosts; a leftover of the same container after a power-off is replaced', async (t) => {
+  const [d1, d2] = dockerds as [Dockerd, Dockerd];
+  const net = `names${id}`;
+  const dockerId = (await d1.dockerOk('network', 'create', '-d', 'kvnet', '--ipam-driver', 'kvnet', '--subnet', '10.217.0.0/24', net)).split('\n').pop()!;
+  await waitFor(`${net} listed on h2`, async () => (await d2.dockerOk('network', 'ls', '--format', '{{.Name}}')).split('\n').includes(net), 60_000, 200);
+  const kvnetNet = hosts[0]!.backend.findNetwork(dockerId)!;
+  const named = async (name: string) => decodeName(await stores[0]!.get(keys.epname(kvnetNet.id, name)));
+  const c1 = `n1${id}`;
+  await d1.dockerOk('run', '-d', '--name', c1, '--network', net, d1.image, 'sleep', '3600');
+  t.truthy(await named(c1), 'the endpoint has its container\'s name as soon as docker run returns');
+
+  const dup = await d2.docker('run', '-d', '--name', c1, '--network', net, d2.image, 'sleep', '3600');
+  t.not(dup.code, 0, 'the same name on another host is refused');
+  t.regex(dup.stderr, new RegExp(`endpoint with name ${c1} already exists in network ${net}`));
+  t.is((await d2.dockerOk('inspect', '-f', '{{.State.Status}}', c1)), 'created', 'the refused container is left created, as with dockerd\'s cluster store');
+  const allocated = async () => (await hosts[0]!.ipam.listAllocations(kvnetNet.poolId)).length;
+  t.is(await allocated(), 1, 'the refused container\'s address was released');
+  await d2.dockerOk('rm', c1);
+
+  // the name is free again once its container is gone
+  await d1.dockerOk('rm', '-f', c1);
+  await d2.dockerOk('run', '-d', '--name', c1, '--network', net, d2.image, 'sleep', '3600');
+  t.truthy(await named(c1));
+
+  // a container with a restart policy survives its dockerd losing power: its old endpoint (same name,
+  // same host, never deleted) is replaced when dockerd starts it again, instead of refusing the name
+  const r1 = `r1${id}`;
+  await d2.dockerOk('run', '-d', '--name', r1, '--restart', 'always', '--network', net, d2.image, 'sleep', '3600');
+  const before = await named(r1);
+  t.truthy(before);
+  await d2.restart('power-off');
+  await waitFor(`${r1} running again`, async () => (await d2.dockerOk('inspect', '-f', '{{.State.Status}}', r1)) === 'running', 90_000, 500);
+  const after = await named(r1);
+  t.truthy(after);
+  t.not(after, before, 'a new endpoint holds the name');
+  t.is(await stores[0]!.get(keys.endpoint(kvnetNet.id, before!)), undefined, 'the leftover endpoint is gone');
+  const ip = /inet (\S+)\//.exec(await d2.dockerOk('exec', r1, 'ip', '-o', '-4', 'addr', 'show', 'eth0'))![1]!;
+  const p1 = `p1${id}`;
+  await d1.dockerOk('run', '-d', '--name', p1, '--network', net, d1.image, 'sleep', '3600');
+  await waitFor(`${r1} on h2 reachable from h1`, async () => (await d1.docker('exec', p1, 'ping', '-c', '1', '-W', '2', ip)).code === 0, 60_000, 200);
+
+  await d1.dockerOk('rm', '-f', p1);
+  await d2.dockerOk('rm', '-f', c1, r1);
+  await waitFor('endpoints gone', async () => (await stores[0]!.list(`${ENDPOINTS}/${kvnetNet.id}`)).entries.length === 0, 90_000, 500);
+  await d1.dockerOk('network', 'rm', net);
+});

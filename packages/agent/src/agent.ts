@@ -29,7 +29,7 @@ import { ApiServer } from './api-server.ts';
 import { allEndpoints, buildClusterView, type ClusterView } from './cluster-view.ts';
 import { resolveAdvertise, validateConfig, type AgentConfig, type Advertise } from './config.ts';
 import { computeDesiredState, EGRESS_IFNAME } from './desired-state.ts';
-import { StoreDockerBackend } from './docker-backend.ts';
+import { StoreDockerBackend, type DockerEndpointRecord } from './docker-backend.ts';
 import { withDockerEndpoints } from './docker-desired-state.ts';
 import { DockerDriver } from './docker-driver.ts';
 import { DockerEngine } from './docker-engine.ts';
@@ -648,11 +648,16 @@ export class Agent {
         }
         const log = this.logger.child({ nid: ep.network, eid: ep.id, endpoint: ep.name });
         const netEntry = await store.get(keys.network(ep.network));
-        let alive = false;
-        try {
-          alive = ep.netns !== undefined && statSync(ep.netns) !== undefined;
-        } catch {
-          alive = false;
+        // A Docker endpoint has no netns path of kvnet's: restore it, and let the Docker sync remove it
+        // if dockerd no longer lists it (DockerNetworkSync's stale-endpoint sweep).
+        const dockerSyncs = this.config.dockerPlugin !== undefined && this.config.dockerPlugin !== 'off' && this.config.dockerSocket !== 'off';
+        let alive = (ep as DockerEndpointRecord).docker !== undefined && dockerSyncs;
+        if (!alive && ep.netns !== undefined) {
+          try {
+            alive = statSync(ep.netns) !== undefined;
+          } catch {
+            alive = false;
+          }
         }
         if (!netEntry || !alive) {
           log.info({ netns: ep.netns }, 'reaped endpoint is gone here too; dropping its tombstone');

@@ -86,6 +86,11 @@ export interface DockerEndpointInput {
   readonly address: string;
   /** A MAC the user gave (`--mac-address`); default `02:42:` + the IPv4 bytes. */
   readonly mac?: string;
+  /**
+   * The container's name when the caller could tell it (DockerDriver); unique in the network across
+   * all hosts. Without it the endpoint is named by its Docker id until the container's name is learned.
+   */
+  readonly name?: string;
 }
 
 /**
@@ -346,7 +351,8 @@ export class StoreDockerBackend implements DockerBackend {
     if (!alloc) throw new InvalidInputError(`address ${input.address} was not allocated by kvnet in network ${net.name}; use --ipam-driver kvnet`);
     const eid = alloc.owner;
     if (await store.get(keys.endpoint(net.id, eid))) throw new NameConflictError(`address ${ip} already belongs to an endpoint of network ${net.name}`);
-    const name = input.dockerEndpointId.slice(0, 12);
+    const given = input.name !== undefined && NAME_PATTERN.test(input.name) && input.name.length <= NAME_MAX_CHARS ? input.name : undefined;
+    const name = given ?? input.dockerEndpointId.slice(0, 12);
     const record: DockerEndpointRecord = {
       id: eid,
       name,
@@ -361,17 +367,27 @@ export class StoreDockerBackend implements DockerBackend {
       handoff: handoffIfname(eid),
       docker: { networkId: input.dockerNetworkId, endpointId: input.dockerEndpointId },
     };
-    const netEntry = await store.get(keys.network(net.id));
-    if (!netEntry) throw new NotFoundError(`no such network: ${net.name}`);
     const epKey = keys.endpoint(net.id, eid);
-    const r = await store.txn([
-      { op: 'check', key: netEntry.key, if: { revision: netEntry.revision } },
-      { op: 'put', key: keys.epname(net.id, name), value: encodeText(eid), if: { absent: true } },
-      { op: 'put', key: epKey, value: encodeRecord(record), if: { absent: true } },
-    ]);
-    if (!r.ok) {
-      if (await store.get(keys.epname(net.id, name))) throw new NameConflictError(`endpoint with name ${name} already exists in network ${net.name}`);
-      throw new InvalidInputError(`network ${net.name} changed while creating an endpoint; try again`);
+    for (let attempt = 1; ; attempt++) {
+      const netEntry = await store.get(keys.network(net.id));
+      if (!netEntry) throw new NotFoundError(`no such network: ${net.name}`);
+      const r = await store.txn([
+        { op: 'check', key: netEntry.key, if: { revision: netEntry.revision } },
+        { op: 'put', key: keys.epname(net.id, name), value: encodeText(eid), if: { absent: true } },
+        { op: 'put', key: epKey, value: encodeRecord(record), if: { absent: true } },
+      ]);
+      if (r.ok) break;
+      const holder = await store.get(keys.epname(net.id, name));
+      if (!holder) {
+        if (attempt < 3) continue; // the network record changed (e.g. bound on another host): try again
+        throw new InvalidInputError(`network ${net.name} changed while creating an endpoint; try again`);
+      }
+      // Docker names containers uniquely per host, so an endpoint of this name on this node is a
+      // leftover of the same container (dockerd crashed or restarted without DeleteEndpoint): replace it.
+      const stale = given && attempt < 3 ? this.staleLocalEndpoint(net.id, decodeText(holder.value)) : undefined;
+      if (!stale) throw new NameConflictError(`endpoint with name ${name} already exists in network ${net.name}`);
+      logger.warn({ nid: net.id, eid: stale.id, endpoint: name, docker: stale.docker.endpointId.slice(0, 12) }, 'replacing a leftover endpoint of the same container (dockerd dropped it without DeleteEndpoint)');
+      await this.deleteEndpoint(stale.docker.networkId, stale.docker.endpointId);
     }
     const log = logger.child({ nid: net.id, eid, network: net.name, docker: input.dockerEndpointId.slice(0, 12) });
     log.info({ address: record.address, ifname: record.handoff }, 'docker endpoint created');
@@ -388,6 +404,13 @@ export class StoreDockerBackend implements DockerBackend {
       log.warn({ err: mine[0] }, 'docker endpoint could not be plumbed');
       throw new PlumbingError(mine[0]!.message);
     }
+  }
+
+  /** This node's Docker endpoint `eid` of network `nid`, if the view has it. */
+  private staleLocalEndpoint(nid: string, eid: string): (DockerEndpointRecord & { docker: { networkId: string; endpointId: string } }) | undefined {
+    const ep = this.deps.view().endpoints.get(nid)?.get(eid) as DockerEndpointRecord | undefined;
+    if (!ep || ep.node !== this.deps.node || !ep.docker) return undefined;
+    return ep as DockerEndpointRecord & { docker: { networkId: string; endpointId: string } };
   }
 
   async joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string }> {

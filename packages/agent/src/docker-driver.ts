@@ -18,7 +18,7 @@
 import type { Logger } from 'pino';
 import { sleep } from '@kvnet/store';
 import type { DockerBackend } from './docker-backend.ts';
-import type { DockerEngine } from './docker-engine.ts';
+import type { DockerEngine, EngineContainer } from './docker-engine.ts';
 import {
   GATEWAY_ADDRESS_TYPE,
   OPTION_GENERIC,
@@ -35,7 +35,7 @@ import {
   type RequestAddressRequest,
   type RequestPoolRequest,
 } from './docker-protocol.ts';
-import { InvalidInputError } from './errors.ts';
+import { InvalidInputError, NameConflictError } from './errors.ts';
 import { cidrContains, parseCidr, parseIpv4 } from './ipv4.ts';
 
 /** The address space kvnet reports to Docker (local and global); Docker's own IPAM uses LocalDefault/GlobalDefault. */
@@ -48,6 +48,8 @@ export const CONTAINER_IFNAME_PREFIX = 'eth';
 export const NAME_LEARN_ATTEMPTS = 20;
 export const NAME_LEARN_BASE_MS = 50;
 export const NAME_LEARN_CAP_MS = 2_000;
+/** Budget for finding, during CreateEndpoint, the container being connected (one Engine API list). */
+export const CONTAINER_LOOKUP_TIMEOUT_MS = 2_000;
 
 export interface DockerDriverOptions {
   readonly backend: DockerBackend;
@@ -132,12 +134,18 @@ export class DockerDriver implements PluginHandlers {
       await sleep(delay, this.abort.signal).catch(() => undefined);
       if (this.abort.signal.aborted) return;
       delay = Math.min(delay * 2, NAME_LEARN_CAP_MS);
+      let name: string | undefined;
       try {
         const net = await engine!.inspectNetwork(dockerNetworkId, this.abort.signal);
         if (!net) continue;
+        name = net.Name;
         await backend.nameNetwork(nid, net.Name);
         return;
       } catch (err) {
+        if (err instanceof NameConflictError && name !== undefined) {
+          await this.undoDuplicate(dockerNetworkId, name, log);
+          return;
+        }
         if ((err as { kind?: string }).kind === 'conflict' || (err as { kind?: string }).kind === 'invalid' || (err as { kind?: string }).kind === 'not-found') {
           log.error({ err }, 'cannot give the kvnet network its Docker name; it keeps its provisional name');
           return;
@@ -148,6 +156,23 @@ export class DockerDriver implements PluginHandlers {
     if (!this.abort.signal.aborted) log.warn('gave up learning the Docker name of a network; it keeps its provisional name');
   }
 
+  /**
+   * `docker network create NAME` on this host made a Docker network whose name another kvnet network
+   * already has (made on another host, not mirrored here yet, or with `kvnet network create`). Docker
+   * checks names only on its own host and does not send the name with CreateNetwork, so this is found
+   * only now: the new network is removed from dockerd again (which removes its kvnet side and pool), and
+   * the existing one is mirrored here under its name. If it is already in use it stays, under its
+   * provisional name, and the clash is logged.
+   */
+  private async undoDuplicate(dockerNetworkId: string, name: string, log: Logger): Promise<void> {
+    try {
+      await this.opts.engine!.removeNetwork(dockerNetworkId, this.abort.signal);
+      log.error({ network: name }, `network with name ${name} already exists in kvnet: the Docker network ${dockerNetworkId.slice(0, 12)} just created on this host is removed, and the existing ${name} is used instead`);
+    } catch (err) {
+      log.error({ err, network: name }, `network with name ${name} already exists in kvnet; the Docker network ${dockerNetworkId.slice(0, 12)} made on this host cannot be removed and keeps its provisional kvnet name`);
+    }
+  }
+
   async deleteNetwork(req: NetworkRequest): Promise<void> {
     await this.opts.backend.deleteNetwork(req.NetworkID);
   }
@@ -156,14 +181,47 @@ export class DockerDriver implements PluginHandlers {
     const iface = req.Interface ?? { Address: '', AddressIPv6: '', MacAddress: '' };
     if (iface.AddressIPv6) throw new InvalidInputError('kvnet networks are IPv4 only: no --ip6');
     if (!iface.Address) throw new InvalidInputError('the endpoint has no IPv4 address: create the network with --ipam-driver kvnet');
+    const name = await this.containerBeingConnected(req.NetworkID, req.EndpointID);
     const r = await this.opts.backend.createEndpoint({
       dockerNetworkId: req.NetworkID,
       dockerEndpointId: req.EndpointID,
       address: iface.Address,
       ...(iface.MacAddress ? { mac: iface.MacAddress.toLowerCase() } : {}),
+      ...(name ? { name } : {}),
     });
     // Only a field Docker left empty may be filled in ("driver modified interface … address" otherwise).
     return iface.MacAddress ? {} : { Interface: { MacAddress: r.mac } };
+  }
+
+  /**
+   * The name of the container this CreateEndpoint is for, so the endpoint takes it at once and a name
+   * already used in the network on another host is refused before the container starts ("endpoint
+   * with name c1 already exists in network multi", as dockerd's cluster store did). The plugin
+   * protocol does not carry it; dockerd's container list does, indirectly: a container being started
+   * on a network (`docker run --net`, `docker start`) is listed with that network in its settings and
+   * no endpoint id yet. Exactly one such container → its name. None or several (several containers
+   * starting on the network at once, or `docker network connect` of a running container), or no
+   * answer within {@link CONTAINER_LOOKUP_TIMEOUT_MS} → undefined: the endpoint starts under its id and
+   * takes the container's name once dockerd lists it (DockerNetworkSync), where a clash can only be
+   * logged.
+   */
+  private async containerBeingConnected(dockerNetworkId: string, dockerEndpointId: string): Promise<string | undefined> {
+    const { engine, backend, logger } = this.opts;
+    const net = backend.findNetwork(dockerNetworkId);
+    if (!engine || !net || net.docker?.provisionalName) return undefined;
+    let listed: EngineContainer[];
+    try {
+      listed = await engine.listContainers({ network: [net.name] }, AbortSignal.any([this.abort.signal, AbortSignal.timeout(CONTAINER_LOOKUP_TIMEOUT_MS)]));
+    } catch (err) {
+      logger.debug({ err, network: net.name }, 'cannot list containers to name a new endpoint; it is named later');
+      return undefined;
+    }
+    const starting = listed.filter((c) => {
+      const settings = c.NetworkSettings?.Networks?.[net.name];
+      return settings != null && (!settings.EndpointID || settings.EndpointID === dockerEndpointId);
+    });
+    if (starting.length !== 1) return undefined;
+    return starting[0]!.Names[0]?.replace(/^\//, '') || undefined;
   }
 
   async deleteEndpoint(req: EndpointRequest): Promise<void> {

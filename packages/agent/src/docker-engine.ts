@@ -34,6 +34,15 @@ export interface EngineNetwork {
   Containers?: Record<string, { Name: string; EndpointID: string; MacAddress?: string; IPv4Address?: string }> | null;
 }
 
+/** A container as `GET /containers/json` lists it (dockerd's snapshot: no container lock is taken). */
+export interface EngineContainer {
+  Id: string;
+  /** With a leading "/". */
+  Names: string[];
+  State: string;
+  NetworkSettings?: { Networks?: Record<string, { NetworkID?: string; EndpointID?: string } | null> | null } | null;
+}
+
 export class DockerEngine {
   constructor(readonly socketPath: string = DEFAULT_DOCKER_SOCKET) {}
 
@@ -87,6 +96,17 @@ export class DockerEngine {
     if (r.status !== 200) throw new DockerEngineError(`docker GET /networks: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
     // the driver filter matches by substring on some versions: filter exactly
     return (r.body as EngineNetwork[]).filter((n) => n.Driver === driver);
+  }
+
+  /**
+   * Containers (running or not) matching Engine API filters, e.g. `{ network: ['multi'] }`. Safe to call
+   * while dockerd waits for this plugin: the list is served from dockerd's snapshot, whereas
+   * `GET /containers/<id>/json` takes the container's lock, which dockerd holds while it starts it.
+   */
+  async listContainers(filters: Record<string, string[]>, signal?: AbortSignal): Promise<EngineContainer[]> {
+    const r = await this.call('GET', `/containers/json?all=1&filters=${encodeURIComponent(JSON.stringify(filters))}`, signal);
+    if (r.status !== 200) throw new DockerEngineError(`docker GET /containers/json: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
+    return r.body as EngineContainer[];
   }
 
   /** Creates a network; resolves with its id. The error carries dockerd's message (e.g. a plugin's `Err`). */
