@@ -277,8 +277,12 @@ function decodeName(entry: { value: Uint8Array } | undefined): string | undefine
 rt('endpoint names are container names, unique in a network across hosts; a leftover of the same container after a power-off is replaced', async (t) => {
   const [d1, d2] = dockerds as [Dockerd, Dockerd];
   const net = `names${id}`;
-  const dockerId = (await d1.dockerOk('network', 'create', '-d', 'kvnet', '--ipam-driver', 'kvnet', '--subnet', '10.217.0.0/24', net)).split('\n').pop()!;
+  const dockerId = (await d1.dockerOk('network', 'create', '-d', 'kvnet', '--ipam-driver', 'kvnet', '--subnet', '10.217.0.0/24',
+    '--label', 'team=blue', '--ipam-opt', 'zone=a', '-o', 'com.example.tier=web', net)).split('\n').pop()!;
   await waitFor(`${net} listed on h2`, async () => (await d2.dockerOk('network', 'ls', '--format', '{{.Name}}')).split('\n').includes(net), 60_000, 200);
+  // --label and --ipam-opt (which Docker does not send to the plugin) and -o reach the other host's copy
+  const copy = JSON.parse(await d2.dockerOk('network', 'inspect', net))[0];
+  t.like(copy, { Labels: { team: 'blue' }, Options: { 'com.example.tier': 'web' }, IPAM: { Options: { zone: 'a' } } });
   const kvnetNet = hosts[0]!.backend.findNetwork(dockerId)!;
   const named = async (name: string) => decodeName(await stores[0]!.get(keys.epname(kvnetNet.id, name)));
   const c1 = `n1${id}`;

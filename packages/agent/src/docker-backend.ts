@@ -20,6 +20,7 @@ import { macFromIpv4 } from '@kvnet/dataplane';
 import { sleep, type KVStore } from '@kvnet/store';
 import { allEndpoints, type ClusterView } from './cluster-view.ts';
 import { InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from './errors.ts';
+import { ADOPT_NETWORK_OPTION } from './docker-driver.ts';
 import { parseIpv4 } from './ipv4.ts';
 import {
   decodeRecord,
@@ -51,7 +52,17 @@ export interface DockerNetworkRecord extends NetworkRecord {
     networks: Record<string, string>;
     /** True until the Docker network's name has been learned from the Engine API. */
     provisionalName?: boolean;
+    /** `--ipam-opt`s the network was created with (learned with the name; repeated on every host's copy). */
+    ipamOptions?: Record<string, string>;
   };
+}
+
+/** What the Engine API tells about a Docker network that the plugin protocol does not. */
+export interface DockerNetworkDetails {
+  /** `--label`s (Docker does not send them to the driver). */
+  readonly labels?: Record<string, string>;
+  /** `--ipam-opt`s. */
+  readonly ipamOptions?: Record<string, string>;
 }
 
 /** A kvnet endpoint record made through Docker. */
@@ -129,8 +140,8 @@ export interface DockerBackend {
   releaseAddress(dockerPoolId: string, address: string): Promise<void>;
   /** Writes the kvnet network for a pool (kvnet pool id); refuses a pool that already has one. */
   createNetwork(input: DockerNetworkInput): Promise<DockerNetworkRecord>;
-  /** Sets the kvnet name of a network created with a provisional one. */
-  nameNetwork(nid: string, name: string): Promise<void>;
+  /** Sets the kvnet name (and labels, IPAM options) of a network created with a provisional name. */
+  nameNetwork(nid: string, name: string, details?: DockerNetworkDetails): Promise<void>;
   /** Removes the network bound to this Docker id (refused while any host has an endpoint on it). */
   deleteNetwork(dockerNetworkId: string): Promise<void>;
   /** Creates the endpoint and plumbs its host-side interface; returns its MAC and that interface. */
@@ -274,7 +285,7 @@ export class StoreDockerBackend implements DockerBackend {
     return record;
   }
 
-  async nameNetwork(nid: string, name: string): Promise<void> {
+  async nameNetwork(nid: string, name: string, details: DockerNetworkDetails = {}): Promise<void> {
     const { store, logger } = this.deps;
     if (!NAME_PATTERN.test(name) || name.length > NAME_MAX_CHARS) throw new InvalidInputError(`invalid network name "${name}"`);
     const entry = await store.get(keys.network(nid));
@@ -282,7 +293,13 @@ export class StoreDockerBackend implements DockerBackend {
     const rec = decodeRecord<DockerNetworkRecord>(entry.value, entry.key);
     if (rec.name === name) return;
     const oldName = await store.get(keys.netname(rec.name));
-    const updated: DockerNetworkRecord = { ...rec, name, docker: { networks: rec.docker?.networks ?? {} } };
+    const ipamOptions = Object.fromEntries(Object.entries(details.ipamOptions ?? {}).filter(([k]) => k !== ADOPT_NETWORK_OPTION));
+    const updated: DockerNetworkRecord = {
+      ...rec,
+      name,
+      labels: { ...rec.labels, ...details.labels },
+      docker: { networks: rec.docker?.networks ?? {}, ...(Object.keys(ipamOptions).length ? { ipamOptions } : {}) },
+    };
     const r = await store.txn([
       { op: 'put', key: keys.netname(name), value: encodeText(nid), if: { absent: true } },
       { op: 'put', key: entry.key, value: encodeRecord(updated), if: { revision: entry.revision } },

@@ -139,7 +139,7 @@ export class DockerDriver implements PluginHandlers {
         const net = await engine!.inspectNetwork(dockerNetworkId, this.abort.signal);
         if (!net) continue;
         name = net.Name;
-        await backend.nameNetwork(nid, net.Name);
+        await backend.nameNetwork(nid, net.Name, { labels: net.Labels ?? {}, ipamOptions: net.IPAM?.Options ?? {} });
         return;
       } catch (err) {
         if (err instanceof NameConflictError && name !== undefined) {

@@ -30,6 +30,7 @@ export interface EngineNetwork {
   Scope: string;
   Internal?: boolean;
   Labels?: Record<string, string> | null;
+  IPAM?: { Driver?: string; Options?: Record<string, string> | null } | null;
   /** Containers attached (only in GET /networks/<id>): container id → endpoint. */
   Containers?: Record<string, { Name: string; EndpointID: string; MacAddress?: string; IPv4Address?: string }> | null;
 }

@@ -3,7 +3,7 @@
  * default `local` scope Docker keeps a network only on the host where `docker network create` ran;
  * this closes the gap: for each kvnet network this host's dockerd lacks, it creates a Docker network
  * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnet, gateway,
- * ip-range, aux addresses, `--internal`, options and labels, and the IPAM option
+ * ip-range, aux addresses, `--internal`, options, labels and IPAM options, plus the IPAM option
  * `kvnet.network=<nid>` so the plugin adopts the existing pool instead of reserving a new one (and
  * CreateNetwork binds the new Docker id to the same kvnet network). A Docker network of driver kvnet
  * whose kvnet network is gone is removed from dockerd.
@@ -75,7 +75,7 @@ export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = P
     Options: n.options ?? {},
     IPAM: {
       Driver: driverName,
-      Options: { [ADOPT_NETWORK_OPTION]: n.id },
+      Options: { ...n.docker?.ipamOptions, [ADOPT_NETWORK_OPTION]: n.id },
       Config: [
         {
           Subnet: n.subnet,
