@@ -113,6 +113,22 @@ rt('the seeds\' demo: one docker network on two hosts through two kvnet agents',
   await d1.dockerOk('run', '-d', '--name', `c3${id}`, '--network', multi, d1.image, 'sleep', '3600');
   await d1.dockerOk('rm', '-f', `c3${id}`);
 
+  // while the agent is down, Docker's calls fail with an error (no hang), the running containers keep
+  // their network, and once it is back the same command works
+  await agents[0]!.stop(10_000);
+  const down = Date.now();
+  const failed = await d1.docker('run', '-d', '--name', `c4${id}`, '--network', multi, d1.image, 'sleep', '3600');
+  t.log(`docker run with the agent down failed after ${Date.now() - down} ms: ${failed.stderr.trim()}`);
+  t.not(failed.code, 0, 'docker run fails while the plugin is down');
+  t.regex(failed.stderr, /kvnet|plugin|connect/i, 'the error names the plugin or the connection');
+  t.is((await d2.docker('exec', `c2${id}`, 'ping', '-c', '2', '-W', '5', ip1)).code, 0, 'containers keep their network while the agent is down');
+  await d1.docker('rm', '-f', `c4${id}`);
+  const logLength2 = readFileSync(agents[0]!.logFile, 'utf8').length;
+  agents[0] = startAgent(0);
+  await waitReady(agents[0], logLength2);
+  await d1.dockerOk('run', '-d', '--name', `c4${id}`, '--network', multi, d1.image, 'sleep', '3600');
+  await d1.dockerOk('rm', '-f', `c4${id}`);
+
   await d1.dockerOk('rm', '-f', `c1${id}`);
   await d2.dockerOk('rm', '-f', `c2${id}`);
   await d1.dockerOk('network', 'rm', multi);
