@@ -1,7 +1,6 @@
 /**
- * The agent's Docker side on one host, wired the way the agent wires it (see
- * /tmp/docker-agent-changes.patch until agent.ts does): mirrors of the store's networks, endpoints and
- * nodes → a cluster view; `reconcileNow` = computeDesiredState + withDockerEndpoints → Dataplane.apply
+ * The agent's Docker side on one host, wired the way packages/agent/src/agent.ts wires it: mirrors of
+ * the store's networks, endpoints and nodes → a cluster view; `reconcileNow` = computeDesiredState + withDockerEndpoints → Dataplane.apply
  * (or nothing, for tests without a kernel); a NetworkService; the StoreDockerBackend; the DockerDriver;
  * and, with `socketPath`, the plugin server.
  *
