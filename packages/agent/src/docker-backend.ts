@@ -15,7 +15,7 @@
  */
 
 import type { Logger } from 'pino';
-import { DEFAULT_ADDRESS_SPACE, type AddressAllocation, type Ipam, type PoolInfo } from '@kvnet/ipam';
+import { AddressInUseError, DEFAULT_ADDRESS_SPACE, type AddressAllocation, type Ipam, type PoolInfo } from '@kvnet/ipam';
 import { macFromIpv4 } from '@kvnet/dataplane';
 import { sleep, type KVStore } from '@kvnet/store';
 import { allEndpoints, type ClusterView } from './cluster-view.ts';
@@ -222,7 +222,17 @@ export class StoreDockerBackend implements DockerBackend {
 
   async allocateAddress(dockerPoolId: string, address?: string): Promise<AddressAllocation> {
     const pool = await this.mustGetPool(dockerPoolId);
-    return this.deps.ipam.allocateAddress(pool.id, { owner: newId(), ...(address ? { address } : {}) });
+    try {
+      return await this.deps.ipam.allocateAddress(pool.id, { owner: newId(), ...(address ? { address } : {}) });
+    } catch (err) {
+      if (!(err instanceof AddressInUseError)) throw err;
+      // IPAM names its own ids; say which network and which container (and where) has the address
+      const view = this.deps.view();
+      const net = view.networks.get(dockerPoolId);
+      const holder = net ? view.endpoints.get(net.id)?.get(err.holder) : undefined;
+      const by = holder ? `${holder.name} on ${holder.node}` : err.holder.startsWith('(') ? `the network itself ${err.holder}` : `endpoint ${err.holder.slice(0, 12)}`;
+      throw new NameConflictError(`address ${err.address} is already in use in network ${net?.name ?? pool.subnet} by ${by}`);
+    }
   }
 
   async releaseAddress(dockerPoolId: string, address: string): Promise<void> {
@@ -365,7 +375,11 @@ export class StoreDockerBackend implements DockerBackend {
     if (ipNum === undefined) throw new InvalidInputError(`invalid address "${input.address}": not an IPv4 address (IPv6 is not supported yet)`);
     // The address was allocated by RequestAddress; its owner is this endpoint's kvnet id.
     const alloc = (await ipam.listAllocations(net.poolId)).find((a) => a.ip === ip);
-    if (!alloc) throw new InvalidInputError(`address ${input.address} was not allocated by kvnet in network ${net.name}; use --ipam-driver kvnet`);
+    if (!alloc) {
+      const aux = Object.entries(net.auxAddresses ?? {}).find(([, a]) => a === ip);
+      if (aux) throw new InvalidInputError(`address ${ip} is reserved in network ${net.name} as auxiliary address ${aux[0]} (--aux-address); choose another --ip`);
+      throw new InvalidInputError(`address ${input.address} was not allocated by kvnet in network ${net.name}; use --ipam-driver kvnet`);
+    }
     const eid = alloc.owner;
     if (await store.get(keys.endpoint(net.id, eid))) throw new NameConflictError(`address ${ip} already belongs to an endpoint of network ${net.name}`);
     const given = input.name !== undefined && NAME_PATTERN.test(input.name) && input.name.length <= NAME_MAX_CHARS ? input.name : undefined;

@@ -45,8 +45,8 @@ export const ADOPT_NETWORK_OPTION = 'kvnet.network';
 /** Interface name prefix inside the container: eth0, eth1, … */
 export const CONTAINER_IFNAME_PREFIX = 'eth';
 /** Learning a network's name: attempts and the pause between them (doubling, capped). */
-export const NAME_LEARN_ATTEMPTS = 20;
-export const NAME_LEARN_BASE_MS = 50;
+export const NAME_LEARN_ATTEMPTS = 22;
+export const NAME_LEARN_BASE_MS = 10;
 export const NAME_LEARN_CAP_MS = 2_000;
 /** Budget for finding, during CreateEndpoint, the container being connected (one Engine API list). */
 export const CONTAINER_LOOKUP_TIMEOUT_MS = 2_000;
