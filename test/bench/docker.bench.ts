@@ -242,7 +242,12 @@ class Bench {
     for (const impl of this.impls) {
       const nets = (await impl.d1.docker('network', 'ls', '-q', '--filter', 'type=custom')).stdout.split('\n').filter(Boolean);
       for (const n of nets) {
-        const r = await impl.d1.docker('network', 'rm', n);
+        // the built-in overlay counts endpoints in its cluster store, which lags the container removal
+        let r = await impl.d1.docker('network', 'rm', n);
+        for (let i = 0; r.code !== 0 && /active endpoints/.test(r.stderr) && i < 20; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 500));
+          r = await impl.d1.docker('network', 'rm', n);
+        }
         if (r.code !== 0) progress(`docker network rm ${n} on ${impl.d1.host.name}: ${r.stderr.trim()}`);
       }
     }

@@ -263,7 +263,7 @@ rt('cross-host: a network created on h1 appears in h2\'s dockerd; containers on 
   t.regex(refused.stderr, /active endpoints/);
   await d1.dockerOk('rm', '-f', `x1${id}`);
   await d2.dockerOk('rm', '-f', `x2${id}`);
-  await waitFor('endpoints gone', async () => (await stores[0]!.list(`${ENDPOINTS}/${net.id}`)).entries.length === 0, 30_000);
+  await waitFor('endpoints gone', async () => (await stores[0]!.list(`${ENDPOINTS}/${net.id}`)).entries.length === 0, 90_000, 200);
   await d2.dockerOk('network', 'rm', multi);
   t.is(await stores[0]!.get(keys.network(net.id)), undefined);
   await waitFor(`${multi} gone from h1`, async () => !(await d1.dockerOk('network', 'ls', '--format', '{{.Name}}')).split('\n').includes(multi), 60_000, 200);

@@ -18,7 +18,7 @@ import type { ClusterView } from './cluster-view.ts';
 import { allEndpoints } from './cluster-view.ts';
 import type { DockerEndpointRecord, DockerNetworkRecord } from './docker-backend.ts';
 import { ADOPT_NETWORK_OPTION } from './docker-driver.ts';
-import type { DockerEngine, EngineNetwork } from './docker-engine.ts';
+import type { DockerEngine, EngineContainer, EngineNetwork } from './docker-engine.ts';
 
 /**
  * The plugin's name as drivers when it runs from a socket in /run/docker/plugins: `-d kvnet
@@ -33,6 +33,8 @@ export const PLUGIN_NAME = 'kvnet';
  * The grace covers the moment between CreateEndpoint and Join, when dockerd does not list it yet.
  */
 export const STALE_ENDPOINT_GRACE_MS = 60_000;
+/** Container states (`GET /containers/json` → State) in which a container keeps its network endpoints. */
+const LIVE_CONTAINER_STATES: ReadonlySet<string> = new Set(['running', 'paused']);
 
 export interface DockerNetworkSyncOptions {
   readonly engine: DockerEngine;
@@ -155,62 +157,62 @@ export class DockerNetworkSync {
         logger.warn({ err, network: d.Name }, 'cannot remove a Docker network whose kvnet network is gone; will retry');
       }
     }
-    await this.removeStaleEndpoints(view, dockerIds, result);
+    await this.removeStaleEndpoints(view, result);
     return result;
   }
 
   /**
-   * One `GET /networks/<id>` per Docker network with local endpoints that are unnamed or past the
-   * grace: an endpoint dockerd lists gets its container's name (CreateEndpoint does not carry it); one
-   * it does not list after the grace is stale and removed.
+   * One `GET /containers/json` when local endpoints are unnamed or past the grace: an endpoint a running
+   * local container is attached through gets that container's name (CreateEndpoint does not carry it); one no
+   * running container refers to after the grace is stale and removed. The container list is dockerd's own
+   * memory: in the `global` scope a network read from an unreachable cluster store is missing from
+   * `GET /networks` and `GET /networks/<id>` answers 404, which must not read as "its endpoints are gone".
    */
-  private async removeStaleEndpoints(view: ClusterView, dockerIds: ReadonlySet<string>, result: SyncResult): Promise<void> {
+  private async removeStaleEndpoints(view: ClusterView, result: SyncResult): Promise<void> {
     const { engine, node, logger } = this.opts;
     const graceMs = this.opts.staleAfterMs ?? STALE_ENDPOINT_GRACE_MS;
     const now = (this.opts.now ?? Date.now)();
     type Docked = DockerEndpointRecord & { docker: { networkId: string; endpointId: string } };
-    const local = allEndpoints(view).filter((e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined);
     const isOld = (e: Docked): boolean => now - Date.parse(e.createdAt) >= graceMs;
     const unnamed = (e: Docked): boolean => e.name === e.docker.endpointId.slice(0, 12) && !this.unnameable.has(e.id);
-    const byNetwork = new Map<string, Docked[]>();
-    for (const e of local) {
-      if (!isOld(e) && !unnamed(e)) continue;
-      byNetwork.set(e.docker.networkId, [...(byNetwork.get(e.docker.networkId) ?? []), e]);
+    const candidates = allEndpoints(view).filter((e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined && (isOld(e as Docked) || unnamed(e as Docked)));
+    if (candidates.length === 0) return;
+    let containers: EngineContainer[];
+    try {
+      containers = await engine.listContainers({});
+    } catch {
+      return; // dockerd unreachable: decide nothing
     }
-    for (const [dockerNetworkId, eps] of byNetwork) {
-      let live: Map<string, string>;
-      if (!dockerIds.has(dockerNetworkId)) {
-        live = new Map(); // the Docker network itself is gone
-      } else {
-        const net = await engine.inspectNetwork(dockerNetworkId).catch(() => null);
-        if (net === null) continue; // dockerd unreachable: decide nothing
-        live = new Map(Object.values(net?.Containers ?? {}).map((c) => [c.EndpointID, c.Name]));
-      }
-      for (const e of eps) {
-        const containerName = live.get(e.docker.endpointId);
-        if (containerName !== undefined) {
-          if (unnamed(e) && containerName && this.opts.nameEndpoint) {
-            try {
-              await this.opts.nameEndpoint(e.network, e.id, containerName);
-            } catch (err) {
-              this.unnameable.add(e.id);
-              logger.warn({ err, eid: e.id, endpoint: containerName }, 'cannot give the endpoint its container name; it keeps its id');
-            }
+    // Only a running (or paused) container holds its endpoint: an exited one may still carry the id of
+    // an endpoint dockerd dropped (a power-off, a restart that could not reach this plugin).
+    const live = new Map<string, string>();
+    for (const c of containers.filter((x) => LIVE_CONTAINER_STATES.has(x.State))) {
+      for (const s of Object.values(c.NetworkSettings?.Networks ?? {})) if (s?.EndpointID) live.set(s.EndpointID, c.Names[0]?.replace(/^\//, '') ?? '');
+    }
+    for (const e of candidates) {
+      const containerName = live.get(e.docker.endpointId);
+      if (containerName !== undefined) {
+        if (unnamed(e) && containerName && this.opts.nameEndpoint) {
+          try {
+            await this.opts.nameEndpoint(e.network, e.id, containerName);
+          } catch (err) {
+            this.unnameable.add(e.id);
+            logger.warn({ err, eid: e.id, endpoint: containerName }, 'cannot give the endpoint its container name; it keeps its id');
           }
-          continue;
         }
-        if (!isOld(e)) {
-          if (unnamed(e)) result.pending++;
-          continue;
-        }
-        logger.warn({ nid: e.network, eid: e.id, docker: e.docker.endpointId.slice(0, 12), address: e.address }, 'dockerd no longer has this endpoint (crash or restart without DeleteEndpoint); removing it');
-        if (!this.opts.removeEndpoint) continue;
-        try {
-          await this.opts.removeEndpoint(dockerNetworkId, e.docker.endpointId);
-          result.staleEndpoints.push(e.id);
-        } catch (err) {
-          result.errors.push({ network: e.network, message: (err as Error).message });
-        }
+        continue;
+      }
+      if (!isOld(e)) {
+        if (unnamed(e)) result.pending++;
+        continue;
+      }
+      logger.warn({ nid: e.network, eid: e.id, docker: e.docker.endpointId.slice(0, 12), address: e.address }, 'dockerd no longer has this endpoint (crash or restart without DeleteEndpoint); removing it');
+      if (!this.opts.removeEndpoint) continue;
+      try {
+        await this.opts.removeEndpoint(e.docker.networkId, e.docker.endpointId);
+        result.staleEndpoints.push(e.id);
+      } catch (err) {
+        result.errors.push({ network: e.network, message: (err as Error).message });
       }
     }
   }

@@ -74,6 +74,7 @@ test('stale Docker endpoints: removed only after the grace, only when dockerd an
   const engine = {
     listNetworks: async () => (reachable ? [{ Id: D, Name: n.name, Driver: 'kvnet', Scope: 'local' }] : Promise.reject(new Error('down'))),
     inspectNetwork: async () => ({ Id: D, Name: n.name, Driver: 'kvnet', Scope: 'local', Containers: { c1: { Name: 'c1', EndpointID: 'live-docker' } } }),
+    listContainers: async () => (reachable ? [{ Id: 'c1', Names: ['/c1'], State: 'running', NetworkSettings: { Networks: { [n.name]: { NetworkID: D, EndpointID: 'live-docker' } } } }] : Promise.reject(new Error('down'))),
     createNetwork: async () => 'x',
     removeNetwork: async () => undefined,
   };
@@ -86,4 +87,46 @@ test('stale Docker endpoints: removed only after the grace, only when dockerd an
   removed.length = 0;
   await t.throwsAsync(() => sync.run(() => v), { message: 'down' });
   t.deepEqual(removed, [], 'dockerd unreachable: nothing removed');
+});
+
+test('stale Docker endpoints, global scope: a network dockerd stops listing (its cluster store is down) does not make live endpoints stale', async (t) => {
+  const { DockerNetworkSync } = await import('../src/docker-network-sync.ts');
+  const { pino } = await import('pino');
+  const D = 'd'.repeat(64);
+  const n = { ...net(N1, '10.1.0.0/24', '10.1.0.1', 300), docker: { networks: { h2: D } } };
+  const mk = (id: string) => ep(id, N1, 'h1', `10.1.0.${id.length + 1}`, { docker: { networkId: D, endpointId: `${id}-docker` }, handoff: `kvd${id}`, createdAt: '2026-01-01T00:00:00Z' });
+  const v: ClusterView = { networks: new Map([[N1, n]]), endpoints: new Map([[N1, new Map<string, EndpointRecord>([['live', mk('live')], ['gone', mk('gone0')]])]]), nodes: new Map() };
+  // dockerd with an unreachable cluster store: the global network is missing from GET /networks and
+  // GET /networks/<id> is a 404, but the running container still holds its endpoint
+  const engine = {
+    listNetworks: async () => [],
+    inspectNetwork: async () => undefined,
+    listContainers: async () => [{ Id: 'c1', Names: ['/c1'], State: 'running', NetworkSettings: { Networks: { [n.name]: { NetworkID: D, EndpointID: 'live-docker' } } } }],
+    createNetwork: async () => 'x',
+    removeNetwork: async () => undefined,
+  };
+  const removed: string[] = [];
+  const sync = new DockerNetworkSync({ engine: engine as never, node: 'h1', logger: pino({ level: 'silent' }), removeEndpoint: async (_n, e) => void removed.push(e), mirrorNetworks: false, staleAfterMs: 60_000, now: () => Date.parse('2026-01-01T00:10:00Z') });
+  await sync.run(() => v);
+  t.deepEqual(removed, ['gone0-docker'], 'only the endpoint no running container refers to');
+});
+
+test('stale Docker endpoints: an exited container still naming its endpoint (dockerd dropped it during a power-off) does not keep it', async (t) => {
+  const { DockerNetworkSync } = await import('../src/docker-network-sync.ts');
+  const { pino } = await import('pino');
+  const D = 'd'.repeat(64);
+  const n = { ...net(N1, '10.1.0.0/24', '10.1.0.1', 300), docker: { networks: { h1: D } } };
+  const e = ep('old', N1, 'h1', '10.1.0.4', { docker: { networkId: D, endpointId: 'old-docker' }, handoff: 'kvdold', createdAt: '2026-01-01T00:00:00Z' });
+  const v: ClusterView = { networks: new Map([[N1, n]]), endpoints: new Map([[N1, new Map<string, EndpointRecord>([['old', e]])]]), nodes: new Map() };
+  const engine = {
+    listNetworks: async () => [{ Id: D, Name: n.name, Driver: 'kvnet', Scope: 'local' }],
+    inspectNetwork: async () => ({ Id: D, Name: n.name, Driver: 'kvnet', Scope: 'local', Containers: {} }),
+    listContainers: async () => [{ Id: 'c1', Names: ['/c1'], State: 'exited', NetworkSettings: { Networks: { [n.name]: { NetworkID: D, EndpointID: 'old-docker' } } } }],
+    createNetwork: async () => 'x',
+    removeNetwork: async () => undefined,
+  };
+  const removed: string[] = [];
+  const sync = new DockerNetworkSync({ engine: engine as never, node: 'h1', logger: pino({ level: 'silent' }), removeEndpoint: async (_n, x) => void removed.push(x), staleAfterMs: 60_000, now: () => Date.parse('2026-01-01T00:10:00Z') });
+  await sync.run(() => v);
+  t.deepEqual(removed, ['old-docker']);
 });
