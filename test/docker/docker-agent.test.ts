@@ -129,6 +129,25 @@ rt('the seeds\' demo: one docker network on two hosts through two kvnet agents',
   await d1.dockerOk('run', '-d', '--name', `c4${id}`, '--network', multi, d1.image, 'sleep', '3600');
   await d1.dockerOk('rm', '-f', `c4${id}`);
 
+  // a network made with `kvnet network create` (no Docker involved) appears in both dockerds and carries containers
+  const knet = `knet${id}`;
+  const made = await kvnet(1, 'network', 'create', '--subnet', '10.218.0.0/24', knet);
+  t.is(made.code, 0, made.stderr);
+  for (const d of [d1, d2]) {
+    await waitFor(`${knet} listed by ${d.host.name}'s dockerd`, async () => (await d.dockerOk('network', 'ls', '--format', '{{.Name}} {{.Driver}}')).split('\n').includes(`${knet} kvnet`), 60_000, 200);
+  }
+  await d1.dockerOk('run', '-d', '--name', `k1${id}`, '--network', knet, d1.image, 'sleep', '3600');
+  await d2.dockerOk('run', '-d', '--name', `k2${id}`, '--network', knet, d2.image, 'sleep', '3600');
+  const k2 = await ipOf(d2, `k2${id}`);
+  t.regex(k2, /^10\.218\.0\./);
+  await waitFor('k1 pings k2', async () => (await d1.docker('exec', `k1${id}`, 'ping', '-c', '1', '-W', '2', k2)).code === 0, 60_000, 200);
+  await d1.dockerOk('rm', '-f', `k1${id}`);
+  await d2.dockerOk('rm', '-f', `k2${id}`);
+  await waitFor(`${knet} removable`, async () => (await kvnet(0, 'network', 'rm', knet)).code === 0, 60_000, 500);
+  for (const d of [d1, d2]) {
+    await waitFor(`${knet} gone from ${d.host.name}'s dockerd`, async () => !(await d.dockerOk('network', 'ls', '--format', '{{.Name}}')).split('\n').includes(knet), 60_000, 200);
+  }
+
   await d1.dockerOk('rm', '-f', `c1${id}`);
   await d2.dockerOk('rm', '-f', `c2${id}`);
   await d1.dockerOk('network', 'rm', multi);

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The seeds' demo on the docker-compose harness (docker-compose.yml): three Docker-in-Docker nodes, each
+# with its own dockerd and kvnet agent, sharing one KV server. A network is created on node1, listed on
+# node2 and node3, a container is started on each node and they ping each other across nodes by address.
+#
+#   scripts/compose-demo.sh [--offline] [--keep] [--build-only] [consul|etcd|zookeeper]
+#
+#   consul|etcd|zookeeper  the KV backend (default consul)
+#   --offline      no image registry: make local stand-ins first (deploy/compose/prepare-images.sh)
+#   --keep         leave the harness running afterwards (remove it with the `down` line printed)
+#   --build-only   build the images the backend needs, start nothing
+#
+# Builds only what is missing: the agent image (deploy/Dockerfile) when the node image must be built and
+# the agent image is not there, then `docker-compose build` for the node and etcd/zookeeper images that
+# are not there. DOCKER_HOST selects the daemon; COMPOSE_PROJECT_NAME the project (default kvnet-demo);
+# image names come from KVNET_*_IMAGE (see docker-compose.yml). Prints PASS or FAIL and the time taken;
+# exits non-zero on FAIL. Tears the harness down (`down -v`: containers, network, the nodes' volumes)
+# unless --keep, also on failure and Ctrl-C; images are kept for the next run.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-kvnet-demo}"
+export COMPOSE_FILE="$REPO/docker-compose.yml"
+READY_TIMEOUT_S="${KVNET_DEMO_TIMEOUT_S:-180}"
+DEMO_NETWORK="${KVNET_DEMO_NETWORK:-demo}"
+DEMO_SUBNET="${KVNET_DEMO_SUBNET:-10.220.0.0/24}"
+BUSYBOX_IMAGE="${KVNET_BUSYBOX_IMAGE:-busybox:local}"
+NODES=(node1 node2 node3)
+
+backend=consul offline=0 keep=0 build_only=0
+for arg in "$@"; do
+  case "$arg" in
+    consul|etcd|zookeeper) backend="$arg" ;;
+    --offline) offline=1 ;;
+    --keep) keep=1 ;;
+    --build-only) build_only=1 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compose-demo: unknown argument '$arg' (expected consul, etcd, zookeeper, --offline, --keep, --build-only)" >&2; exit 2 ;;
+  esac
+done
+case "$backend" in
+  consul) export KVNET_CLUSTER_STORE="consul://consul:8500/kvnet" ;;
+  etcd) export KVNET_CLUSTER_STORE="etcd://etcd:2379/kvnet" ;;
+  zookeeper) export KVNET_CLUSTER_STORE="zk://zookeeper:2181/kvnet" ;;
+esac
+
+started=$(date +%s)
+step() { printf '\n== [%3ss] %s\n' "$(($(date +%s) - started))" "$*"; }
+compose() { docker-compose --project-directory "$REPO" "$@"; }
+on() { local node="$1"; shift; compose exec -T "$node" "$@"; }
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+# retry "what" cmd…: runs cmd every second until it succeeds, for at most READY_TIMEOUT_S
+retry() {
+  local what="$1"; shift
+  local deadline=$(($(date +%s) + READY_TIMEOUT_S))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then echo "timed out after ${READY_TIMEOUT_S} s: $what" >&2; "$@" || true; return 1; fi
+    sleep 1
+  done
+}
+
+result=FAIL
+up=0
+finish() {
+  local code=$?
+  trap - EXIT INT TERM
+  if [ "$up" = 1 ] && [ "$result" != PASS ]; then
+    echo; echo "--- node logs (last 30 lines each) ---"
+    compose logs --no-color --tail 30 "${NODES[@]}" 2>&1 || true
+  fi
+  if [ "$up" = 1 ]; then
+    if [ "$keep" = 1 ]; then
+      echo "kept running; remove with: COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME docker-compose -f $COMPOSE_FILE down -v"
+    else
+      step "tear down (docker-compose down -v)"
+      compose down -v --remove-orphans --timeout 20 || code=1
+    fi
+  fi
+  [ "$build_only" = 1 ] && [ "$code" = 0 ] && result=PASS
+  local what="compose demo"
+  [ "$build_only" = 1 ] && what="compose images built"
+  printf '\n%s: %s (%s, project %s) in %s s\n' "$result" "$what" "$backend" "$COMPOSE_PROJECT_NAME" "$(($(date +%s) - started))"
+  [ "$result" = PASS ] || exit 1
+  exit "$code"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+# ---- images: only what is missing
+step "images (backend $backend)"
+if [ "$offline" = 1 ]; then
+  eval "$(bash "$REPO/deploy/compose/prepare-images.sh")"
+fi
+NODE_IMAGE="${KVNET_NODE_IMAGE:-kvnet/compose-node:0.1.0}"
+AGENT_IMAGE="${KVNET_AGENT_IMAGE:-kvnet/agent:0.1.0}"
+to_build=()
+if ! have_image "$NODE_IMAGE"; then
+  if ! have_image "$AGENT_IMAGE"; then
+    echo "building the agent image $AGENT_IMAGE (deploy/Dockerfile)"
+    docker build -f "$REPO/deploy/Dockerfile" -t "$AGENT_IMAGE" "$REPO"
+  fi
+  to_build+=(node1)
+fi
+case "$backend" in
+  etcd) have_image "${KVNET_ETCD_IMAGE:-kvnet/compose-etcd:3.4}" || to_build+=(etcd) ;;
+  zookeeper) have_image "${KVNET_ZOOKEEPER_IMAGE:-kvnet/compose-zookeeper:3.8}" || to_build+=(zookeeper) ;;
+esac
+if [ "${#to_build[@]}" -gt 0 ]; then
+  echo "docker-compose build ${to_build[*]}"
+  compose build "${to_build[@]}"
+else
+  echo "all images present ($NODE_IMAGE, the $backend image)"
+fi
+[ "$build_only" = 1 ] && exit 0
+
+# ---- the harness
+step "docker-compose up -d $backend ${NODES[*]}"
+up=1
+compose up -d --no-build "$backend" "${NODES[@]}"
+
+step "waiting for the three agents to list each other (kvnet node ls on each node)"
+three_nodes() {
+  local out
+  out="$(on "$1" kvnet node ls --format json)" || return 1
+  for n in "${NODES[@]}"; do grep -Eq "\"name\": *\"$n\"" <<<"$out" || return 1; done
+}
+for n in "${NODES[@]}"; do retry "$n lists node1, node2 and node3" three_nodes "$n"; done
+on node1 kvnet node ls --format json; echo
+
+step "node1: docker network create -d kvnet --ipam-driver kvnet --subnet $DEMO_SUBNET $DEMO_NETWORK"
+on node1 docker network create -d kvnet --ipam-driver kvnet --subnet "$DEMO_SUBNET" "$DEMO_NETWORK"
+
+listed() { on "$1" docker network ls --format '{{.Name}} {{.Driver}}' | grep -qx "$DEMO_NETWORK kvnet"; }
+for n in node2 node3; do
+  step "$n: docker network ls"
+  retry "$DEMO_NETWORK listed on $n" listed "$n"
+  on "$n" docker network ls --filter "name=^${DEMO_NETWORK}\$"
+done
+
+declare -A ip
+for n in "${NODES[@]}"; do
+  step "$n: docker run -d --name c-$n --network $DEMO_NETWORK $BUSYBOX_IMAGE sleep 3600"
+  on "$n" docker run -d --name "c-$n" --network "$DEMO_NETWORK" "$BUSYBOX_IMAGE" sleep 3600
+  ip[$n]="$(on "$n" docker inspect -f "{{(index .NetworkSettings.Networks \"$DEMO_NETWORK\").IPAddress}}" "c-$n")"
+  [ -n "${ip[$n]}" ] || { echo "c-$n on $n has no address on $DEMO_NETWORK" >&2; exit 1; }
+  echo "c-$n is ${ip[$n]}"
+done
+
+pings() { on "$1" docker exec "c-$1" ping -c 1 -W 2 "$2"; }
+for pair in node1:node2 node2:node3 node3:node1; do
+  from="${pair%%:*}" to="${pair##*:}"
+  step "c-$from (on $from) pings c-$to (on $to) at ${ip[$to]}"
+  retry "c-$from pings ${ip[$to]}" pings "$from" "${ip[$to]}"
+  on "$from" docker exec "c-$from" ping -c 3 -W 2 "${ip[$to]}"
+done
+
+step "clean up the demo's containers and network"
+for n in "${NODES[@]}"; do on "$n" docker rm -f "c-$n" >/dev/null; done
+on node1 docker network rm "$DEMO_NETWORK"
+result=PASS

@@ -1,0 +1,176 @@
+/**
+ * Issue 7, the docker-compose harness (docker-compose.yml, deploy/compose/) and its demo
+ * (scripts/compose-demo.sh), end to end and offline: the images built from a clean state the way CI
+ * does (`scripts/compose-demo.sh --offline --build-only`, which runs deploy/compose/prepare-images.sh:
+ * debootstrapped base images, the agent image from deploy/Dockerfile, a Consul stand-in from the
+ * source-built binary; then `docker-compose build` for the node, etcd and ZooKeeper images), then the
+ * demo script itself for every KV backend: three Docker-in-Docker nodes each running dockerd and the
+ * kvnet agent, a network created on node1, listed on node2 and node3, one busybox container per node,
+ * pings node1→node2, node2→node3, node3→node1 across the overlay, and the harness torn down.
+ *
+ * Two per-run daemons, never the machine's own /var/run/docker.sock:
+ * - a "builder" dockerd in the root network namespace (so `docker build --network host` reaches Debian's
+ *   mirror and the npm registry) and a private mount namespace, with no bridge and no iptables rules;
+ * - a "harness" dockerd on a simulated host (its own network namespace, test/support/dockerd.ts), where
+ *   compose's bridge network, its iptables rules and the nodes live. The images go from the builder to
+ *   it by `docker save | docker load`, so the demo script finds them all and builds nothing there.
+ * Images carry the run id (`kvnet-<id>/…`), projects are `kvnet<id><backend>`; teardown runs
+ * `docker-compose down -v` for every project and stops both daemons (their data roots go with them),
+ * also on failure. Only the debootstrapped rootfs is cached (/var/cache/kvnet/bookworm-minbase.tar).
+ *
+ * Needs root, dockerd, docker-compose, busybox-static, the Consul binary (or Go to build it) and the
+ * network to Debian's mirror and the npm registry; it fails with the reason otherwise.
+ */
+
+import test from 'ava';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
+import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess, type RunResult } from '../support/process.ts';
+import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
+
+const BACKENDS = ['consul', 'etcd', 'zookeeper'] as const;
+type Backend = (typeof BACKENDS)[number];
+/** One demo run: up (the nodes start a dockerd each), three agents, six docker commands per node, down. */
+const DEMO_TIMEOUT_MS = 900_000;
+/** Building every image from a clean state: base images, npm ci in the agent image, three apt installs. */
+const BUILD_TIMEOUT_MS = 2_400_000;
+/** The before hook: the builds, a harness dockerd, ~2 GB of images moved to it. */
+const SETUP_TIMEOUT_MS = BUILD_TIMEOUT_MS + 1_200_000;
+
+const usable = await canRunDockerd();
+const hasCompose = (await run('sh', ['-c', 'command -v docker-compose'], { allowFailure: true })).code === 0;
+const rt = test.serial;
+
+const id = runId();
+const PREFIX = `kvnet-${id}`;
+/** The images, by the variables docker-compose.yml and the scripts read. */
+const IMAGES = {
+  KVNET_IMAGE_PREFIX: PREFIX,
+  KVNET_AGENT_IMAGE: `${PREFIX}/agent:test`,
+  KVNET_NODE_IMAGE: `${PREFIX}/compose-node:test`,
+  KVNET_CONSUL_IMAGE: `${PREFIX}/consul:1.22.5`,
+  KVNET_ETCD_IMAGE: `${PREFIX}/compose-etcd:test`,
+  KVNET_ZOOKEEPER_IMAGE: `${PREFIX}/compose-zookeeper:test`,
+};
+const project = (b: Backend): string => `kvnet${id}${b}`;
+
+let dir = '';
+let builder: { proc: ManagedProcess; socket: string } | undefined;
+let sim: SimNetwork | undefined;
+let harness: Dockerd | undefined;
+
+/**
+ * Prints progress during a long step. ava's inactivity timeout is not reset by worker output (only by
+ * test events): the hook and the tests raise their own limit with `t.timeout()`, which also holds ava's
+ * inactivity timer for that long.
+ */
+async function heartbeat<T>(what: string, p: Promise<T>): Promise<T> {
+  const started = Date.now();
+  const timer = setInterval(() => console.error(`[compose] ${what}: ${Math.round((Date.now() - started) / 1000)} s`), 30_000);
+  try {
+    return await p;
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+async function ok(r: Promise<RunResult>, what: string): Promise<string> {
+  const res = await r;
+  if (res.code !== 0) throw new Error(`${what} exited ${res.code}: ${(res.stdout.trim() + '\n' + res.stderr.trim()).slice(-4000)}`);
+  return res.stdout.trim();
+}
+
+/** scripts/compose-demo.sh against the daemon at `socket`, with this run's image names and `project`. */
+function demo(socket: string, projectName: string, args: string[], timeoutMs: number): Promise<RunResult> {
+  return run('bash', [join(REPO_ROOT, 'scripts/compose-demo.sh'), ...args], {
+    allowFailure: true,
+    timeoutMs,
+    env: { ...process.env, ...IMAGES, DOCKER_HOST: `unix://${socket}`, COMPOSE_PROJECT_NAME: projectName },
+  });
+}
+
+/** A dockerd in the root network namespace and a private mount namespace: no bridge, no iptables rules. */
+async function startBuilder(): Promise<NonNullable<typeof builder>> {
+  const b = join(dir, 'builder');
+  for (const p of ['data', 'exec']) mkdirSync(join(b, p), { recursive: true });
+  const socket = join(b, 'docker.sock');
+  const proc = startProcess(`compose-builder-${id}`, 'unshare', ['--mount', '--propagation', 'private', 'dockerd',
+    '--data-root', join(b, 'data'), '--exec-root', join(b, 'exec'), '-H', `unix://${socket}`, '-p', join(b, 'docker.pid'),
+    '--bridge', 'none', '--iptables=false', '--ip-masq=false', '--log-level', 'warn'], { logFile: join(dir, 'builder.log') });
+  await waitFor('builder dockerd', async () => {
+    if (proc.child.exitCode !== null) throw new Error(proc.log().slice(-2000));
+    return existsSync(socket) && (await run('docker', ['-H', `unix://${socket}`, 'version'], { allowFailure: true })).code === 0;
+  }, 90_000, 200);
+  return { proc, socket };
+}
+
+test.before('build every harness image offline from a clean state; a harness dockerd on a simulated host, the images loaded', async (t) => {
+  t.timeout(SETUP_TIMEOUT_MS);
+  if (!usable) throw new Error('cannot run the compose harness test: this needs root, dockerd, containerd, runc and busybox-static (scripts/setup.sh installs them)');
+  if (!hasCompose) throw new Error('cannot run the compose harness test: docker-compose is not installed (Debian package docker-compose)');
+  dir = makeTempDir(`compose-${id}`);
+  builder = await startBuilder();
+
+  // exactly what CI's build step is: the demo script's offline build, for the backends' images too
+  let started = Date.now();
+  for (const backend of ['zookeeper', 'etcd'] as const) {
+    const out = await heartbeat(`build (${backend})`, ok(demo(builder.socket, `kvnet${id}build`, ['--offline', '--build-only', backend], BUILD_TIMEOUT_MS), `compose-demo.sh --offline --build-only ${backend}`));
+    t.regex(out, /^PASS: /m);
+  }
+  t.log(`images built from a clean state (base images, agent, Consul stand-in, node, etcd, ZooKeeper): ${Math.round((Date.now() - started) / 1000)} s`);
+
+  started = Date.now();
+  sim = await createSimNetwork({ hosts: 1, prefix: id });
+  harness = await startDockerd({ host: sim.hosts[0]!, runId: id });
+  const images = [IMAGES.KVNET_NODE_IMAGE, IMAGES.KVNET_CONSUL_IMAGE, IMAGES.KVNET_ETCD_IMAGE, IMAGES.KVNET_ZOOKEEPER_IMAGE];
+  await heartbeat('docker save | docker load', ok(run('sh', ['-c', `docker -H unix://${builder.socket} save ${images.join(' ')} | docker -H unix://${harness.socket} load -q`],
+    { allowFailure: true, timeoutMs: 900_000 }), 'moving the images to the harness dockerd'));
+  t.log(`images moved to the harness dockerd: ${Math.round((Date.now() - started) / 1000)} s`);
+  // the builder is not needed any more; its data root (all the build layers) goes with the temp dir
+  await builder.proc.stop(20_000);
+});
+
+test.after.always(async (t) => {
+  t.timeout(600_000);
+  if (harness) {
+    for (const b of BACKENDS) {
+      await run('docker-compose', ['--project-directory', REPO_ROOT, '-f', join(REPO_ROOT, 'docker-compose.yml'), 'down', '-v', '--remove-orphans', '--timeout', '10'], {
+        allowFailure: true, timeoutMs: 180_000,
+        env: { ...process.env, ...IMAGES, DOCKER_HOST: `unix://${harness.socket}`, COMPOSE_PROJECT_NAME: project(b) },
+      });
+    }
+    await harness.stop().catch((err) => console.error('harness dockerd teardown:', err));
+  }
+  if (builder) await builder.proc.stop(20_000).catch(() => undefined);
+  await sim?.destroy().catch(() => undefined);
+  if (dir) removeTempDir(dir);
+});
+
+for (const backend of BACKENDS) {
+  rt(`scripts/compose-demo.sh ${backend}: three nodes, network on node1 listed on node2 and node3, cross-node pings, torn down`, async (t) => {
+    t.timeout(DEMO_TIMEOUT_MS + 60_000);
+    const d = harness!;
+    const started = Date.now();
+    const r = await heartbeat(`demo (${backend})`, demo(d.socket, project(backend), [backend], DEMO_TIMEOUT_MS));
+    const out = r.stdout + r.stderr;
+    t.log(`compose-demo.sh ${backend}: ${Math.round((Date.now() - started) / 1000)} s; its steps:\n${out.split('\n').filter((l) => /^(== |PASS|FAIL|c-node\d is |3 packets|timed out)/.test(l)).join('\n')}`);
+    t.is(r.code, 0, out.slice(-6000));
+    t.regex(out, new RegExp(`^PASS: compose demo \\(${backend}, project ${project(backend)}\\)`, 'm'));
+    t.regex(out, /^all images present/m, 'nothing is built on the harness daemon');
+    // what each step showed: the network on node2 and node3, three cross-node pings answered
+    t.is((out.match(/^[0-9a-f]{12}\s+demo\s+kvnet\s+local$/gm) ?? []).length, 2, 'demo listed by `docker network ls` on node2 and node3');
+    for (const [from, to] of [['node1', 'node2'], ['node2', 'node3'], ['node3', 'node1']]) {
+      t.regex(out, new RegExp(`c-${from} \\(on ${from}\\) pings c-${to} \\(on ${to}\\) at (10\\.220\\.0\\.\\d+)\\n(?:.*\\n)*?3 packets transmitted, 3 packets received`), `${from} → ${to}`);
+    }
+    // the three containers got three different addresses from the one network
+    const addrs = [...out.matchAll(/^c-node\d is (\S+)$/gm)].map((m) => m[1]);
+    t.is(new Set(addrs).size, 3, addrs.join(' '));
+
+    // torn down: no container, network or volume of the project is left on the harness daemon
+    const label = `label=com.docker.compose.project=${project(backend)}`;
+    t.is(await d.dockerOk('ps', '-aq', '--filter', label), '', 'no container left');
+    t.is(await d.dockerOk('network', 'ls', '-q', '--filter', label), '', 'no network left');
+    t.is(await d.dockerOk('volume', 'ls', '-q', '--filter', 'dangling=true'), '', 'no volume left (the nodes\' /var/lib/docker)');
+  });
+}
