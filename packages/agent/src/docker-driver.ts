@@ -48,6 +48,8 @@ export const CONTAINER_IFNAME_PREFIX = 'eth';
 export const NAME_LEARN_ATTEMPTS = 22;
 export const NAME_LEARN_BASE_MS = 10;
 export const NAME_LEARN_CAP_MS = 2_000;
+/** Container states in which a container holds its endpoints. */
+const RUNNING_STATES: ReadonlySet<string> = new Set(['running', 'paused']);
 /** Budget for finding, during CreateEndpoint, the container being connected (one Engine API list). */
 export const CONTAINER_LOOKUP_TIMEOUT_MS = 2_000;
 
@@ -198,8 +200,8 @@ export class DockerDriver implements PluginHandlers {
    * already used in the network on another host is refused before the container starts ("endpoint
    * with name c1 already exists in network multi", as dockerd's cluster store did). The plugin
    * protocol does not carry it; dockerd's container list does, indirectly: a container being started
-   * on a network (`docker run --net`, `docker start`) is listed with that network in its settings and
-   * no endpoint id yet. Exactly one such container → its name. None or several (several containers
+   * on a network (`docker run --net`, `docker start`, a restart policy) is listed with that network in
+   * its settings and not running yet. Exactly one such container → its name. None or several (several containers
    * starting on the network at once, or `docker network connect` of a running container), or no
    * answer within {@link CONTAINER_LOOKUP_TIMEOUT_MS} → undefined: the endpoint starts under its id and
    * takes the container's name once dockerd lists it (DockerNetworkSync), where a clash can only be
@@ -216,9 +218,13 @@ export class DockerDriver implements PluginHandlers {
       logger.debug({ err, network: net.name }, 'cannot list containers to name a new endpoint; it is named later');
       return undefined;
     }
+    // A container that is not running holds no endpoint, whatever id its settings still carry (after a
+    // power loss dockerd restarts it with the id of the endpoint it lost); a running one is being
+    // connected only while it has no endpoint id on this network yet.
     const starting = listed.filter((c) => {
       const settings = c.NetworkSettings?.Networks?.[net.name];
-      return settings != null && (!settings.EndpointID || settings.EndpointID === dockerEndpointId);
+      if (settings == null) return false;
+      return !RUNNING_STATES.has(c.State) || !settings.EndpointID || settings.EndpointID === dockerEndpointId;
     });
     if (starting.length !== 1) return undefined;
     return starting[0]!.Names[0]?.replace(/^\//, '') || undefined;

@@ -92,8 +92,8 @@ export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = P
 
 export class DockerNetworkSync {
   private running: Promise<SyncResult> | undefined;
-  /** Endpoints whose container name is taken in their network: not retried. */
-  private readonly unnameable = new Set<string>();
+  /** Endpoint id → the container name it could not take (another endpoint of the network had it). */
+  private readonly unnameable = new Map<string, string>();
   private again = false;
 
   constructor(private readonly opts: DockerNetworkSyncOptions) {}
@@ -174,6 +174,11 @@ export class DockerNetworkSync {
     const now = (this.opts.now ?? Date.now)();
     type Docked = DockerEndpointRecord & { docker: { networkId: string; endpointId: string } };
     const isOld = (e: Docked): boolean => now - Date.parse(e.createdAt) >= graceMs;
+    // A name refused because another endpoint of the network had it is tried again once that one is gone.
+    for (const [eid, wanted] of this.unnameable) {
+      const ep = allEndpoints(view).find((x) => x.id === eid);
+      if (!ep || !allEndpoints(view).some((x) => x.network === ep.network && x.name === wanted)) this.unnameable.delete(eid);
+    }
     const unnamed = (e: Docked): boolean => e.name === e.docker.endpointId.slice(0, 12) && !this.unnameable.has(e.id);
     const candidates = allEndpoints(view).filter((e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined && (isOld(e as Docked) || unnamed(e as Docked)));
     if (candidates.length === 0) return;
@@ -189,19 +194,10 @@ export class DockerNetworkSync {
     for (const c of containers.filter((x) => LIVE_CONTAINER_STATES.has(x.State))) {
       for (const s of Object.values(c.NetworkSettings?.Networks ?? {})) if (s?.EndpointID) live.set(s.EndpointID, c.Names[0]?.replace(/^\//, '') ?? '');
     }
+    // Stale ones go first: after a power loss the container's new endpoint wants the name its old,
+    // stale endpoint still holds.
     for (const e of candidates) {
-      const containerName = live.get(e.docker.endpointId);
-      if (containerName !== undefined) {
-        if (unnamed(e) && containerName && this.opts.nameEndpoint) {
-          try {
-            await this.opts.nameEndpoint(e.network, e.id, containerName);
-          } catch (err) {
-            this.unnameable.add(e.id);
-            logger.warn({ err, eid: e.id, endpoint: containerName }, 'cannot give the endpoint its container name; it keeps its id');
-          }
-        }
-        continue;
-      }
+      if (live.has(e.docker.endpointId)) continue;
       if (!isOld(e)) {
         if (unnamed(e)) result.pending++;
         continue;
@@ -213,6 +209,16 @@ export class DockerNetworkSync {
         result.staleEndpoints.push(e.id);
       } catch (err) {
         result.errors.push({ network: e.network, message: (err as Error).message });
+      }
+    }
+    for (const e of candidates) {
+      const containerName = live.get(e.docker.endpointId);
+      if (!containerName || !unnamed(e) || !this.opts.nameEndpoint) continue;
+      try {
+        await this.opts.nameEndpoint(e.network, e.id, containerName);
+      } catch (err) {
+        this.unnameable.set(e.id, containerName);
+        logger.warn({ err, eid: e.id, endpoint: containerName }, 'cannot give the endpoint its container name yet; it keeps its id until the name is free');
       }
     }
   }

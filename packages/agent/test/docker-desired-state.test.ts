@@ -130,3 +130,52 @@ test('stale Docker endpoints: an exited container still naming its endpoint (doc
   await sync.run(() => v);
   t.deepEqual(removed, ['old-docker']);
 });
+
+test('after a power loss the restarted container\'s new endpoint gets the name its stale endpoint held, in one pass; a refused name is tried again once free', async (t) => {
+  const { DockerNetworkSync } = await import('../src/docker-network-sync.ts');
+  const { pino } = await import('pino');
+  const D = 'd'.repeat(64);
+  const n = { ...net(N1, '10.1.0.0/24', '10.1.0.1', 300), docker: { networks: { h1: D } } };
+  const newId = 'n'.repeat(64);
+  const stale = ep('old', N1, 'h1', '10.1.0.4', { name: 'w1', docker: { networkId: D, endpointId: 'old-docker' }, handoff: 'kvdold', createdAt: '2026-01-01T00:00:00Z' });
+  const fresh = ep('new', N1, 'h1', '10.1.0.5', { name: newId.slice(0, 12), docker: { networkId: D, endpointId: newId }, handoff: 'kvdnew', createdAt: '2026-01-01T00:09:59Z' });
+  const endpoints = new Map<string, EndpointRecord>([['old', stale], ['new', fresh]]);
+  const v = (): ClusterView => ({ networks: new Map([[N1, n]]), endpoints: new Map([[N1, endpoints]]), nodes: new Map() });
+  const engine = {
+    listNetworks: async () => [{ Id: D, Name: n.name, Driver: 'kvnet', Scope: 'local' }],
+    inspectNetwork: async () => undefined,
+    listContainers: async () => [{ Id: 'c1', Names: ['/w1'], State: 'running', NetworkSettings: { Networks: { [n.name]: { NetworkID: D, EndpointID: newId } } } }],
+    createNetwork: async () => 'x',
+    removeNetwork: async () => undefined,
+  };
+  const events: string[] = [];
+  const sync = new DockerNetworkSync({
+    engine: engine as never,
+    node: 'h1',
+    logger: pino({ level: 'silent' }),
+    staleAfterMs: 60_000,
+    now: () => Date.parse('2026-01-01T00:10:00Z'),
+    removeEndpoint: async (_n, x) => {
+      events.push(`removed ${x}`);
+      endpoints.delete('old');
+    },
+    nameEndpoint: async (_nid, eid, name) => {
+      if ([...endpoints.values()].some((e) => e.name === name)) throw new Error(`endpoint with name ${name} already exists`);
+      events.push(`named ${eid} ${name}`);
+    },
+  });
+  await sync.run(v);
+  t.deepEqual(events, ['removed old-docker', 'named new w1'], 'the stale endpoint is removed before the new one is named');
+
+  // a name refused (held by a live endpoint elsewhere) is not retried while taken, and is once it is free
+  const other = ep('x', N1, 'h2', '10.1.0.6', { name: 'w1' });
+  endpoints.set('x', other);
+  endpoints.set('new', { ...fresh });
+  events.length = 0;
+  await sync.run(v);
+  await sync.run(v);
+  t.deepEqual(events, [], 'w1 is taken on h2: nothing');
+  endpoints.delete('x');
+  await sync.run(v);
+  t.deepEqual(events, ['named new w1'], 'tried again once w1 is free');
+});

@@ -112,7 +112,9 @@ test('a leftover endpoint of the same container on this host (dockerd lost it wi
   env.e1.containers = [starting('r1', 'multi')];
   const first = await endpoint(env.c1, PoolID, 'd'.repeat(64));
   t.is(first.err, undefined);
-  // dockerd restarted after a power loss and starts r1 again with a new endpoint id
+  // dockerd restarted after a power loss and starts r1 again with a new endpoint id; its settings still
+  // carry the endpoint id it lost
+  env.e1.containers = [{ ...starting('r1', 'multi', 'exited'), NetworkSettings: { Networks: { multi: { EndpointID: 'd'.repeat(64) } } } }];
   const second = await endpoint(env.c1, PoolID, 'f'.repeat(64));
   t.is(second.err, undefined);
   const eps = [...env.h1.view().endpoints.get(PoolID)!.values()] as DockerEndpointRecord[];
