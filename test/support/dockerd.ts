@@ -140,6 +140,11 @@ export async function startDockerd(opts: {
   runId: string;
   /** More dockerd flags, e.g. `--cluster-store etcd://198.19.0.1:2379 --cluster-advertise eth0:2376`. */
   extraArgs?: readonly string[];
+  /**
+   * Shell run inside dockerd's namespaces just before it starts, also on every restart, e.g. the host
+   * preparation `mkdir -p /run/netns && mount --bind /run/netns /run/netns && mount --make-shared /run/netns`.
+   */
+  setup?: string;
 }): Promise<Dockerd> {
   const { host, runId } = opts;
   const quote = (a: string): string => `'${a.replaceAll("'", "'\\''")}'`;
@@ -157,6 +162,7 @@ export async function startDockerd(opts: {
   const script = [
     `hostname ${hostname}`,
     `mount --bind ${paths.plugins} ${DOCKER_PLUGIN_DIR}`,
+    ...(opts.setup ? [`{ ${opts.setup}; }`] : []),
     `exec dockerd --data-root ${paths.data} --exec-root ${paths.exec} -H unix://${paths.socket} -p ${paths.pid} --bridge none --log-level info${(opts.extraArgs ?? []).map((a) => ` ${quote(a)}`).join('')}`,
   ].join(' && ');
   let restarts = 0;
