@@ -47,7 +47,7 @@ import { KV_ADDRESS, raiseNeighbourThresholds, STORE_PREFIX } from '../support/c
 import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
 import { startServer, type KvServer } from '../support/kv-servers.ts';
 import { makeTempDir, removeTempDir, REPO_ROOT, run, runId, startProcess, waitFor, type ManagedProcess } from '../support/process.ts';
-import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
+import { attachNamespace, createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
 
 const DEFAULT_NETWORKS = 5;
 const DEFAULT_CONTAINERS = 20;
@@ -198,15 +198,6 @@ function startPinger(pid: number, ip: string, deadline: number): { first: Promis
   return { first, stop };
 }
 
-/** Adds namespace `ns` on the sim's underlay at `address`/15 (its name starts with the sim prefix, so destroy() removes it). */
-async function attachNamespace(sim: SimNetwork, ns: string, port: string, address: string): Promise<void> {
-  await run('ip', ['netns', 'add', ns]);
-  await run('ip', ['-n', ns, 'link', 'set', 'dev', 'lo', 'up']);
-  await run('ip', ['link', 'add', 'name', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', port, 'netns', sim.underlay]);
-  await run('ip', ['-n', sim.underlay, 'link', 'set', 'dev', port, 'master', 'ul0', 'up']);
-  await run('ip', ['-n', ns, 'addr', 'add', `${address}/15`, 'dev', 'eth0']);
-  await run('ip', ['-n', ns, 'link', 'set', 'dev', 'eth0', 'up']);
-}
 
 /** Everything the run started, for teardown (idempotent, in dependency order). */
 class Bench {

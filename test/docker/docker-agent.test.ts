@@ -12,12 +12,11 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
-import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../support/process.ts';
+import { makeTempDir, removeTempDir, runId, waitFor, type ManagedProcess } from '../support/process.ts';
+import { agentHasFlags, containerIp, kvnetCli, startDockerAgent, waitAgentReady } from '../support/docker-agents.ts';
 import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
 
-const MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
-const agentHasDockerPlugin = (await run(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--help'], { allowFailure: true, timeoutMs: 60_000 })).stdout.includes('--docker-plugin');
-const usable = agentHasDockerPlugin && (await canRunDockerd());
+const usable = (await agentHasFlags('--docker-plugin')) && (await canRunDockerd());
 // Never skipped: on a machine without what this needs, every test fails with the reason.
 const rt = test.serial;
 
@@ -29,26 +28,11 @@ const agents: ManagedProcess[] = [];
 const sockets: string[] = [];
 
 function kvnet(host: number, ...args: string[]) {
-  return run(process.execPath, ['--import', 'tsx', MAIN, '--socket', sockets[host]!, ...args], { allowFailure: true, timeoutMs: 120_000 });
+  return kvnetCli(sockets[host]!, ...args);
 }
 
 function startAgent(i: number): ManagedProcess {
-  const h = sim!.hosts[i]!;
-  const d = dockerds[i]!;
-  return startProcess(`agent-${id}-h${i + 1}`, process.execPath, [
-    '--import', 'tsx', MAIN, 'agent',
-    '--cluster-store', `local://${dir}/store.db`,
-    '--cluster-advertise', 'eth0', '--node-name', `h${i + 1}`, '--state-dir', join(dir, `state-h${i + 1}`),
-    '--socket', sockets[i]!, '--ttl', '4s', '--name-prefix', `${id}${i + 1}`, '--gateway-bridge', 'none', '--metrics-addr', 'off',
-    '--docker-plugin', join(d.pluginDir, 'kvnet.sock'), '--docker-socket', d.socket,
-  ], { netns: h.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}.log`) });
-}
-
-async function waitReady(a: ManagedProcess, after = 0): Promise<void> {
-  await waitFor(`${a.name} ready`, () => {
-    if (a.child.exitCode !== null) throw new Error(a.log());
-    return a.log().slice(after).includes('"msg":"agent ready"');
-  }, 90_000, 100);
+  return startDockerAgent({ id, dir, index: i, host: sim!.hosts[i]!, dockerd: dockerds[i]!, apiSocket: sockets[i]!, store: `local://${dir}/store.db` });
 }
 
 test.before(async () => {
@@ -62,7 +46,7 @@ test.before(async () => {
     sockets.push(join(dir, `h${i + 1}.sock`));
     agents.push(startAgent(i));
   }
-  for (const a of agents) await waitReady(a);
+  for (const a of agents) await waitAgentReady(a);
 });
 
 test.after.always(async () => {
@@ -85,7 +69,7 @@ rt('the seeds\' demo: one docker network on two hosts through two kvnet agents',
 
   await d1.dockerOk('run', '-d', '--name', `c1${id}`, '--network', multi, d1.image, 'sleep', '3600');
   await d2.dockerOk('run', '-d', '--name', `c2${id}`, '--network', multi, d2.image, 'sleep', '3600');
-  const ipOf = async (d: Dockerd, c: string) => /inet (\S+)\//.exec(await d.dockerOk('exec', c, 'ip', '-o', '-4', 'addr', 'show', 'eth0'))![1]!;
+  const ipOf = containerIp;
   const ip1 = await ipOf(d1, `c1${id}`);
   const ip2 = await ipOf(d2, `c2${id}`);
   t.not(ip1, ip2);
@@ -104,7 +88,7 @@ rt('the seeds\' demo: one docker network on two hosts through two kvnet agents',
   await agents[0]!.stop(10_000);
   const logLength = readFileSync(agents[0]!.logFile, 'utf8').length;
   agents[0] = startAgent(0);
-  await waitReady(agents[0], logLength);
+  await waitAgentReady(agents[0], logLength);
   const pinged = await ping;
   const m = /(\d+) packets transmitted, (\d+) (?:packets )?received/.exec(pinged.stdout);
   t.truthy(m, pinged.stdout);
@@ -125,7 +109,7 @@ rt('the seeds\' demo: one docker network on two hosts through two kvnet agents',
   await d1.docker('rm', '-f', `c4${id}`);
   const logLength2 = readFileSync(agents[0]!.logFile, 'utf8').length;
   agents[0] = startAgent(0);
-  await waitReady(agents[0], logLength2);
+  await waitAgentReady(agents[0], logLength2);
   await d1.dockerOk('run', '-d', '--name', `c4${id}`, '--network', multi, d1.image, 'sleep', '3600');
   await d1.dockerOk('rm', '-f', `c4${id}`);
 

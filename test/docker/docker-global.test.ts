@@ -19,10 +19,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
 import { startServer, type KvServer } from '../support/kv-servers.ts';
-import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../support/process.ts';
-import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
+import { makeTempDir, removeTempDir, run, runId, waitFor, type ManagedProcess } from '../support/process.ts';
+import { agentHasFlags, containerIp, kvnetCli, startDockerAgent, waitAgentReady } from '../support/docker-agents.ts';
+import { attachNamespace, createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
 
-const MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
 /** Where the etcd namespace sits on the underlay (inside 198.18.0.0/15, away from the hosts). */
 const ETCD_ADDRESS = '198.19.0.1';
 /** dockerd's `--cluster-advertise`: the port only names the node's registration key. */
@@ -30,8 +30,7 @@ const DOCKER_ADVERTISE = 'eth0:2376';
 const SUBNET = '10.215.0.0/24';
 const WAIT_MS = 120_000;
 
-const agentHelp = (await run(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--help'], { allowFailure: true, timeoutMs: 60_000 })).stdout;
-const agentHasGlobalScope = agentHelp.includes('--docker-plugin') && agentHelp.includes('--docker-scope');
+const agentHasGlobalScope = await agentHasFlags('--docker-plugin', '--docker-scope');
 const etcdInstalled = (await run('sh', ['-c', 'command -v etcd'], { allowFailure: true })).code === 0;
 const usable = agentHasGlobalScope && etcdInstalled && (await canRunDockerd());
 // Never skipped: on a machine without what this needs, every test fails with the reason.
@@ -47,7 +46,7 @@ const agents: ManagedProcess[] = [];
 const sockets: string[] = [];
 
 function kvnet(host: number, ...args: string[]) {
-  return run(process.execPath, ['--import', 'tsx', MAIN, '--socket', sockets[host]!, ...args], { allowFailure: true, timeoutMs: 120_000 });
+  return kvnetCli(sockets[host]!, ...args);
 }
 
 interface NetworkView {
@@ -105,42 +104,11 @@ async function withDiagnostics(t: ExecutionContext, body: () => Promise<void>): 
   if (!t.passed) t.log(diagnostics());
 }
 
-/** Puts a namespace on the sim's underlay at `address` (as test/support/cluster.ts does for its KV server). */
-async function attachNamespace(s: SimNetwork, ns: string, port: string, address: string): Promise<void> {
-  const ip = (...args: string[]) => run('ip', args, { timeoutMs: 15_000 });
-  await ip('netns', 'add', ns);
-  await ip('-n', ns, 'link', 'set', 'dev', 'lo', 'up');
-  await ip('link', 'add', 'name', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', port, 'netns', s.underlay);
-  await ip('-n', s.underlay, 'link', 'set', 'dev', port, 'master', 'ul0', 'up');
-  await ip('-n', ns, 'addr', 'add', `${address}/15`, 'dev', 'eth0');
-  await ip('-n', ns, 'link', 'set', 'dev', 'eth0', 'up');
-}
-
 function startAgent(i: number): ManagedProcess {
-  const h = sim!.hosts[i]!;
-  const d = dockerds[i]!;
-  return startProcess(`agent-${id}-h${i + 1}`, process.execPath, [
-    '--import', 'tsx', MAIN, 'agent',
-    '--cluster-store', etcd!.url(`kvnet-${id}`),
-    '--cluster-advertise', 'eth0', '--node-name', `h${i + 1}`, '--state-dir', join(dir, `state-h${i + 1}`),
-    '--socket', sockets[i]!, '--ttl', '4s', '--name-prefix', `${id}${i + 1}`, '--gateway-bridge', 'none', '--metrics-addr', 'off',
-    '--docker-plugin', join(d.pluginDir, 'kvnet.sock'), '--docker-socket', d.socket, '--docker-scope', 'global',
-  ], { netns: h.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}.log`) });
+  return startDockerAgent({ id, dir, index: i, host: sim!.hosts[i]!, dockerd: dockerds[i]!, apiSocket: sockets[i]!, store: etcd!.url(`kvnet-${id}`), extraArgs: ['--docker-scope', 'global'] });
 }
 
-async function waitReady(a: ManagedProcess): Promise<void> {
-  await waitFor(`${a.name} ready`, () => {
-    if (a.child.exitCode !== null) throw new Error(a.log());
-    return a.log().includes('"msg":"agent ready"');
-  }, WAIT_MS, 100);
-}
-
-const ipOf = async (d: Dockerd, c: string): Promise<string> => {
-  const out = await d.dockerOk('exec', c, 'ip', '-o', '-4', 'addr', 'show', 'eth0');
-  const m = /inet (\S+)\//.exec(out);
-  if (!m) throw new Error(`container ${c} on ${d.host.name} has no IPv4 address on eth0: ${out}`);
-  return m[1]!;
-};
+const ipOf = containerIp;
 
 test.before(async () => {
   if (!usable) {
@@ -159,7 +127,7 @@ test.before(async () => {
     sockets.push(join(dir, `h${i + 1}.sock`));
     agents.push(startAgent(i));
   }
-  for (const a of agents) await waitReady(a);
+  for (const a of agents) await waitAgentReady(a, 0, WAIT_MS);
 });
 
 test.after.always(async () => {

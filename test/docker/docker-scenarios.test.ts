@@ -21,12 +21,11 @@ import { join } from 'node:path';
 import { existsSync, renameSync } from 'node:fs';
 import { overlayNetnsName } from '@kvnet/dataplane';
 import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
-import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../support/process.ts';
+import { makeTempDir, removeTempDir, run, runId, waitFor, type ManagedProcess } from '../support/process.ts';
 import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
+import { agentHasFlags, kvnetCli, startDockerAgent, waitAgentReady } from '../support/docker-agents.ts';
 
-const MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
-const agentHasDockerPlugin = (await run(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--help'], { allowFailure: true, timeoutMs: 60_000 })).stdout.includes('--docker-plugin');
-const usable = agentHasDockerPlugin && (await canRunDockerd());
+const usable = (await agentHasFlags('--docker-plugin')) && (await canRunDockerd());
 // Never skipped: on a machine without what this needs, every test fails with the reason.
 const rt = test.serial;
 
@@ -64,7 +63,7 @@ interface KvnetNetwork {
 }
 
 function kvnet(host: number, ...args: string[]) {
-  return run(process.execPath, ['--import', 'tsx', MAIN, '--socket', sockets[host]!, ...args], { allowFailure: true, timeoutMs: 120_000 });
+  return kvnetCli(sockets[host]!, ...args);
 }
 
 /** `kvnet network inspect NAME` through host `host`'s agent; undefined when kvnet has no such network. */
@@ -102,22 +101,7 @@ async function hasPeer(host: number, nid: string, ep: { ip: string; mac: string 
 }
 
 function startAgent(i: number): ManagedProcess {
-  const h = sim!.hosts[i]!;
-  const d = dockerds[i]!;
-  return startProcess(`agent-${id}-h${i + 1}`, process.execPath, [
-    '--import', 'tsx', MAIN, 'agent',
-    '--cluster-store', `local://${dir}/store.db`,
-    '--cluster-advertise', 'eth0', '--node-name', `h${i + 1}`, '--state-dir', join(dir, `state-h${i + 1}`),
-    '--socket', sockets[i]!, '--ttl', '4s', '--name-prefix', `${id}${i + 1}`, '--gateway-bridge', 'none', '--metrics-addr', 'off',
-    '--docker-plugin', join(d.pluginDir, 'kvnet.sock'), '--docker-socket', d.socket,
-  ], { netns: h.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}.log`) });
-}
-
-async function waitReady(a: ManagedProcess): Promise<void> {
-  await waitFor(`${a.name} ready`, () => {
-    if (a.child.exitCode !== null) throw new Error(a.log());
-    return a.log().includes('"msg":"agent ready"');
-  }, 90_000, 100);
+  return startDockerAgent({ id, dir, index: i, host: sim!.hosts[i]!, dockerd: dockerds[i]!, apiSocket: sockets[i]!, store: `local://${dir}/store.db` });
 }
 
 const h1 = (): Dockerd => dockerds[0]!;
@@ -176,7 +160,7 @@ test.before(async () => {
     sockets.push(join(dir, `h${i + 1}.sock`));
     agents.push(startAgent(i));
   }
-  for (const a of agents) await waitReady(a);
+  for (const a of agents) await waitAgentReady(a);
 });
 
 test.after.always(async () => {

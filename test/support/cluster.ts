@@ -36,7 +36,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { startServer, type KvServer, type ServerBackend } from './kv-servers.ts';
 import { makeTempDir, removeTempDir, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
-import { createSimNetwork, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
+import { attachNamespace, createSimNetwork, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
 
 export type ClusterBackend = 'local' | ServerBackend;
 export const CLUSTER_BACKENDS: readonly ClusterBackend[] = ['local', 'etcd', 'consul', 'zookeeper'];
@@ -688,15 +688,6 @@ function isReadyLine(line: string): boolean {
   }
 }
 
-/** Adds namespace `ns` on the sim's underlay at `address`/15 (its name starts with the sim prefix, so destroy() removes it). */
-async function attachNamespace(sim: SimNetwork, ns: string, port: string, address: string): Promise<void> {
-  await run('ip', ['netns', 'add', ns]);
-  await run('ip', ['-n', ns, 'link', 'set', 'dev', 'lo', 'up']);
-  await run('ip', ['link', 'add', 'name', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', port, 'netns', sim.underlay]);
-  await run('ip', ['-n', sim.underlay, 'link', 'set', 'dev', port, 'master', 'ul0', 'up']);
-  await run('ip', ['-n', ns, 'addr', 'add', `${address}/15`, 'dev', 'eth0']);
-  await run('ip', ['-n', ns, 'link', 'set', 'dev', 'eth0', 'up']);
-}
 
 /**
  * What the agent does on a real host, done for the simulated ones: raise (never lower) the kernel's

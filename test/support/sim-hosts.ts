@@ -135,6 +135,20 @@ async function addNamespace(name: string): Promise<void> {
   await ip('-n', name, 'link', 'set', 'dev', 'lo', 'up');
 }
 
+/**
+ * Adds namespace `ns` to the underlay of `sim` as one more machine at `address` (its `eth0`, a veth whose
+ * underlay end is `port`), e.g. for a KV server the simulated hosts reach. Its name must start with the
+ * network's prefix, so `destroy()` removes it.
+ */
+export async function attachNamespace(sim: SimNetwork, ns: string, port: string, address: string): Promise<void> {
+  if (!ns.startsWith(sim.prefix)) throw new Error(`namespace ${ns} must start with the network's prefix ${sim.prefix}`);
+  await addNamespace(ns);
+  await ip('link', 'add', 'name', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', port, 'netns', sim.underlay);
+  await ip('-n', sim.underlay, 'link', 'set', 'dev', port, 'master', 'ul0', 'up');
+  await ip('-n', ns, 'addr', 'add', `${address}/${UNDERLAY_PREFIX_LENGTH}`, 'dev', 'eth0');
+  await ip('-n', ns, 'link', 'set', 'dev', 'eth0', 'up');
+}
+
 /** Builds the underlay, `hosts` host namespaces and optionally the outside namespace. */
 export async function createSimNetwork(options: { hosts: number; prefix: string; outside?: boolean }): Promise<SimNetwork> {
   const { prefix } = options;
