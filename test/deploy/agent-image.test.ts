@@ -23,10 +23,11 @@
  */
 
 import test from 'ava';
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { heartbeat, ok, startBuildDaemon, type BuildDaemon } from '../support/build-daemon.ts';
 import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
-import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess, type RunResult } from '../support/process.ts';
+import { makeTempDir, removeTempDir, run, runId, waitFor, REPO_ROOT } from '../support/process.ts';
 import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
 
 const usable = await canRunDockerd();
@@ -40,7 +41,7 @@ const id = runId();
 const PREFIX = `kvnet-${id}`;
 const IMAGE = `${PREFIX}/agent:test`;
 let dir = '';
-let builder: { proc: ManagedProcess; socket: string; docker: (...a: string[]) => Promise<RunResult> } | undefined;
+let builder: BuildDaemon | undefined;
 let sim: SimNetwork | undefined;
 const dockerds: Dockerd[] = [];
 
@@ -97,62 +98,6 @@ async function withDiagnostics(t: { log(...values: unknown[]): void }, hosts: re
   }
 }
 
-/**
- * Prints progress during a long step. ava's inactivity timeout is not reset by worker output (only by
- * test events): the long hook and tests raise their own limit with `t.timeout()`, which also tells ava
- * to hold its inactivity timer for that long.
- */
-async function heartbeat<T>(what: string, p: Promise<T>): Promise<T> {
-  const started = Date.now();
-  const timer = setInterval(() => console.error(`[deploy] ${what}: ${Math.round((Date.now() - started) / 1000)} s`), 30_000);
-  try {
-    return await p;
-  } finally {
-    clearInterval(timer);
-  }
-}
-
-async function ok(r: Promise<RunResult>, what: string): Promise<string> {
-  const res = await r;
-  if (res.code !== 0) throw new Error(`${what} exited ${res.code}: ${(res.stderr.trim() || res.stdout.trim()).slice(-3000)}`);
-  return res.stdout.trim();
-}
-
-/**
- * SIGKILLs what the builder dockerd leaves behind when it is killed instead of stopped (an ava timeout
- * ends the worker without after-hooks): containerd and the shims of a build step, found by the builder's
- * exec root (unique to the run) in their command lines. Synchronous, so it can run in an 'exit' listener.
- */
-function killBuilderLeftovers(execRoot: string): void {
-  for (const name of readdirSync('/proc')) {
-    const pid = Number(name);
-    if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid) continue;
-    try {
-      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').includes(execRoot)) process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone, or not ours to read
-    }
-  }
-}
-
-/** A dockerd in the root network namespace and a private mount namespace: no bridge, no iptables rules. */
-async function startBuilder(): Promise<NonNullable<typeof builder>> {
-  const b = join(dir, 'builder');
-  for (const p of ['data', 'exec']) mkdirSync(join(b, p), { recursive: true });
-  const socket = join(b, 'docker.sock');
-  const proc = startProcess(`builder-${id}`, 'unshare', ['--mount', '--propagation', 'private', 'dockerd',
-    '--data-root', join(b, 'data'), '--exec-root', join(b, 'exec'), '-H', `unix://${socket}`, '-p', join(b, 'docker.pid'),
-    '--bridge', 'none', '--iptables=false', '--ip-masq=false', '--log-level', 'warn'], { logFile: join(dir, 'builder.log') });
-  // before process.ts's own exit hook, which SIGKILLs dockerd and deletes the temp dir
-  process.prependListener('exit', () => killBuilderLeftovers(join(b, 'exec')));
-  const docker = (...args: string[]) => run('docker', ['-H', `unix://${socket}`, ...args], { allowFailure: true, timeoutMs: 900_000 });
-  await waitFor('builder dockerd', async () => {
-    if (proc.child.exitCode !== null) throw new Error(proc.log().slice(-2000));
-    return existsSync(socket) && (await docker('version', '--format', '{{.Server.Version}}')).code === 0;
-  }, 90_000, 200);
-  return { proc, socket, docker };
-}
-
 /** deploy/README.md's run line, with this test's paths for the sources that differ per simulated host. */
 function runLine(d: Dockerd, i: number): string[] {
   return [
@@ -179,15 +124,15 @@ test.before('build the agent image offline from a clean state; four simulated ho
   if (!usable) throw new Error('cannot run the deployment tests: this needs root, dockerd, containerd, runc and busybox-static (scripts/setup.sh installs them)');
   dir = makeTempDir(`deploy-${id}`);
   mkdirSync(join(dir, 'shared'));
-  builder = await startBuilder();
+  builder = await startBuildDaemon(dir, `builder-${id}`);
   const started = Date.now();
-  const args = await heartbeat('prepare-images', ok(run('bash', [join(REPO_ROOT, 'scripts/prepare-images.sh')], {
+  const args = await heartbeat('deploy', 'prepare-images', ok(run('bash', [join(REPO_ROOT, 'scripts/prepare-images.sh')], {
     allowFailure: true, timeoutMs: 600_000,
     env: { ...process.env, DOCKER: `docker -H unix://${builder.socket}`, KVNET_IMAGE_PREFIX: PREFIX },
   }), 'scripts/prepare-images.sh'));
   t.log(`prepare-images: ${Math.round((Date.now() - started) / 1000)} s`);
   const t1 = Date.now();
-  await heartbeat('docker build', ok(builder.docker('build', '--network', 'host', '-q', '-f', join(REPO_ROOT, 'deploy/Dockerfile'),
+  await heartbeat('deploy', 'docker build', ok(builder.docker('build', '--network', 'host', '-q', '-f', join(REPO_ROOT, 'deploy/Dockerfile'),
     ...args.split(/\s+/).filter(Boolean), '-t', IMAGE, REPO_ROOT), 'docker build'));
   t.log(`docker build: ${Math.round((Date.now() - t1) / 1000)} s`);
 
@@ -207,8 +152,7 @@ test.before('build the agent image offline from a clean state; four simulated ho
 test.after.always(async () => {
   for (const d of dockerds) await d.stop().catch((err) => console.error('dockerd teardown:', err));
   if (builder) {
-    await builder.proc.stop(20_000).catch(() => undefined);
-    killBuilderLeftovers(join(dir, 'builder', 'exec'));
+    await builder.stop();
   }
   await sim?.destroy().catch(() => undefined);
   if (dir) removeTempDir(dir);
@@ -287,7 +231,7 @@ rt('the agent container after a power loss: dockerd comes up, the agent containe
     // power off h1: dockerd, containerd, shims, the agent and the workload all killed at once; the agent's
     // plugin socket file stays behind in /run/docker/plugins, as it would on a disk that survives a reboot
     const started = Date.now();
-    await heartbeat('h1 power-off restart', d1.restart('power-off'));
+    await heartbeat('deploy', 'h1 power-off restart', d1.restart('power-off'));
     const answeredS = (Date.now() - started) / 1000;
     // no deadlock: dockerd answers, and the agent container is running and ready, within the bound
     await waitFor('the agent container running and ready again on h1', async () => (await statusOf(d1, agent)) === 'running' && (await readyCount(d1, agent)) > readyBefore, 120_000, 250);
@@ -388,7 +332,7 @@ rt('the managed plugin on two hosts: networks mirrored under kvnet:latest, conta
     for (const how of ['graceful', 'power-off'] as const) {
       const before = ip3;
       const started = Date.now();
-      await heartbeat(`h3 ${how} restart`, d3.restart(how));
+      await heartbeat('deploy', `h3 ${how} restart`, d3.restart(how));
       const answeredS = (Date.now() - started) / 1000;
       // dockerd enables the plugin itself (before it restores networks and containers)
       t.true(JSON.parse(await d3.dockerOk('plugin', 'inspect', '-f', '{{json .Enabled}}', 'kvnet')) as boolean, `plugin enabled after the ${how} restart`);

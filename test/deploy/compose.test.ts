@@ -23,10 +23,10 @@
  */
 
 import test from 'ava';
-import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { heartbeat, ok, startBuildDaemon, type BuildDaemon } from '../support/build-daemon.ts';
 import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
-import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess, type RunResult } from '../support/process.ts';
+import { makeTempDir, removeTempDir, run, runId, REPO_ROOT, type RunResult } from '../support/process.ts';
 import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
 
 const BACKENDS = ['consul', 'etcd', 'zookeeper'] as const;
@@ -56,30 +56,9 @@ const IMAGES = {
 const project = (b: Backend): string => `kvnet${id}${b}`;
 
 let dir = '';
-let builder: { proc: ManagedProcess; socket: string } | undefined;
+let builder: BuildDaemon | undefined;
 let sim: SimNetwork | undefined;
 let harness: Dockerd | undefined;
-
-/**
- * Prints progress during a long step. ava's inactivity timeout is not reset by worker output (only by
- * test events): the hook and the tests raise their own limit with `t.timeout()`, which also holds ava's
- * inactivity timer for that long.
- */
-async function heartbeat<T>(what: string, p: Promise<T>): Promise<T> {
-  const started = Date.now();
-  const timer = setInterval(() => console.error(`[compose] ${what}: ${Math.round((Date.now() - started) / 1000)} s`), 30_000);
-  try {
-    return await p;
-  } finally {
-    clearInterval(timer);
-  }
-}
-
-async function ok(r: Promise<RunResult>, what: string): Promise<string> {
-  const res = await r;
-  if (res.code !== 0) throw new Error(`${what} exited ${res.code}: ${(res.stdout.trim() + '\n' + res.stderr.trim()).slice(-4000)}`);
-  return res.stdout.trim();
-}
 
 /** scripts/compose-demo.sh against the daemon at `socket`, with this run's image names and `project`. */
 function demo(socket: string, projectName: string, args: string[], timeoutMs: number): Promise<RunResult> {
@@ -90,32 +69,18 @@ function demo(socket: string, projectName: string, args: string[], timeoutMs: nu
   });
 }
 
-/** A dockerd in the root network namespace and a private mount namespace: no bridge, no iptables rules. */
-async function startBuilder(): Promise<NonNullable<typeof builder>> {
-  const b = join(dir, 'builder');
-  for (const p of ['data', 'exec']) mkdirSync(join(b, p), { recursive: true });
-  const socket = join(b, 'docker.sock');
-  const proc = startProcess(`compose-builder-${id}`, 'unshare', ['--mount', '--propagation', 'private', 'dockerd',
-    '--data-root', join(b, 'data'), '--exec-root', join(b, 'exec'), '-H', `unix://${socket}`, '-p', join(b, 'docker.pid'),
-    '--bridge', 'none', '--iptables=false', '--ip-masq=false', '--log-level', 'warn'], { logFile: join(dir, 'builder.log') });
-  await waitFor('builder dockerd', async () => {
-    if (proc.child.exitCode !== null) throw new Error(proc.log().slice(-2000));
-    return existsSync(socket) && (await run('docker', ['-H', `unix://${socket}`, 'version'], { allowFailure: true })).code === 0;
-  }, 90_000, 200);
-  return { proc, socket };
-}
 
 test.before('build every harness image offline from a clean state; a harness dockerd on a simulated host, the images loaded', async (t) => {
   t.timeout(SETUP_TIMEOUT_MS);
   if (!usable) throw new Error('cannot run the compose harness test: this needs root, dockerd, containerd, runc and busybox-static (scripts/setup.sh installs them)');
   if (!hasCompose) throw new Error('cannot run the compose harness test: docker-compose is not installed (Debian package docker-compose)');
   dir = makeTempDir(`compose-${id}`);
-  builder = await startBuilder();
+  builder = await startBuildDaemon(dir, `compose-builder-${id}`);
 
   // exactly what CI's build step is: the demo script's offline build, for the backends' images too
   let started = Date.now();
   for (const backend of ['zookeeper', 'etcd'] as const) {
-    const out = await heartbeat(`build (${backend})`, ok(demo(builder.socket, `kvnet${id}build`, ['--offline', '--build-only', backend], BUILD_TIMEOUT_MS), `compose-demo.sh --offline --build-only ${backend}`));
+    const out = await heartbeat('compose', `build (${backend})`, ok(demo(builder.socket, `kvnet${id}build`, ['--offline', '--build-only', backend], BUILD_TIMEOUT_MS), `compose-demo.sh --offline --build-only ${backend}`));
     t.regex(out, /^PASS: /m);
   }
   t.log(`images built from a clean state (base images, agent, Consul stand-in, node, etcd, ZooKeeper): ${Math.round((Date.now() - started) / 1000)} s`);
@@ -124,11 +89,11 @@ test.before('build every harness image offline from a clean state; a harness doc
   sim = await createSimNetwork({ hosts: 1, prefix: id });
   harness = await startDockerd({ host: sim.hosts[0]!, runId: id });
   const images = [IMAGES.KVNET_NODE_IMAGE, IMAGES.KVNET_CONSUL_IMAGE, IMAGES.KVNET_ETCD_IMAGE, IMAGES.KVNET_ZOOKEEPER_IMAGE];
-  await heartbeat('docker save | docker load', ok(run('sh', ['-c', `docker -H unix://${builder.socket} save ${images.join(' ')} | docker -H unix://${harness.socket} load -q`],
+  await heartbeat('compose', 'docker save | docker load', ok(run('sh', ['-c', `docker -H unix://${builder.socket} save ${images.join(' ')} | docker -H unix://${harness.socket} load -q`],
     { allowFailure: true, timeoutMs: 900_000 }), 'moving the images to the harness dockerd'));
   t.log(`images moved to the harness dockerd: ${Math.round((Date.now() - started) / 1000)} s`);
   // the builder is not needed any more; its data root (all the build layers) goes with the temp dir
-  await builder.proc.stop(20_000);
+  await builder.stop();
 });
 
 test.after.always(async (t) => {
@@ -142,7 +107,7 @@ test.after.always(async (t) => {
     }
     await harness.stop().catch((err) => console.error('harness dockerd teardown:', err));
   }
-  if (builder) await builder.proc.stop(20_000).catch(() => undefined);
+  if (builder) await builder.stop();
   await sim?.destroy().catch(() => undefined);
   if (dir) removeTempDir(dir);
 });
@@ -152,7 +117,7 @@ for (const backend of BACKENDS) {
     t.timeout(DEMO_TIMEOUT_MS + 60_000);
     const d = harness!;
     const started = Date.now();
-    const r = await heartbeat(`demo (${backend})`, demo(d.socket, project(backend), [backend], DEMO_TIMEOUT_MS));
+    const r = await heartbeat('compose', `demo (${backend})`, demo(d.socket, project(backend), [backend], DEMO_TIMEOUT_MS));
     const out = r.stdout + r.stderr;
     t.log(`compose-demo.sh ${backend}: ${Math.round((Date.now() - started) / 1000)} s; its steps:\n${out.split('\n').filter((l) => /^(== |PASS|FAIL|c-node\d is |3 packets|timed out)/.test(l)).join('\n')}`);
     t.is(r.code, 0, out.slice(-6000));
