@@ -19,7 +19,7 @@ import { AddressInUseError, DEFAULT_ADDRESS_SPACE, type AddressAllocation, type 
 import { macFromIpv4 } from '@kvnet/dataplane';
 import { sleep, type KVStore } from '@kvnet/store';
 import { allEndpoints, type ClusterView } from './cluster-view.ts';
-import { InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from './errors.ts';
+import { ConcurrentChangeError, InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from './errors.ts';
 import { ADOPT_NETWORK_OPTION } from './docker-driver.ts';
 import { parseIpv4 } from './ipv4.ts';
 import {
@@ -260,7 +260,7 @@ export class StoreDockerBackend implements DockerBackend {
       if (rec.deleting) throw new InvalidInputError(`network ${rec.name} is being removed`);
       const bound: DockerNetworkRecord = { ...rec, docker: { ...rec.docker, networks: { ...rec.docker?.networks, [node]: input.dockerNetworkId } } };
       const r = await store.putIf(existing.key, encodeRecord(bound), { revision: existing.revision });
-      if (!r.ok) throw new NameConflictError(`network ${rec.name} changed while being bound to Docker network ${input.dockerNetworkId.slice(0, 12)}; try again`);
+      if (!r.ok) throw new ConcurrentChangeError(`network ${rec.name} changed while being bound to Docker network ${input.dockerNetworkId.slice(0, 12)}; try again`);
       logger.info({ nid, docker: input.dockerNetworkId, network: rec.name }, 'docker network bound');
       await this.waitForRecord(nid, (n) => n.docker?.networks[node] === input.dockerNetworkId);
       return bound;
@@ -317,7 +317,7 @@ export class StoreDockerBackend implements DockerBackend {
     ]);
     if (!r.ok) {
       if (await store.get(keys.netname(name))) throw new NameConflictError(`network with name ${name} already exists`);
-      throw new NameConflictError(`network ${rec.name} changed while being named ${name}; try again`);
+      throw new ConcurrentChangeError(`network ${rec.name} changed while being named ${name}; try again`);
     }
     logger.info({ nid, network: name }, 'docker network named');
     await this.deps.waitForView(entry.key, true, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
@@ -484,7 +484,7 @@ export class StoreDockerBackend implements DockerBackend {
     if (!r.ok) {
       const net = this.deps.view().networks.get(nid)?.name ?? nid.slice(0, 12);
       if (await store.get(keys.epname(nid, clean))) throw new NameConflictError(`endpoint with name ${clean} already exists in network ${net}`);
-      throw new NameConflictError(`endpoint ${ep.name} changed while being named ${clean}; try again`);
+      throw new ConcurrentChangeError(`endpoint ${ep.name} changed while being named ${clean}; try again`);
     }
     logger.info({ nid, eid, endpoint: clean }, 'docker endpoint named after its container');
   }

@@ -35,7 +35,7 @@ import {
   type RequestAddressRequest,
   type RequestPoolRequest,
 } from './docker-protocol.ts';
-import { InvalidInputError, NameConflictError } from './errors.ts';
+import { ConcurrentChangeError, InvalidInputError, NameConflictError } from './errors.ts';
 import { cidrContains, parseCidr, parseIpv4 } from './ipv4.ts';
 
 /** The address space kvnet reports to Docker (local and global); Docker's own IPAM uses LocalDefault/GlobalDefault. */
@@ -144,6 +144,10 @@ export class DockerDriver implements PluginHandlers {
         await backend.nameNetwork(nid, net.Name, { labels: net.Labels ?? {}, ipamOptions: net.IPAM?.Options ?? {} });
         return;
       } catch (err) {
+        if (err instanceof ConcurrentChangeError) {
+          log.debug({ err, attempt }, 'the network changed while being named; trying again');
+          continue;
+        }
         if (err instanceof NameConflictError && name !== undefined) {
           await this.undoDuplicate(dockerNetworkId, name, log);
           return;

@@ -33,6 +33,12 @@ export class NameConflictError extends AgentError {
   readonly kind = 'conflict';
 }
 
+/** A record changed between read and write (another writer won the compare-and-swap); trying again may succeed. */
+export class ConcurrentChangeError extends AgentError {
+  readonly code = 'KVNET_CONCURRENT_CHANGE';
+  readonly kind = 'conflict';
+}
+
 /** A network that still has endpoints, or one that is being removed. */
 export class NetworkInUseError extends AgentError {
   readonly code = 'KVNET_NETWORK_IN_USE';
