@@ -35,7 +35,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSy
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { startServer, type KvServer, type ServerBackend } from './kv-servers.ts';
-import { makeTempDir, removeTempDir, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
+import { makeTempDir, removeTempDir, run as runCommand, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
 import { attachNamespace, createSimNetwork, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
 
 export type ClusterBackend = 'local' | ServerBackend;
@@ -738,32 +738,13 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Runs a command with stdin closed; rejects on a non-zero exit unless `allowFailure`. */
+/** process.ts's `run` with this harness's default timeout ({@link COMMAND_TIMEOUT_MS}). */
 export function run(
   command: string,
   args: string[],
   options: { allowFailure?: boolean; timeoutMs?: number; cwd?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: options.timeoutMs ?? COMMAND_TIMEOUT_MS,
-      killSignal: 'SIGKILL',
-      ...(options.cwd ? { cwd: options.cwd } : {}),
-      ...(options.env ? { env: options.env } : {}),
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      const result = { code: code ?? -1, stdout, stderr };
-      if (code !== 0 && !options.allowFailure) {
-        reject(new Error(`${command} ${args.join(' ')} exited ${code ?? signal}: ${stderr.trim() || stdout.trim()}`));
-      } else resolve(result);
-    });
-  });
+  return runCommand(command, args, { ...options, timeoutMs: options.timeoutMs ?? COMMAND_TIMEOUT_MS });
 }
 
 /** Runs `fn` over `items` with at most `limit` at a time; results in input order. */

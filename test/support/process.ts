@@ -189,30 +189,39 @@ export interface RunResult {
   readonly stderr: string;
 }
 
-/** Runs a command to completion. Rejects on a non-zero exit unless `allowFailure`. */
+/**
+ * Runs a command to completion (SIGKILLed after `timeoutMs`, if given). Rejects on a non-zero exit
+ * unless `allowFailure`. Its stdin is `input`, or closed.
+ */
 export function run(
   command: string,
   args: string[],
-  options: { allowFailure?: boolean; input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; netns?: string } = {},
+  options: { allowFailure?: boolean; input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; netns?: string; cwd?: string } = {},
 ): Promise<RunResult> {
   const [cmd, argv] = options.netns ? ['nsenter', [`--net=/run/netns/${options.netns}`, command, ...args]] : [command, args];
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { env: options.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, argv, {
+      env: options.env ?? process.env,
+      stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      ...(options.cwd ? { cwd: options.cwd } : {}),
+    });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const timer = options.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), options.timeoutMs) : undefined;
     child.on('error', reject);
-    child.on('close', (code) => {
+    child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
       const result = { code: code ?? -1, stdout, stderr };
       if (code !== 0 && !options.allowFailure) {
-        reject(new Error(`${cmd} ${argv.join(' ')} exited ${code}: ${stderr.trim() || stdout.trim()}`));
+        reject(new Error(`${cmd} ${argv.join(' ')} exited ${code ?? signal}: ${stderr.trim() || stdout.trim()}`));
       } else resolve(result);
     });
-    child.stdin.on('error', () => {}); // the child may exit before reading its input (EPIPE)
-    child.stdin.end(options.input ?? '');
+    if (child.stdin) {
+      child.stdin.on('error', () => {}); // the child may exit before reading its input (EPIPE)
+      child.stdin.end(options.input);
+    }
   });
 }
 

@@ -22,9 +22,9 @@
  * that fails half-way still leaves nothing behind. Only 198.18.0.0/15 addresses are used.
  */
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
-import type { RunResult } from './process.ts';
+import { run, type RunResult } from './process.ts';
 
 /** Underlay addresses: host i is 198.18.0.i. */
 export const UNDERLAY_PREFIX_LENGTH = 15;
@@ -105,26 +105,6 @@ function sweepSync(prefix: string): void {
   }
 }
 
-/**
- * Runs a command with stdin closed and a timeout. (process.ts's `run` pipes stdin and can die of an
- * unhandled EPIPE when a quick command exits before its empty input is flushed.)
- */
-function run(command: string, args: string[], options: { allowFailure?: boolean; timeoutMs: number }): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: options.timeoutMs, killSignal: 'SIGKILL' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      const result = { code: code ?? -1, stdout, stderr };
-      if (code !== 0 && !options.allowFailure) {
-        reject(new Error(`${command} ${args.join(' ')} exited ${code ?? signal}: ${stderr.trim() || stdout.trim()}`));
-      } else resolve(result);
-    });
-  });
-}
 
 async function ip(...args: string[]): Promise<void> {
   await run('ip', args, { timeoutMs: COMMAND_TIMEOUT_MS });
