@@ -30,4 +30,5 @@ go get "github.com/hashicorp/consul@v${CONSUL_VERSION}" >/dev/null 2>&1
 mkdir -p "$(dirname "$OUT")"
 go build -o "$OUT.tmp" github.com/hashicorp/consul
 mv "$OUT.tmp" "$OUT"
-"$OUT" version | head -1 >&2
+# sed reads to the end; `head -1` could close the pipe first and kill consul with SIGPIPE (exit 141 under pipefail)
+"$OUT" version | sed -n 1p >&2
