@@ -3,7 +3,7 @@
  * (v2 API, what dockerd 20.10's libkv speaks) and a real `kvnet agent --docker-plugin --docker-scope
  * global` beside each, the agents sharing the same etcd through its v3 API under a per-run prefix.
  *
- * In this scope dockerd itself shares networks through its cluster store (research notes §3): only the
+ * In this scope dockerd itself shares networks through its cluster store: only the
  * host that runs `docker network create` gets CreateNetwork; every other host's first contact with the
  * network is CreateEndpoint + Join carrying a Docker network id it never saw, which the agent resolves
  * from the kvnet store; endpoint names are unique cluster-wide (dockerd checks them against the store);

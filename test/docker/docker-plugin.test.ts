@@ -4,9 +4,10 @@
  * the overlay, and clean removal — the store, IPAM and kernel end up empty. Needs root, dockerd and
  * busybox-static; the tests fail with the reason otherwise.
  *
- * The plugin side runs in this test process, wired as the agent will wire it (test/support/docker-host.ts):
- * the embedded store, the real IPAM, the real data plane working in the host's namespace, and the
- * plugin socket in the per-host directory dockerd sees as /run/docker/plugins.
+ * The agents run in this test process (test/support/test-agent.ts: the composition root `kvnet agent`
+ * runs, started in-process so the test can reach its parts): the embedded store, the real IPAM, the
+ * real data plane working in the host's namespace, and the plugin socket in the per-host directory
+ * dockerd sees as /run/docker/plugins.
  */
 
 import test from 'ava';
@@ -14,13 +15,13 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { Dataplane } from '@kvnet/dataplane';
 import { openStore, type KVStore } from '@kvnet/store';
-import { DockerTestHost } from '../support/docker-host.ts';
 import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts';
 import { makeTempDir, removeTempDir, run, runId, waitFor } from '../support/process.ts';
 import { createSimNetwork, type SimNetwork } from '../support/sim-hosts.ts';
-import type { DockerEndpointRecord } from '../../packages/agent/src/docker-backend.ts';
-import { DockerEngine } from '../../packages/agent/src/docker-engine.ts';
-import { DockerNetworkSync } from '../../packages/agent/src/docker-network-sync.ts';
+import { startTestAgent, type TestAgent } from '../support/test-agent.ts';
+import type { DockerEndpointRecord } from '../../packages/agent/src/docker/backend.ts';
+import { DockerEngine } from '../../packages/agent/src/docker/engine.ts';
+import { DockerNetworkSync } from '../../packages/agent/src/docker/network-sync.ts';
 import { ENDPOINTS, keys } from '../../packages/agent/src/layout.ts';
 
 const usable = await canRunDockerd();
@@ -36,9 +37,23 @@ let store: KVStore | undefined;
 const stores: KVStore[] = [];
 const dataplanes: Dataplane[] = [];
 const dockerds: Dockerd[] = [];
-const hosts: DockerTestHost[] = [];
+const hosts: Host[] = [];
 let dockerd: Dockerd | undefined;
-let host: DockerTestHost | undefined;
+let host: Host | undefined;
+
+/** The parts of a host's agent these tests look at. */
+interface Host {
+  readonly backend: TestAgent['docker']['backend'];
+  readonly driver: TestAgent['docker']['driver'];
+  readonly ipam: TestAgent['ctx']['ipam'];
+  view(): ReturnType<TestAgent['ctx']['cluster']['view']>;
+  reconcileNow(): Promise<unknown>;
+  stop(): Promise<void>;
+}
+
+function partsOf(a: TestAgent): Host {
+  return { backend: a.docker.backend, driver: a.docker.driver, ipam: a.ctx.ipam, view: () => a.ctx.cluster.view(), reconcileNow: () => a.ctx.reconciler.reconcileNow(), stop: () => a.stop() };
+}
 
 test.before(async () => {
   if (!usable) throw new Error('cannot run the Docker tests: this needs root, dockerd, containerd, runc and busybox-static (scripts/setup.sh installs them)');
@@ -54,9 +69,8 @@ test.before(async () => {
     dataplanes.push(dp);
     const d = await startDockerd({ host: h, runId: id });
     dockerds.push(d);
-    hosts.push(
-      await DockerTestHost.start({ store: s, node: `h${i + 1}`, vtep: h.address, dataplane: dp, socketPath: join(d.pluginDir, 'kvnet.sock'), engine: new DockerEngine(d.socket), logger }),
-    );
+    const agent = await startTestAgent({ storeUrl: `local://${dir}/store.db`, node: `h${i + 1}`, vtep: h.address, dataplane: dp, docker: { socketPath: join(d.pluginDir, 'kvnet.sock'), engine: new DockerEngine(d.socket) }, logger });
+    hosts.push(partsOf(agent));
   }
   store = stores[0];
   dockerd = dockerds[0];

@@ -32,8 +32,8 @@
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
+import { unixRequest } from '../../packages/agent/src/unix-http.ts';
 import { startServer, type KvServer, type ServerBackend } from './kv-servers.ts';
 import { makeTempDir, removeTempDir, run as runCommand, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
 import { attachNamespace, createSimNetwork, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
@@ -533,36 +533,9 @@ export class Cluster {
   }
 
   /** One request to the host's local API (HTTP over its unix socket). */
-  api(host: ClusterHost, method: string, path: string, body?: unknown): Promise<ApiResponse> {
-    return new Promise((resolve, reject) => {
-      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-      const req = request(
-        {
-          socketPath: host.socket,
-          method,
-          path,
-          headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
-          timeout: COMMAND_TIMEOUT_MS,
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString();
-            let parsed: unknown = text;
-            try {
-              parsed = text ? JSON.parse(text) : undefined;
-            } catch {
-              // not JSON: keep the text
-            }
-            resolve({ status: res.statusCode ?? 0, body: parsed });
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(new Error(`${method} ${path} on ${host.node}: no answer after ${COMMAND_TIMEOUT_MS} ms`)));
-      req.on('error', reject);
-      req.end(payload);
-    });
+  async api(host: ClusterHost, method: string, path: string, body?: unknown): Promise<ApiResponse> {
+    const r = await unixRequest({ socketPath: host.socket, method, path, body, timeoutMs: COMMAND_TIMEOUT_MS });
+    return { status: r.status, body: r.body };
   }
 
   // ---------------------------------------------------------------- containers and the datapath

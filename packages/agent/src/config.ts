@@ -43,6 +43,8 @@ export interface AgentConfig {
   readonly dockerScope?: 'local' | 'global';
   /** The name dockerd knows the plugin by: `kvnet` for a socket plugin (default), the plugin reference (`kvnet:latest`) for a managed one. */
   readonly dockerDriverName?: string;
+  /** How long a Docker endpoint dockerd does not list may live before it counts as stale (default 60 s). */
+  readonly dockerStaleAfterMs?: number;
 }
 
 /** Parses `10s`, `1m`, `1500ms` or a bare number of seconds into whole seconds. */

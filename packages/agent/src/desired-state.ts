@@ -1,7 +1,10 @@
 /**
  * Pure: the data plane's desired state for one host, from the cluster view. Networks with at least
- * one local endpoint; their local endpoints (standalone sandboxes, with egress on non-internal
- * networks when this host has a gateway bridge address for them); every endpoint on another node as
+ * one local endpoint; their local endpoints — standalone sandboxes (records with `netns`, with egress
+ * on non-internal networks when this host has a gateway bridge address for them) first, then runtime
+ * endpoints (records with `handoff` and no `netns`: the container side of the veth is left in the
+ * host namespace under that name, with MAC and MTU set, for the runtime — dockerd — to move into the
+ * container); every endpoint on another node as
  * a peer, at that node's live advertise address or, while its record is missing, the address recorded
  * in the endpoint. A node record that lapses for a moment (an agent restart longer than the TTL, a
  * store outage during which every lease expired) must not cut traffic; a dead node's entries go when
@@ -48,7 +51,7 @@ export function computeDesiredState(input: DesiredStateInput): DesiredStateResul
     if (!net || local.length === 0) continue;
     const endpoints: DesiredEndpoint[] = [];
     for (const e of local) {
-      if (!e.netns) continue; // a record without a sandbox path has nothing to plumb here
+      if (!e.netns) continue; // a runtime endpoint (below), or a record with nothing to plumb here
       const egressAddress = net.internal ? undefined : input.egress.get(e.id);
       endpoints.push({
         id: e.id,
@@ -61,6 +64,7 @@ export function computeDesiredState(input: DesiredStateInput): DesiredStateResul
         },
       });
     }
+    for (const e of local) if (!e.netns && e.handoff) endpoints.push({ id: e.id, address: e.address, mac: e.mac, handoff: { hostIfname: e.handoff } });
     if (endpoints.length === 0) continue;
     const peers: DesiredPeer[] = [];
     for (const e of eps) {

@@ -4,16 +4,13 @@
  * `kind` and a message that names the thing and the value.
  */
 
-import type { ErrorKind } from '@kvnet/store';
+// The error module only: config.ts (loaded by every CLI command) imports this file.
+import { KvnetError } from '@kvnet/store/errors';
 
-export abstract class AgentError extends Error {
-  abstract readonly code: string;
-  abstract readonly kind: ErrorKind;
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
+export { errorCode, errorKind } from '@kvnet/store/errors';
+
+/** Errors of the agent's own logic. */
+export abstract class AgentError extends KvnetError {}
 
 /** Bad input to an API call: the message names the field and the value. */
 export class InvalidInputError extends AgentError {
@@ -67,16 +64,4 @@ export class PlumbingError extends AgentError {
 export class AgentNotReadyError extends AgentError {
   readonly code = 'KVNET_AGENT_NOT_READY';
   readonly kind = 'unavailable';
-}
-
-/** Any error carrying a stable `code` and `kind` (ours, the store's, IPAM's, the data plane's). */
-export function errorKind(err: unknown): ErrorKind | undefined {
-  if (err instanceof Error && typeof (err as { kind?: unknown }).kind === 'string' && typeof (err as { code?: unknown }).code === 'string') {
-    return (err as unknown as { kind: ErrorKind }).kind;
-  }
-  return undefined;
-}
-
-export function errorCode(err: unknown): string {
-  return err instanceof Error && typeof (err as { code?: unknown }).code === 'string' ? (err as unknown as { code: string }).code : 'KVNET_INTERNAL';
 }

@@ -10,7 +10,8 @@
  * ```
  */
 
-export { Agent, AGENT_VERSION, defaultNodeName, type AgentOptions } from './agent.ts';
+export { Agent, AGENT_VERSION, type AgentDeps, type AgentOptions } from './agent.ts';
+export type { AgentContext, Face, NodeIdentity } from './context.ts';
 export {
   DEFAULT_GATEWAY_BRIDGE,
   DEFAULT_METRICS_ADDR,
@@ -30,6 +31,5 @@ export { AgentError, InvalidConfigError, InvalidInputError, NameConflictError, N
 export type { EndpointView, NetworkView } from './network-service.ts';
 export { computeDesiredState } from './desired-state.ts';
 export { chooseReaper, DeadNodeTracker } from './reaper.ts';
-export { DockerPluginServer, DEFAULT_PLUGIN_SOCKET } from './docker-plugin.ts';
-export { DockerDriver, KVNET_ADDRESS_SPACE } from './docker-driver.ts';
-export { StoreDockerBackend, type DockerBackend } from './docker-backend.ts';
+export { DockerDriver, DockerEngine, DockerPluginServer, KVNET_ADDRESS_SPACE, StoreDockerBackend, type DockerBackend, type DockerFace } from './docker/index.ts';
+export { listenUnix, socketAnswers, unixRequest, UnixHttpError, MAX_BODY_BYTES } from './unix-http.ts';

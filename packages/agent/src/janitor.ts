@@ -21,6 +21,8 @@ import type { Ipam } from '@kvnet/ipam';
 import type { KVStore } from '@kvnet/store';
 import type { ClusterView } from './cluster-view.ts';
 import { decodeRecord, decodeText, EPNAMES, ID_PATTERN, keys, REAPED, RESTARTING } from './layout.ts';
+import type { AgentMetrics } from './metrics.ts';
+import { chooseReaper } from './reaper.ts';
 
 export const JANITOR_INTERVAL_MS = 60_000;
 export const JANITOR_RING_KEY = 'kvnet:janitor';
@@ -108,4 +110,37 @@ export class Janitor {
     this.suspects = next;
     return { names, addresses, tombstones };
   }
+}
+
+export interface JanitorLoopOptions {
+  readonly janitor: Janitor;
+  /** This node's name: the loop runs the janitor only when the ring picks this node. */
+  readonly self: string;
+  readonly view: () => ClusterView;
+  readonly storeHealthy: () => boolean;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+}
+
+/** Runs the janitor every {@link JANITOR_INTERVAL_MS} on the one live agent the ring picks; returns the stop function. */
+export function startJanitorLoop(opts: JanitorLoopOptions): () => void {
+  let running = false;
+  const tick = async (): Promise<void> => {
+    if (running || !opts.storeHealthy()) return;
+    const view = opts.view();
+    if (chooseReaper(view.nodes.keys(), JANITOR_RING_KEY) !== opts.self) return;
+    running = true;
+    try {
+      const r = await opts.janitor.run(view);
+      if (r.names) opts.metrics.orphansRemoved.inc({ kind: 'name' }, r.names);
+      if (r.addresses) opts.metrics.orphansRemoved.inc({ kind: 'address' }, r.addresses);
+      if (r.tombstones) opts.metrics.orphansRemoved.inc({ kind: 'tombstone' }, r.tombstones);
+    } catch (err) {
+      opts.logger.warn({ err }, 'janitor run failed; will try again');
+    } finally {
+      running = false;
+    }
+  };
+  const timer = setInterval(() => void tick(), JANITOR_INTERVAL_MS);
+  return () => clearInterval(timer);
 }

@@ -82,8 +82,14 @@ export interface EndpointRecord {
   address: string;
   ip: string;
   mac: string;
+  /** Standalone endpoints: the sandbox's netns path and the interface name in it. */
   netns?: string;
   ifname?: string;
+  /**
+   * Runtime endpoints (Docker): the host-side interface the data plane leaves in the host namespace
+   * for the runtime to move into the container ("handoff" mode); such a record has no `netns`.
+   */
+  handoff?: string;
   /**
    * The node's advertise address when the endpoint was created. Peers use the live node record's
    * address when there is one, else this: a node whose record lapsed briefly (an agent restart longer

@@ -12,7 +12,7 @@
 import type { Logger } from 'pino';
 import { backoffDelay, hasCode, sleep, type KVEntry, type KVStore, type Lease, type PutCondition } from '@kvnet/store';
 import { NodeConflictError } from './errors.ts';
-import { decodeRecord, encodeRecord, keys, type NodeRecord, type VtepClaim } from './layout.ts';
+import { decodeRecord, encodeRecord, keys, type NodeRecord, type RestartMarker, type VtepClaim } from './layout.ts';
 
 export const REGISTER_MAX_ATTEMPTS = 5;
 /**
@@ -23,6 +23,14 @@ export const START_ATTEMPTS = 2;
 const START_RETRY_DELAY_MS = 500;
 export const REREGISTER_BASE_MS = 200;
 export const REREGISTER_CAP_MS = 5_000;
+/**
+ * A cleanly stopped agent leaves `restarting/<node>` saying "do not reap me before now + this": its
+ * node record lapses after the TTL, but a restart (or upgrade) slower than that must not cost its
+ * containers their peers. A node that does not come back is reaped after this.
+ */
+export const RESTART_PROTECTION_MS = 30_000;
+/** How long a stopping agent tries to write its restart marker (the store may be down). */
+const RESTART_MARK_TIMEOUT_MS = 1_000;
 
 export interface MembershipOptions {
   readonly store: KVStore;
@@ -59,6 +67,28 @@ export class Membership {
     }
     this.opts.onRegistered?.(this.lease, false);
     this.loop = this.keepAlive();
+    await this.opts.store.delete(keys.restarting(this.opts.record.name)).catch((err) => this.opts.logger.warn({ err }, 'could not remove the restart marker'));
+  }
+
+  /**
+   * Writes `restarting/<node>` (best effort, bounded by {@link RESTART_MARK_TIMEOUT_MS}): see
+   * {@link RESTART_PROTECTION_MS}. Call before {@link stop} when stopping cleanly.
+   */
+  async announceRestart(): Promise<void> {
+    const { store, record, logger } = this.opts;
+    const marker: RestartMarker = { node: record.name, nodeId: record.nodeId, until: new Date(Date.now() + RESTART_PROTECTION_MS).toISOString() };
+    const signal = AbortSignal.timeout(RESTART_MARK_TIMEOUT_MS);
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${RESTART_MARK_TIMEOUT_MS} ms`)), RESTART_MARK_TIMEOUT_MS + 100);
+    });
+    try {
+      await Promise.race([store.put(keys.restarting(record.name), encodeRecord(marker), { signal }), deadline]);
+    } catch (err) {
+      logger.warn({ err }, 'could not announce the restart; the node may be reaped if it stays away longer than its TTL');
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Stops renewing: the lease is released (records live until the TTL runs out), never revoked. */

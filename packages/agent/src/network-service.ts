@@ -11,80 +11,49 @@
  */
 
 import { statfsSync, statSync } from 'node:fs';
-import type { Logger } from 'pino';
-import type { Ipam } from '@kvnet/ipam';
+import type { PoolInfo } from '@kvnet/ipam';
 import { macFromIpv4, type DataplaneError } from '@kvnet/dataplane';
-import type { KVEntry, KVStore, TxnOp } from '@kvnet/store';
-import type { ConnectInput, CreateNetworkInput } from './api-schemas.ts';
-import { allEndpoints, type ClusterView } from './cluster-view.ts';
+import type { KVEntry } from '@kvnet/store';
+import type { ConnectInput, CreateNetworkInput } from './api/schemas.ts';
+import { allEndpoints } from './cluster-view.ts';
+import type { CoreContext } from './context.ts';
 import { InvalidInputError, NameConflictError, NetworkInUseError, NotFoundError, PlumbingError } from './errors.ts';
 import { cidrContains, parseCidr, parseIpv4 } from './ipv4.ts';
-import {
-  decodeRecord,
-  decodeText,
-  encodeRecord,
-  encodeText,
-  ID_PATTERN,
-  keys,
-  newId,
-  type EndpointRecord,
-  type NetworkRecord,
-} from './layout.ts';
-import { DEFAULT_IFNAME } from './desired-state.ts';
+import { decodeRecord, decodeText, encodeRecord, ID_PATTERN, keys, newId, type EndpointRecord, type NetworkRecord } from './layout.ts';
+import { DEFAULT_IFNAME, EGRESS_IFNAME } from './desired-state.ts';
 import { defaultIfname } from './egress.ts';
 
 /** Connect retries when the network record changed under it (e.g. an aborted `rm`). */
 export const CONNECT_MAX_ATTEMPTS = 3;
-/** How long a write waits for this agent's own view to show it before answering anyway. */
-export const VIEW_CATCHUP_TIMEOUT_MS = 5_000;
 const NSFS_MAGIC = 0x6e736673;
 /** Docker's option naming a VXLAN id for the network. */
 export const VXLANID_OPTION = 'com.docker.network.driver.overlay.vxlanid_list';
 
-/** The API's network shape. */
-export interface NetworkView {
-  id: string;
-  name: string;
-  vni: number;
-  subnet: string;
-  gateway: string;
-  ipRange?: string;
-  auxAddresses: Record<string, string>;
-  internal: boolean;
-  labels: Record<string, string>;
-  options: Record<string, string>;
-  createdAt: string;
+/** The API's network shape: the record without kvnet's bookkeeping, with its endpoints. */
+export type NetworkView = Pick<NetworkRecord, 'id' | 'name' | 'vni' | 'subnet' | 'gateway' | 'ipRange' | 'auxAddresses' | 'internal' | 'labels' | 'options' | 'createdAt'> & {
   endpoints: EndpointView[];
-}
+};
 
-export interface EndpointView {
-  id: string;
-  name: string;
-  network: string;
-  node: string;
-  address: string;
-  ip: string;
-  mac: string;
-  netns?: string;
-  ifname?: string;
-}
+/** The API's endpoint shape. */
+export type EndpointView = Pick<EndpointRecord, 'id' | 'name' | 'network' | 'node' | 'address' | 'ip' | 'mac' | 'netns' | 'ifname'>;
 
-export interface NetworkServiceDeps {
-  readonly store: KVStore;
-  readonly ipam: Ipam;
-  readonly logger: Logger;
-  readonly node: string;
-  readonly nodeId: string;
-  /** This node's advertise address (recorded in its endpoints). */
-  readonly vtep: string;
-  /** The agent's current view. */
-  readonly view: () => ClusterView;
-  /** Resolves when this agent's view shows `key` present (or absent); never rejects. */
-  readonly waitForView: (key: string, present: boolean, timeoutMs: number) => Promise<boolean>;
-  /** Runs a reconcile that starts after this call; resolves with the data plane errors of that run. */
-  readonly reconcileNow: () => Promise<readonly DataplaneError[]>;
-  /** Name of the gateway bridge interface in sandboxes; undefined without a gateway bridge. */
-  readonly egressIfname: string | undefined;
+/** A network record to write for a pool already reserved: what {@link NetworkService.createNetworkForPool} takes. */
+export interface NetworkSpec {
+  /** The network id (the pool's owner). */
+  readonly id: string;
+  readonly name: string;
+  readonly pool: PoolInfo;
+  /** Bare IP (default: the pool's gateway). */
+  readonly gateway?: string;
+  readonly internal: boolean;
+  readonly labels: Record<string, string>;
+  readonly options: Record<string, string>;
+  /** A specific VXLAN id (default: the next free one). */
+  readonly vni?: number;
+  /** Release the pool too if the network cannot be written (true when the caller reserved it for this network only). */
+  readonly ownsPool: boolean;
+  /** More fields for the record (a face's own, e.g. Docker's bindings). */
+  readonly extra?: Record<string, unknown>;
 }
 
 export function toEndpointView(e: EndpointRecord): EndpointView {
@@ -135,25 +104,24 @@ export function checkNetnsPath(path: string): void {
 }
 
 export class NetworkService {
-  constructor(private readonly deps: NetworkServiceDeps) {}
+  constructor(private readonly ctx: CoreContext) {}
 
   // ---- reads (from the agent's view) ----
 
   listNetworks(): NetworkView[] {
-    const view = this.deps.view();
+    const view = this.ctx.cluster.view();
     return [...view.networks.values()]
       .sort((a, b) => a.name.localeCompare(b.name))
       .map((n) => toNetworkView(n, view.endpoints.get(n.id)?.values() ?? []));
   }
 
   inspectNetwork(ref: string): NetworkView {
-    const view = this.deps.view();
     const n = this.findInView(ref);
-    return toNetworkView(n, view.endpoints.get(n.id)?.values() ?? []);
+    return toNetworkView(n, this.ctx.cluster.view().endpoints.get(n.id)?.values() ?? []);
   }
 
   private findInView(ref: string): NetworkRecord {
-    const view = this.deps.view();
+    const view = this.ctx.cluster.view();
     const byId = view.networks.get(ref);
     if (byId) return byId;
     const byName = [...view.networks.values()].find((n) => n.name === ref);
@@ -169,8 +137,8 @@ export class NetworkService {
   // ---- writes (to the store) ----
 
   /** The network's current record and revision, read from the store. */
-  private async resolveNetwork(ref: string): Promise<{ record: NetworkRecord; entry: KVEntry }> {
-    const { store } = this.deps;
+  async resolveNetwork(ref: string): Promise<{ record: NetworkRecord; entry: KVEntry }> {
+    const { store } = this.ctx;
     let nid: string | undefined;
     if (ID_PATTERN.test(ref)) nid = ref;
     else {
@@ -181,7 +149,7 @@ export class NetworkService {
       });
       if (byName) nid = decodeText(byName.value);
       else if (/^[0-9a-f]{1,63}$/.test(ref)) {
-        const matches = [...this.deps.view().networks.keys()].filter((id) => id.startsWith(ref));
+        const matches = [...this.ctx.cluster.view().networks.keys()].filter((id) => id.startsWith(ref));
         if (matches.length === 1) nid = matches[0];
       }
     }
@@ -190,20 +158,20 @@ export class NetworkService {
     return { record: decodeRecord<NetworkRecord>(entry.value, entry.key), entry };
   }
 
+  /** `kvnet network create` (and the local API): reserves a pool and a VNI, writes the network. */
   async createNetwork(input: CreateNetworkInput): Promise<NetworkView> {
-    const { store, ipam, logger } = this.deps;
+    const { store, ipam } = this.ctx;
     if (await store.get(keys.netname(input.name))) throw new NameConflictError(`network with name ${input.name} already exists`);
     const options = input.options ?? {};
-    let requestedVni: number | undefined;
+    let vni: number | undefined;
     if (options[VXLANID_OPTION] !== undefined) {
       const first = options[VXLANID_OPTION]!.split(',')[0]!.trim();
       if (!/^\d+$/.test(first)) throw new InvalidInputError(`invalid option ${VXLANID_OPTION} "${options[VXLANID_OPTION]}": is not a VXLAN id`);
-      requestedVni = Number(first);
+      vni = Number(first);
     }
     if (input.gateway && !input.subnet) throw new InvalidInputError(`invalid gateway "${input.gateway}": a gateway needs --subnet`);
     if (input.ipRange && !input.subnet) throw new InvalidInputError(`invalid ipRange "${input.ipRange}": an ip range needs --subnet`);
     const nid = newId();
-    const log = logger.child({ nid, network: input.name });
     const pool = await ipam.requestPool({
       owner: nid,
       ...(input.subnet ? { subnet: input.subnet } : {}),
@@ -211,68 +179,73 @@ export class NetworkService {
       ...(input.ipRange ? { ipRange: input.ipRange } : {}),
       ...(input.auxAddresses ? { auxAddresses: input.auxAddresses } : {}),
     });
+    const record = await this.createNetworkForPool({ id: nid, name: input.name, pool, internal: input.internal ?? false, labels: input.labels ?? {}, options, ownsPool: true, ...(vni !== undefined ? { vni } : {}) });
+    return toNetworkView(record, []);
+  }
+
+  /**
+   * The one path that writes a new network, for every face: allocates the VNI, writes record and
+   * name in one transaction, and on any failure releases the VNI (and the pool when `ownsPool`), so
+   * nothing is left behind. Resolves once this agent's view shows the network.
+   */
+  async createNetworkForPool<T extends NetworkRecord = NetworkRecord>(spec: NetworkSpec): Promise<T> {
+    const { ipam, logger, records, cluster } = this.ctx;
+    const log = logger.child({ nid: spec.id, network: spec.name });
     let vni: number | undefined;
     let committed = false;
     try {
-      vni = await ipam.allocateVni({ network: nid, ...(requestedVni !== undefined ? { requested: requestedVni } : {}) });
-      const record: NetworkRecord = {
-        id: nid,
-        name: input.name,
+      vni = await ipam.allocateVni({ network: spec.id, ...(spec.vni !== undefined ? { requested: spec.vni } : {}) });
+      const record = {
+        id: spec.id,
+        name: spec.name,
         vni,
-        poolId: pool.id,
-        subnet: pool.subnet,
-        gateway: pool.gateway.split('/')[0]!,
-        ...(pool.ipRange ? { ipRange: pool.ipRange } : {}),
-        auxAddresses: pool.auxAddresses ?? {},
-        internal: input.internal ?? false,
-        labels: input.labels ?? {},
-        options,
+        poolId: spec.pool.id,
+        subnet: spec.pool.subnet,
+        gateway: spec.gateway ?? spec.pool.gateway.split('/')[0]!,
+        ...(spec.pool.ipRange ? { ipRange: spec.pool.ipRange } : {}),
+        auxAddresses: spec.pool.auxAddresses ?? {},
+        internal: spec.internal,
+        labels: spec.labels,
+        options: spec.options,
         createdAt: new Date().toISOString(),
-        createdBy: this.deps.node,
-      };
-      const r = await store.txn([
-        { op: 'put', key: keys.netname(input.name), value: encodeText(nid), if: { absent: true } },
-        { op: 'put', key: keys.network(nid), value: encodeRecord(record), if: { absent: true } },
-      ]);
-      if (!r.ok) throw new NameConflictError(`network with name ${input.name} already exists`);
+        createdBy: this.ctx.node.name,
+        ...spec.extra,
+      } as T;
+      if (!(await records.createNetwork(record))) throw new NameConflictError(`network with name ${spec.name} already exists`);
       committed = true;
       log.info({ vni, subnet: record.subnet }, 'network created');
-      await this.deps.waitForView(keys.network(nid), true, VIEW_CATCHUP_TIMEOUT_MS);
-      return toNetworkView(record, []);
+      await cluster.waitForView(keys.network(spec.id), true);
+      return record;
     } finally {
       if (!committed) {
-        if (vni !== undefined) await ipam.releaseVni(vni, nid).catch((err) => log.warn({ err }, 'could not release the VNI of a failed create'));
-        await ipam.releasePool(pool.id, nid).catch((err) => log.warn({ err }, 'could not release the pool of a failed create'));
+        if (vni !== undefined) await ipam.releaseVni(vni, spec.id).catch((err) => log.warn({ err }, 'could not release the VNI of a failed create'));
+        if (spec.ownsPool) await ipam.releasePool(spec.pool.id, spec.id).catch((err) => log.warn({ err }, 'could not release the pool of a failed create'));
       }
     }
   }
 
   async deleteNetwork(ref: string): Promise<void> {
-    const { store, ipam, logger } = this.deps;
+    const { store, ipam, logger, records, cluster } = this.ctx;
     const { record, entry } = await this.resolveNetwork(ref);
     const log = logger.child({ nid: record.id, network: record.name });
     await this.refuseIfEndpoints(record);
-    const marked = await store.putIf(entry.key, encodeRecord({ ...record, deleting: true }), { revision: entry.revision });
+    const marked = await store.putIf(entry.key, encodeDeleting(record, true), { revision: entry.revision });
     if (!marked.ok) throw new NetworkInUseError(`network ${record.name} changed while being removed; try again`);
     try {
       await this.refuseIfEndpoints(record);
     } catch (err) {
-      await store.putIf(entry.key, encodeRecord({ ...record, deleting: false }), { revision: marked.revision }).catch(() => undefined);
+      await store.putIf(entry.key, encodeDeleting(record, false), { revision: marked.revision }).catch(() => undefined);
       throw err;
     }
-    const ops: TxnOp[] = [{ op: 'delete', key: entry.key, if: { revision: marked.revision } }];
-    const nameEntry = await store.get(keys.netname(record.name));
-    if (nameEntry && decodeText(nameEntry.value) === record.id) ops.push({ op: 'delete', key: nameEntry.key, if: { revision: nameEntry.revision } });
-    const r = await store.txn(ops);
-    if (!r.ok) throw new NetworkInUseError(`network ${record.name} changed while being removed; try again`);
+    if (!(await records.deleteNetwork({ key: entry.key, revision: marked.revision }, record))) throw new NetworkInUseError(`network ${record.name} changed while being removed; try again`);
     log.info('network removed');
     await ipam.releaseVni(record.vni, record.id).catch((err) => log.warn({ err }, 'could not release the VNI of a removed network'));
     await ipam.releasePool(record.poolId, record.id).catch((err) => log.warn({ err }, 'could not release the pool of a removed network'));
-    await this.deps.waitForView(entry.key, false, VIEW_CATCHUP_TIMEOUT_MS);
+    await cluster.waitForView(entry.key, false);
   }
 
   private async refuseIfEndpoints(record: NetworkRecord): Promise<void> {
-    const listing = await this.deps.store.list(keys.endpointsOf(record.id));
+    const listing = await this.ctx.store.list(keys.endpointsOf(record.id));
     if (listing.entries.length === 0) return;
     const names = listing.entries.map((e) => {
       try {
@@ -287,7 +260,7 @@ export class NetworkService {
 
   async connect(ref: string, input: ConnectInput): Promise<EndpointView> {
     checkNetnsPath(input.netns);
-    const { store, ipam, logger } = this.deps;
+    const { store, ipam, logger, records, node } = this.ctx;
     for (let attempt = 1; ; attempt++) {
       const { record: net, entry: netEntry } = await this.resolveNetwork(ref);
       if (net.deleting) throw new NetworkInUseError(`network ${net.name} is being removed`);
@@ -307,51 +280,50 @@ export class NetworkService {
         id: eid,
         name,
         network: net.id,
-        node: this.deps.node,
-        nodeId: this.deps.nodeId,
+        node: node.name,
+        nodeId: node.id,
         address: alloc.address,
         ip: alloc.ip,
         mac: macFromIpv4(parseIpv4(alloc.ip)!),
         netns: input.netns,
         ifname,
-        vtep: this.deps.vtep,
+        vtep: node.vtep,
         createdAt: new Date().toISOString(),
       };
-      const epKey = keys.endpoint(net.id, eid);
-      let r;
+      let ok: boolean;
       try {
-        r = await store.txn([
-          { op: 'check', key: netEntry.key, if: { revision: netEntry.revision } },
-          { op: 'put', key: keys.epname(net.id, name), value: encodeText(eid), if: { absent: true } },
-          { op: 'put', key: epKey, value: encodeRecord(record), if: { absent: true } },
-        ]);
+        ok = await records.createEndpoint(netEntry, record);
       } catch (err) {
         // The outcome is unknown: the endpoint may exist now. Keep the address rather than risk a duplicate.
         log.warn({ err, address: alloc.address }, 'connect failed with an unknown outcome; address kept');
         throw err;
       }
-      if (!r.ok) {
-        await ipam.releaseAddress(net.poolId, alloc.address, eid).catch((err) => log.warn({ err }, 'could not release an address after a failed connect'));
+      if (!ok) {
+        await records.releaseAddress(net.poolId, record);
         if (await store.get(keys.epname(net.id, name))) throw new NameConflictError(`endpoint with name ${name} already exists in network ${net.name}`);
         if (attempt >= CONNECT_MAX_ATTEMPTS) throw new NetworkInUseError(`network ${net.name} kept changing while connecting; try again`);
         continue;
       }
       log.info({ address: record.address, netns: record.netns }, 'endpoint created');
-      await this.deps.waitForView(epKey, true, VIEW_CATCHUP_TIMEOUT_MS);
-      const errors = await this.deps.reconcileNow();
-      const mine = errors.filter((e) => e.object.endpoint === eid);
-      if (mine.length > 0) {
-        log.warn({ err: mine[0] }, 'endpoint could not be plumbed; removing it again');
-        await this.removeEndpoint(net, record).catch((err) => log.error({ err }, 'could not roll back the endpoint'));
-        await this.deps.reconcileNow();
-        const first = mine[0]!;
-        const err = first.kind === 'invalid' || first.code === 'KVNET_DATAPLANE_SANDBOX_NOT_FOUND' || first.kind === 'conflict'
-          ? new InvalidInputError(first.message)
-          : new PlumbingError(first.message);
-        throw err;
+      const mine = await this.plumb(record, { network: false });
+      if (mine) {
+        log.warn({ err: mine }, 'endpoint could not be plumbed; removing it again');
+        await records.deleteEndpoint(record, { poolId: net.poolId }).catch((err) => log.error({ err }, 'could not roll back the endpoint'));
+        await this.ctx.reconciler.reconcileNow();
+        throw mine.kind === 'invalid' || mine.code === 'KVNET_DATAPLANE_SANDBOX_NOT_FOUND' || mine.kind === 'conflict' ? new InvalidInputError(mine.message) : new PlumbingError(mine.message);
       }
       return toEndpointView(record);
     }
+  }
+
+  /**
+   * Waits until this agent's view shows a new local endpoint, runs a reconcile that includes it, and
+   * returns the data plane's error for it — or, with `network`, for its network too — if any.
+   */
+  async plumb(record: EndpointRecord, opts: { network: boolean }): Promise<DataplaneError | undefined> {
+    await this.ctx.cluster.waitForView(keys.endpoint(record.network, record.id), true);
+    const errors = await this.ctx.reconciler.reconcileNow();
+    return errors.find((e) => e.object.endpoint === record.id || (opts.network && e.object.kind === 'network' && e.object.network === record.network));
   }
 
   /**
@@ -360,10 +332,10 @@ export class NetworkService {
    * when the sandbox has (or will have) one.
    */
   private chooseIfname(net: NetworkRecord, input: ConnectInput): string {
-    const view = this.deps.view();
-    const same = allEndpoints(view).filter((e) => e.node === this.deps.node && e.netns === input.netns);
+    const view = this.ctx.cluster.view();
+    const same = allEndpoints(view).filter((e) => e.node === this.ctx.node.name && e.netns === input.netns);
     const taken = new Map(same.map((e) => [e.ifname ?? DEFAULT_IFNAME, e]));
-    const egress = this.deps.egressIfname;
+    const egress = this.ctx.config.gatewayBridge === 'none' ? undefined : EGRESS_IFNAME;
     const hasEgress = egress !== undefined && (!net.internal || same.some((e) => view.networks.get(e.network)?.internal === false));
     const ifname = input.ifname ?? defaultIfname(new Set(taken.keys()), egress);
     const holder = taken.get(ifname);
@@ -378,7 +350,7 @@ export class NetworkService {
   }
 
   async disconnect(netRef: string, epRef: string): Promise<void> {
-    const { store } = this.deps;
+    const { store, records, logger, cluster, node } = this.ctx;
     const { record: net } = await this.resolveNetwork(netRef);
     let eid: string | undefined;
     if (ID_PATTERN.test(epRef)) eid = epRef;
@@ -386,28 +358,20 @@ export class NetworkService {
       const byName = await store.get(keys.epname(net.id, epRef)).catch(() => undefined);
       if (byName) eid = decodeText(byName.value);
       else if (/^[0-9a-f]{1,63}$/.test(epRef)) {
-        const eps = [...(this.deps.view().endpoints.get(net.id)?.keys() ?? [])].filter((id) => id.startsWith(epRef));
+        const eps = [...(cluster.view().endpoints.get(net.id)?.keys() ?? [])].filter((id) => id.startsWith(epRef));
         if (eps.length === 1) eid = eps[0];
       }
     }
     const entry = eid ? await store.get(keys.endpoint(net.id, eid)) : undefined;
     if (!entry) throw new NotFoundError(`no such endpoint: ${epRef} in network ${net.name}`);
-    const ep = decodeRecord<EndpointRecord>(entry.value, entry.key);
-    await this.removeEndpoint(net, { ...ep, id: eid!, network: net.id }, entry.revision);
-    this.deps.logger.info({ nid: net.id, eid, network: net.name, endpoint: ep.name }, 'endpoint removed');
-    await this.deps.waitForView(entry.key, false, VIEW_CATCHUP_TIMEOUT_MS);
-    if (ep.node === this.deps.node) await this.deps.reconcileNow();
+    const ep = { ...decodeRecord<EndpointRecord>(entry.value, entry.key), id: eid!, network: net.id };
+    if (!(await records.deleteEndpoint(ep, { revision: entry.revision, poolId: net.poolId }))) throw new NetworkInUseError(`endpoint ${ep.name} changed while being removed; try again`);
+    logger.info({ nid: net.id, eid, network: net.name, endpoint: ep.name }, 'endpoint removed');
+    await cluster.waitForView(entry.key, false);
+    if (ep.node === node.name) await this.ctx.reconciler.reconcileNow();
   }
+}
 
-  /** Deletes an endpoint's records (and name key) and releases its address. */
-  private async removeEndpoint(net: NetworkRecord, ep: EndpointRecord, revision?: string): Promise<void> {
-    const { store, ipam } = this.deps;
-    const key = keys.endpoint(net.id, ep.id);
-    const ops: TxnOp[] = [{ op: 'delete', key, ...(revision ? { if: { revision } } : {}) }];
-    const nameEntry = await store.get(keys.epname(net.id, ep.name));
-    if (nameEntry && decodeText(nameEntry.value) === ep.id) ops.push({ op: 'delete', key: nameEntry.key, if: { revision: nameEntry.revision } });
-    const r = await store.txn(ops);
-    if (!r.ok) throw new NetworkInUseError(`endpoint ${ep.name} changed while being removed; try again`);
-    await ipam.releaseAddress(net.poolId, ep.address, ep.id).catch((err) => this.deps.logger.warn({ err, eid: ep.id }, 'could not release the address of a removed endpoint'));
-  }
+function encodeDeleting(record: NetworkRecord, deleting: boolean): Uint8Array {
+  return encodeRecord({ ...record, deleting });
 }

@@ -1,19 +1,30 @@
 /**
- * Dead-node reaping. libnetwork never cleans up after a host that dies; kvnet does: when a node's
- * record has been gone for a grace period, exactly one live agent — the one `hashring` maps the dead
- * node's name to, over the live node names — deletes the dead node's endpoints (and their name keys),
- * leaves a tombstone under `reaped/<node>/<eid>` and releases the addresses. Every agent re-evaluates
- * on each membership change, so if the chosen reaper dies too another one takes over.
+ * Dead-node reaping, and its reverse. libnetwork never cleans up after a host that dies; kvnet does:
+ * when a node's record has been gone for a grace period, exactly one live agent — the one `hashring`
+ * maps the dead node's name to, over the live node names — deletes the dead node's endpoints (and
+ * their name keys), leaves a tombstone under `reaped/<node>/<eid>` and releases the addresses. Every
+ * agent re-evaluates on each membership change, so if the chosen reaper dies too another one takes
+ * over. A node that comes back restores what was reaped from it, from its tombstones.
  *
  * The selection and the timing are pure ({@link chooseReaper}, {@link DeadNodeTracker}); the store
- * work is {@link reapNode}.
+ * work is {@link reapNode} and {@link restoreReaped}; {@link Reaper} runs both for the agent.
  */
 
+import { statSync } from 'node:fs';
 import HashRing from 'hashring';
 import type { Logger } from 'pino';
 import type { Ipam } from '@kvnet/ipam';
-import type { KVStore, TxnOp } from '@kvnet/store';
-import { decodeRecord, decodeText, encodeRecord, keys, type EndpointRecord, type NetworkRecord, type RestartMarker } from './layout.ts';
+import type { KVEntry, KVStore } from '@kvnet/store';
+import { allEndpoints, type ClusterView } from './cluster-view.ts';
+import { decodeRecord, keys, type EndpointRecord, type NetworkRecord, type RestartMarker } from './layout.ts';
+import type { AgentMetrics } from './metrics.ts';
+import { Records } from './records.ts';
+
+/**
+ * Wait after a node's record is gone before its endpoints are reaped: covers an agent restart that
+ * took a little longer than its lease's remaining TTL.
+ */
+export const REAP_GRACE_MS = 2_000;
 
 /**
  * Which live node reaps `deadNode`. Deterministic for a given set of live names (order does not
@@ -126,33 +137,173 @@ export async function reapNode(
     if (until > now) return { postponedUntil: until };
     await store.deleteIf(marker.key, marker.revision).catch(() => undefined);
   }
+  const records = new Records(store, ipam, logger);
   let reaped = 0;
   for (const ep of endpoints) {
     const log = logger.child({ deadNode, nid: ep.network, eid: ep.id });
-    const key = keys.endpoint(ep.network, ep.id);
-    const current = await store.get(key);
+    const current = await store.get(keys.endpoint(ep.network, ep.id));
     if (!current) continue;
-    const ops: TxnOp[] = [
-      { op: 'delete', key, if: { revision: current.revision } },
-      { op: 'put', key: keys.reaped(deadNode, ep.id), value: encodeRecord({ ...ep, reapedBy: ctx.self, reapedAt: new Date().toISOString() }) },
-    ];
-    const nameEntry = await store.get(keys.epname(ep.network, ep.name));
-    if (nameEntry && decodeText(nameEntry.value) === ep.id) ops.push({ op: 'delete', key: nameEntry.key, if: { revision: nameEntry.revision } });
-    const r = await store.txn(ops);
-    if (!r.ok) {
+    const tombstone = { node: deadNode, reapedBy: ctx.self, reapedAt: new Date().toISOString() };
+    if (!(await records.deleteEndpoint(ep, { revision: current.revision, tombstone, ...(networks.get(ep.network) ? { poolId: networks.get(ep.network)!.poolId } : {}) }))) {
       log.info('endpoint changed while reaping; left for the next round');
       continue;
     }
     reaped++;
-    const net = networks.get(ep.network);
-    if (net) {
-      try {
-        await ipam.releaseAddress(net.poolId, ep.address, ep.id);
-      } catch (err) {
-        log.warn({ err }, 'could not release the address of a reaped endpoint');
-      }
-    }
     log.info({ address: ep.address, name: ep.name }, 'reaped endpoint of dead node');
   }
   return { reaped };
+}
+
+export interface RestoreContext {
+  readonly store: KVStore;
+  readonly ipam: Ipam;
+  readonly logger: Logger;
+  /** This node's advertise address (the restored endpoints' `vtep`). */
+  readonly vtep: string;
+  /**
+   * True when a runtime (Docker) sweeps its own stale endpoints on this host: a runtime endpoint has no
+   * netns path to check, so it is restored and left to that sweep if its container is gone.
+   */
+  readonly runtimeSweeps: boolean;
+  /** Resolves when this agent's view shows the key (used at start, before the first reconcile). */
+  readonly waitForView?: (key: string) => Promise<unknown>;
+}
+
+/**
+ * Brings back this node's endpoints that a reaper removed while the node was considered dead (the
+ * tombstones under `reaped/<node>/`), when their network and sandbox still exist: same id, name and
+ * address (allocated again first). If the name or address was taken meanwhile, or the network or the
+ * sandbox is gone, the tombstone is dropped (and the next reconcile removes the interface).
+ */
+export async function restoreReaped(ctx: RestoreContext, tombstones: readonly KVEntry[]): Promise<void> {
+  const { store, ipam, logger } = ctx;
+  const records = new Records(store, ipam, logger);
+  for (const entry of tombstones) {
+    let ep: EndpointRecord & { reapedBy?: string; reapedAt?: string };
+    try {
+      ep = decodeRecord<EndpointRecord>(entry.value, entry.key);
+    } catch {
+      await store.delete(entry.key).catch(() => undefined);
+      continue;
+    }
+    const log = logger.child({ nid: ep.network, eid: ep.id, endpoint: ep.name });
+    const netEntry = await store.get(keys.network(ep.network));
+    let alive = ep.handoff !== undefined && ep.netns === undefined && ctx.runtimeSweeps;
+    if (!alive && ep.netns !== undefined) {
+      try {
+        alive = statSync(ep.netns) !== undefined;
+      } catch {
+        alive = false;
+      }
+    }
+    if (!netEntry || !alive) {
+      log.info({ netns: ep.netns }, 'reaped endpoint is gone here too; dropping its tombstone');
+      await store.deleteIf(entry.key, entry.revision).catch(() => undefined);
+      continue;
+    }
+    const net = decodeRecord<NetworkRecord>(netEntry.value, netEntry.key);
+    try {
+      await ipam.allocateAddress(net.poolId, { owner: ep.id, address: ep.ip });
+    } catch (err) {
+      log.error({ err, address: ep.address }, 'cannot restore a reaped endpoint: its address is taken; it will be removed here');
+      await store.deleteIf(entry.key, entry.revision).catch(() => undefined);
+      continue;
+    }
+    const { reapedBy: _by, reapedAt: _at, ...record } = ep;
+    if (await records.restoreEndpoint(netEntry, { ...record, vtep: ctx.vtep }, entry)) {
+      log.warn({ address: ep.address }, 'restored an endpoint that was reaped while this node was away');
+      await ctx.waitForView?.(keys.endpoint(ep.network, ep.id));
+    } else {
+      log.error('cannot restore a reaped endpoint: its name or network changed; it will be removed here');
+      await records.releaseAddress(net.poolId, ep);
+      await store.deleteIf(entry.key, entry.revision).catch(() => undefined);
+    }
+  }
+}
+
+export interface ReaperOptions extends Omit<RestoreContext, 'waitForView'> {
+  /** This node's name. */
+  readonly self: string;
+  readonly metrics: AgentMetrics;
+  /** The store answers (no reaping while it does not: the view may be stale). */
+  readonly storeHealthy: () => boolean;
+  /** This node's tombstones as the agent mirrors them. */
+  readonly tombstones: () => KVEntry[];
+  readonly waitForView: (key: string) => Promise<unknown>;
+  /** Asks for a reconcile after `delayMs` (the reaper's timer and the end of a reaping). */
+  readonly schedule: (delayMs?: number) => void;
+}
+
+/** Runs reaping and restoring for one agent: {@link check} after every reconcile, {@link restore} at start and when tombstones appear. */
+export class Reaper {
+  private readonly tracker = new DeadNodeTracker(REAP_GRACE_MS);
+  private readonly reaping = new Set<string>();
+  private restoring = false;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  constructor(private readonly opts: ReaperOptions) {}
+
+  /** After an outage (or our own lease lapsed) everyone's leases may have lapsed: reap nobody for `quietMs`. */
+  noteOutageEnded(now: number, quietMs: number): void {
+    this.tracker.noteOutageEnded(now, quietMs);
+  }
+
+  /** Owners currently considered missing (for status). */
+  missing(): string[] {
+    return this.tracker.missing();
+  }
+
+  /** Notes who is missing in `view`, reaps the due nodes this agent is the reaper of, and restores tombstones. */
+  check(view: ClusterView): void {
+    const { self, logger, metrics } = this.opts;
+    const now = Date.now();
+    const live = new Set(view.nodes.keys());
+    this.tracker.update(live, allEndpoints(view).map((e) => e.node), now);
+    if (this.opts.storeHealthy()) {
+      for (const dead of this.tracker.due(now)) {
+        if (this.reaping.has(dead) || chooseReaper(live, dead) !== self) continue;
+        const endpoints = allEndpoints(view).filter((e) => e.node === dead);
+        this.reaping.add(dead);
+        logger.warn({ deadNode: dead, endpoints: endpoints.length }, 'node is gone; reaping its endpoints unless it announced a restart');
+        reapNode({ store: this.opts.store, ipam: this.opts.ipam, logger, self }, dead, endpoints, view.networks)
+          .then((r) => {
+            if ('postponedUntil' in r) {
+              this.tracker.postpone(dead, r.postponedUntil);
+              logger.info({ deadNode: dead, until: new Date(r.postponedUntil).toISOString() }, 'node announced a restart; not reaping it before then');
+            } else metrics.reapedEndpoints.inc(r.reaped);
+          })
+          .catch((err) => {
+            metrics.storeErrors.inc();
+            logger.warn({ err, deadNode: dead }, 'reaping failed; will try again');
+          })
+          .finally(() => {
+            this.reaping.delete(dead);
+            this.opts.schedule(REAP_GRACE_MS / 4);
+          });
+      }
+    }
+    clearTimeout(this.timer);
+    const next = this.tracker.nextDueAt();
+    if (next !== undefined && !this.stopped) this.timer = setTimeout(() => this.opts.schedule(), Math.max(50, next - now + 10));
+    if (this.opts.tombstones().length > 0) void this.restore(false);
+  }
+
+  /** Restores this node's reaped endpoints (see {@link restoreReaped}); at start it waits for each to reach the view. */
+  async restore(initial: boolean): Promise<void> {
+    if (this.restoring || this.stopped) return;
+    this.restoring = true;
+    try {
+      await restoreReaped({ ...this.opts, ...(initial ? { waitForView: this.opts.waitForView } : { waitForView: undefined }) }, this.opts.tombstones());
+    } catch (err) {
+      this.opts.logger.warn({ err }, 'restoring reaped endpoints failed; will try again');
+    } finally {
+      this.restoring = false;
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
 }

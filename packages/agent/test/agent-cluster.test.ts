@@ -8,6 +8,7 @@
 
 import test from 'ava';
 import { request } from 'node:http';
+import { unixRequest } from '../src/unix-http.ts';
 import { join } from 'node:path';
 import { createSimNetwork, OUTSIDE_ADDRESS, type SimContainer, type SimNetwork } from '../../../test/support/sim-hosts.ts';
 import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
@@ -30,17 +31,9 @@ interface Answer {
   body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
 }
 
-function api(host: number, method: string, path: string, body?: unknown): Promise<Answer> {
-  const payload = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: sockets[host], path, method, headers: payload ? { 'content-type': 'application/json' } : {} }, (res) => {
-      let text = '';
-      res.on('data', (d: Buffer) => (text += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : undefined }));
-    });
-    req.on('error', reject);
-    req.end(payload);
-  });
+async function api(host: number, method: string, path: string, body?: unknown): Promise<Answer> {
+  const r = await unixRequest({ socketPath: sockets[host]!, method, path, body, timeoutMs: 60_000 });
+  return { status: r.status, body: r.body };
 }
 
 async function startAgent(i: number): Promise<ManagedProcess> {

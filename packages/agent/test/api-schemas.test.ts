@@ -1,6 +1,6 @@
 import test from 'ava';
-import { connectSchema, createNetworkSchema, validate } from '../src/api-schemas.ts';
-import { statusOf } from '../src/api-server.ts';
+import { connectSchema, createNetworkSchema, validate } from '../src/api/schemas.ts';
+import { statusOf } from '../src/api/index.ts';
 import { InvalidInputError, NameConflictError, NotFoundError } from '../src/errors.ts';
 
 const message = (fn: () => unknown): string => {

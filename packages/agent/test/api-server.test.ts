@@ -7,7 +7,8 @@ import { createServer, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { ApiServer } from '../src/api-server.ts';
+import { startApi } from '../src/api/index.ts';
+import type { AgentContext } from '../src/context.ts';
 import { NameConflictError } from '../src/errors.ts';
 import type { NetworkService } from '../src/network-service.ts';
 
@@ -19,6 +20,12 @@ const service = {
     throw new NameConflictError('network with name multi already exists');
   },
 } as unknown as NetworkService;
+
+/** The API face with a stub service: only what it reads of the agent's context. */
+function api(socketPath: string) {
+  const ctx = { config: { socketPath }, networks: service, status, logger } as unknown as AgentContext;
+  return { start: () => startApi(ctx) };
+}
 
 function call(socketPath: string, method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -40,9 +47,8 @@ function tmp(t: import('ava').ExecutionContext): string {
 
 test('serves on a 0600 socket in a new 0700 directory; routes and error bodies', async (t) => {
   const socketPath = join(tmp(t), 'run', 'kvnet.sock');
-  const api = new ApiServer({ socketPath, service, status, logger });
-  await api.start();
-  t.teardown(() => api.stop());
+  const face = await api(socketPath).start();
+  t.teardown(() => face.stop());
   t.is(statSync(socketPath).mode & 0o777, 0o600);
   t.is(statSync(join(socketPath, '..')).mode & 0o777, 0o700);
   t.deepEqual(JSON.parse((await call(socketPath, 'GET', '/v1/status')).body), { node: 'h1', ready: true });
@@ -62,18 +68,17 @@ test('a stale socket nobody answers on is replaced; a live one or a regular file
   const stale = join(dir, 'stale.sock');
   // A bound but never listening unix socket: connecting is refused, like one left by a killed agent.
   execFileSync('python3', ['-c', `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(stale)})`]);
-  const api = new ApiServer({ socketPath: stale, service, status, logger });
-  await api.start();
+  const face = await api(stale).start();
   t.is((await call(stale, 'GET', '/v1/status')).status, 200);
-  await api.stop();
+  await face.stop();
 
   const live = join(dir, 'live.sock');
   const other = createServer((_req, res) => res.end('hi'));
   await new Promise<void>((r) => other.listen(live, () => r()));
   t.teardown(() => new Promise<void>((r) => other.close(() => r())));
-  await t.throwsAsync(new ApiServer({ socketPath: live, service, status, logger }).start(), { message: /another process is answering on socket .*live\.sock/ });
+  await t.throwsAsync(api(live).start(), { message: /another process is answering on socket .*live\.sock/ });
 
   const file = join(dir, 'file.sock');
   writeFileSync(file, 'not a socket');
-  await t.throwsAsync(new ApiServer({ socketPath: file, service, status, logger }).start(), { message: /exists and is not a socket/ });
+  await t.throwsAsync(api(file).start(), { message: /exists and is not a socket/ });
 });

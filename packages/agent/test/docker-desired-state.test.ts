@@ -2,9 +2,8 @@
 
 import test from 'ava';
 import type { ClusterView } from '../src/cluster-view.ts';
-import type { DockerEndpointRecord, DockerNetworkRecord } from '../src/docker-backend.ts';
-import { withDockerEndpoints } from '../src/docker-desired-state.ts';
-import { dockerNetworkSpec } from '../src/docker-network-sync.ts';
+import type { DockerEndpointRecord, DockerNetworkRecord } from '../src/docker/backend.ts';
+import { dockerNetworkSpec } from '../src/docker/network-sync.ts';
 import { computeDesiredState } from '../src/desired-state.ts';
 import type { EndpointRecord, NodeRecord } from '../src/layout.ts';
 
@@ -29,7 +28,7 @@ function view(endpoints: EndpointRecord[]): ClusterView {
 
 test('a network with only Docker endpoints here is added whole, with its peers at the live node address', (t) => {
   const v = view([ep('a1', N1, 'h1', '10.1.0.2', { handoff: 'kvda1' }), ep('b1', N1, 'h2', '10.1.0.3'), ep('c1', N1, 'h3', '10.1.0.4', { vtep: '198.18.0.3' })]);
-  const state = withDockerEndpoints(computeDesiredState({ view: v, node: 'h1', egress: new Map() }).state, v, 'h1');
+  const state = computeDesiredState({ view: v, node: 'h1', egress: new Map() }).state;
   t.deepEqual(state.networks, [
     {
       id: N1, vni: 300, internal: false, subnets: [{ cidr: '10.1.0.0/24', gateway: '10.1.0.1' }],
@@ -46,12 +45,15 @@ test('Docker endpoints join the standalone ones of the same network; other netwo
     ep('b2', N2, 'h1', '10.2.0.2', { netns: '/run/netns/y' }),
     ep('z2', N2, 'h2', '10.2.0.9'),
   ]);
-  const base = computeDesiredState({ view: v, node: 'h1', egress: new Map() }).state;
-  const state = withDockerEndpoints(base, v, 'h1');
+  const state = computeDesiredState({ view: v, node: 'h1', egress: new Map() }).state;
+  const withoutDocker = computeDesiredState({ view: view([ep('a1', N1, 'h1', '10.1.0.2', { netns: '/run/netns/x', ifname: 'eth0' }), ep('b2', N2, 'h1', '10.2.0.2', { netns: '/run/netns/y' }), ep('z2', N2, 'h2', '10.2.0.9')]), node: 'h1', egress: new Map() }).state;
   t.deepEqual(state.networks.map((n) => n.id), [N1, N2]);
   t.deepEqual(state.networks[0]!.endpoints.map((e) => [e.id, e.sandbox ? 'sandbox' : 'handoff']), [['a1', 'sandbox'], ['a2', 'handoff']]);
-  t.is(state.networks[1], base.networks.find((n) => n.id === N2));
-  t.deepEqual(withDockerEndpoints(base, view([ep('a2', N1, 'h2', '10.1.0.5', { handoff: 'kvda2' })]), 'h1').networks, base.networks, "another node's Docker endpoint is a peer, not a local endpoint");
+  t.deepEqual(state.networks[1], withoutDocker.networks.find((n) => n.id === N2), 'a network without Docker endpoints is as it would be without any');
+  const remoteOnly = view([ep('a1', N1, 'h1', '10.1.0.2', { netns: '/run/netns/x', ifname: 'eth0' }), ep('a2', N1, 'h2', '10.1.0.5', { handoff: 'kvda2' })]);
+  const n1 = computeDesiredState({ view: remoteOnly, node: 'h1', egress: new Map() }).state.networks[0]!;
+  t.deepEqual(n1.endpoints.map((e) => e.id), ['a1'], "another node's Docker endpoint is a peer, not a local endpoint");
+  t.deepEqual(n1.peers, [{ ip: '10.1.0.5', mac: '02:42:0a:01:00:05', vtep: '198.18.0.22' }]);
 });
 
 test('the Engine API body of a mirrored network carries everything and the adopt option', (t) => {
@@ -63,7 +65,7 @@ test('the Engine API body of a mirrored network carries everything and the adopt
 });
 
 test('stale Docker endpoints: removed only after the grace, only when dockerd answers and does not list them', async (t) => {
-  const { DockerNetworkSync } = await import('../src/docker-network-sync.ts');
+  const { DockerNetworkSync } = await import('../src/docker/network-sync.ts');
   const { pino } = await import('pino');
   const D = 'd'.repeat(64);
   const n = { ...net(N1, '10.1.0.0/24', '10.1.0.1', 300), docker: { networks: { h1: D } } };
@@ -90,7 +92,7 @@ test('stale Docker endpoints: removed only after the grace, only when dockerd an
 });
 
 test('stale Docker endpoints, global scope: a network dockerd stops listing (its cluster store is down) does not make live endpoints stale', async (t) => {
-  const { DockerNetworkSync } = await import('../src/docker-network-sync.ts');
+  const { DockerNetworkSync } = await import('../src/docker/network-sync.ts');
   const { pino } = await import('pino');
   const D = 'd'.repeat(64);
   const n = { ...net(N1, '10.1.0.0/24', '10.1.0.1', 300), docker: { networks: { h2: D } } };
@@ -112,7 +114,7 @@ test('stale Docker endpoints, global scope: a network dockerd stops listing (its
 });
 
 test('stale Docker endpoints: an exited container still naming its endpoint (dockerd dropped it during a power-off) does not keep it', async (t) => {
-  const { DockerNetworkSync } = await import('../src/docker-network-sync.ts');
+  const { DockerNetworkSync } = await import('../src/docker/network-sync.ts');
   const { pino } = await import('pino');
   const D = 'd'.repeat(64);
   const n = { ...net(N1, '10.1.0.0/24', '10.1.0.1', 300), docker: { networks: { h1: D } } };
@@ -132,7 +134,7 @@ test('stale Docker endpoints: an exited container still naming its endpoint (doc
 });
 
 test('after a power loss the restarted container\'s new endpoint gets the name its stale endpoint held, in one pass; a refused name is tried again once free', async (t) => {
-  const { DockerNetworkSync } = await import('../src/docker-network-sync.ts');
+  const { DockerNetworkSync } = await import('../src/docker/network-sync.ts');
   const { pino } = await import('pino');
   const D = 'd'.repeat(64);
   const n = { ...net(N1, '10.1.0.0/24', '10.1.0.1', 300), docker: { networks: { h1: D } } };

@@ -11,14 +11,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openStore, type KVStore } from '@kvnet/store';
-import { DockerTestHost } from '../../../test/support/docker-host.ts';
-import type { DockerEndpointRecord } from '../src/docker-backend.ts';
-import type { DockerEngine, EngineContainer, EngineNetwork } from '../src/docker-engine.ts';
-import { dispatchPluginCall } from '../src/docker-protocol.ts';
+import { startTestAgent, type TestAgent } from '../../../test/support/test-agent.ts';
+import type { DockerEndpointRecord } from '../src/docker/backend.ts';
+import type { DockerEngine, EngineContainer, EngineNetwork } from '../src/docker/engine.ts';
+import { dispatchPluginCall } from '../src/docker/protocol.ts';
 import { keys } from '../src/layout.ts';
 
 /** What a dockerd would list; every call is recorded. */
 class ScriptedEngine {
+  /** Never dialled: the agent is handed this object instead of a client on a socket. */
+  readonly socketPath = '/run/kvnet-test-scripted-docker.sock';
   containers: EngineContainer[] = [];
   networks: EngineNetwork[] = [];
   readonly removed: string[] = [];
@@ -49,18 +51,19 @@ function starting(name: string, network: string, state = 'created'): EngineConta
 
 async function twoHosts(t: { teardown: (fn: () => Promise<void> | void) => void }) {
   const dir = mkdtempSync(join(tmpdir(), 'kvnet-names-'));
-  const store: KVStore = await openStore(`local://${dir}/store.db`);
+  const storeUrl = `local://${dir}/store.db`;
+  const store: KVStore = await openStore(storeUrl);
   const e1 = new ScriptedEngine();
   const e2 = new ScriptedEngine();
-  const h1 = await DockerTestHost.start({ store, node: 'h1', vtep: '198.18.0.1', engine: e1 as unknown as DockerEngine });
-  const h2 = await DockerTestHost.start({ store, node: 'h2', vtep: '198.18.0.2', engine: e2 as unknown as DockerEngine, scope: 'global' });
+  const h1 = await startTestAgent({ storeUrl, node: 'h1', vtep: '198.18.0.1', docker: { engine: e1 as unknown as DockerEngine } });
+  const h2 = await startTestAgent({ storeUrl, node: 'h2', vtep: '198.18.0.2', docker: { engine: e2 as unknown as DockerEngine, scope: 'global' } });
   t.teardown(async () => {
     await h1.stop();
     await h2.stop();
     await store.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  const call = (h: DockerTestHost) => async (m: string, body: unknown) => (await dispatchPluginCall(m, JSON.stringify(body), h.driver)).body;
+  const call = (h: TestAgent) => async (m: string, body: unknown) => (await dispatchPluginCall(m, JSON.stringify(body), h.docker.driver)).body;
   return { store, e1, e2, h1, h2, c1: call(h1), c2: call(h2) };
 }
 
@@ -70,8 +73,8 @@ async function multi(env: Awaited<ReturnType<typeof twoHosts>>, subnet: string) 
   e1.networks.push({ Id: D1, Name: 'multi', Driver: 'kvnet', Scope: 'local' });
   const { PoolID } = (await c1('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: subnet, SubPool: '', Options: {}, V6: false })) as { PoolID: string };
   await c1('NetworkDriver.CreateNetwork', { NetworkID: D1, Options: {}, IPv4Data: [{ AddressSpace: 'kvnet', Gateway: subnet.replace(/0\/\d+$/, '1/24'), Pool: subnet }], IPv6Data: [] });
-  await h1.driver.idle();
-  for (let i = 0; i < 500 && h2.backend.findNetwork(D1)?.name !== 'multi'; i++) await new Promise((r) => setTimeout(r, 10));
+  await h1.docker.driver.idle();
+  for (let i = 0; i < 500 && h2.docker.backend.findNetwork(D1)?.name !== 'multi'; i++) await new Promise((r) => setTimeout(r, 10));
   return PoolID;
 }
 
@@ -93,8 +96,8 @@ test('CreateEndpoint takes the name of the one container dockerd lists as starti
   t.is(dup.err, 'endpoint with name c1 already exists in network multi');
   // Docker releases the address of a failed CreateEndpoint; nothing of the refused endpoint is stored
   await env.c2('IpamDriver.ReleaseAddress', { PoolID, Address: dup.address });
-  t.is((await env.h2.ipam.listAllocations((env.h1.view().networks.get(PoolID))!.poolId)).length, 1);
-  t.is(env.h2.view().endpoints.get(PoolID)?.size, 1);
+  t.is((await env.h2.ctx.ipam.listAllocations((env.h1.ctx.cluster.view().networks.get(PoolID))!.poolId)).length, 1);
+  t.is(env.h2.ctx.cluster.view().endpoints.get(PoolID)?.size, 1);
 });
 
 test('several containers starting on the network at once: the endpoint keeps its id as name until dockerd lists it', async (t) => {
@@ -117,9 +120,9 @@ test('a leftover endpoint of the same container on this host (dockerd lost it wi
   env.e1.containers = [{ ...starting('r1', 'multi', 'exited'), NetworkSettings: { Networks: { multi: { EndpointID: 'd'.repeat(64) } } } }];
   const second = await endpoint(env.c1, PoolID, 'f'.repeat(64));
   t.is(second.err, undefined);
-  const eps = [...env.h1.view().endpoints.get(PoolID)!.values()] as DockerEndpointRecord[];
+  const eps = [...env.h1.ctx.cluster.view().endpoints.get(PoolID)!.values()] as DockerEndpointRecord[];
   t.deepEqual(eps.map((e) => [e.name, e.docker?.endpointId]), [['r1', 'f'.repeat(64)]]);
-  const allocations = await env.h1.ipam.listAllocations(env.h1.view().networks.get(PoolID)!.poolId);
+  const allocations = await env.h1.ctx.ipam.listAllocations(env.h1.ctx.cluster.view().networks.get(PoolID)!.poolId);
   t.deepEqual(allocations.map((a) => a.address), [second.address], 'the leftover\'s address is released');
 });
 
@@ -130,8 +133,8 @@ test('a Docker network whose name another kvnet network already has is removed f
   env.e2.networks.push({ Id: D2, Name: 'multi', Driver: 'kvnet', Scope: 'local' });
   const { PoolID } = (await env.c2('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: '10.95.0.0/24', SubPool: '', Options: {}, V6: false })) as { PoolID: string };
   t.deepEqual(await env.c2('NetworkDriver.CreateNetwork', { NetworkID: D2, Options: {}, IPv4Data: [{ AddressSpace: 'kvnet', Gateway: '10.95.0.1/24', Pool: '10.95.0.0/24' }], IPv6Data: [] }), {});
-  await env.h2.driver.idle();
+  await env.h2.docker.driver.idle();
   t.deepEqual(env.e2.removed, [D2], 'the duplicate is removed through the Engine API (dockerd then sends DeleteNetwork)');
   await env.c2('NetworkDriver.DeleteNetwork', { NetworkID: D2 });
-  t.is(env.h2.view().networks.get(PoolID), undefined);
+  t.is(env.h2.ctx.cluster.view().networks.get(PoolID), undefined);
 });

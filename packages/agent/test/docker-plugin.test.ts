@@ -7,8 +7,8 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { DockerPluginServer, PLUGIN_SOCKET_MODE } from '../src/docker-plugin.ts';
-import type { PluginHandlers } from '../src/docker-protocol.ts';
+import { DockerPluginServer, PLUGIN_SOCKET_MODE } from '../src/docker/plugin-server.ts';
+import type { PluginHandlers } from '../src/docker/protocol.ts';
 
 const logger = pino({ level: 'silent' });
 
@@ -111,7 +111,7 @@ test('a stale socket is replaced; a live one or a non-socket is not', async (t) 
 
   // live: the first server still answers, so a second must refuse
   const s2 = new DockerPluginServer({ socketPath: stalePath, handlers, logger });
-  await t.throwsAsync(() => s2.start(), { message: /another process is serving it/ });
+  await t.throwsAsync(() => s2.start(), { message: /another process is answering on socket .*stale\.sock/ });
   t.is((await post(stalePath, '/Plugin.Activate', '')).status, 200);
 
   const filePath = join(dir, 'file.sock');

@@ -1,7 +1,7 @@
 /** The plugin protocol as pure logic: dispatch, validation and the error field Docker reads. */
 
 import test from 'ava';
-import { dispatchPluginCall, errorField, PLUGIN_METHODS, type PluginHandlers } from '../src/docker-protocol.ts';
+import { dispatchPluginCall, errorField, PLUGIN_METHODS, type PluginHandlers } from '../src/docker/protocol.ts';
 import { NotFoundError } from '../src/errors.ts';
 
 function handlers(calls: Array<[string, unknown]> = []): PluginHandlers {

@@ -1,6 +1,7 @@
 /** The client side of the agent's local API: HTTP/1.1 JSON over the agent's unix socket. */
 
-import { request } from 'node:http';
+// The HTTP layer only: client commands must not load the agent (store backends, data plane).
+import { unixRequest, type UnixHttpError } from '@kvnet/agent/unix-http';
 
 /** How long one API call may take (a connect waits for its data plane work). */
 export const REQUEST_TIMEOUT_MS = 120_000;
@@ -21,52 +22,22 @@ export class ApiClient {
   constructor(readonly socketPath: string) {}
 
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    return new Promise<T>((resolve, reject) => {
-      const req = request(
-        {
-          socketPath: this.socketPath,
-          path,
-          method,
-          headers: {
-            accept: 'application/json',
-            ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
-          },
-          timeout: REQUEST_TIMEOUT_MS,
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', reject);
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let parsed: unknown;
-            try {
-              parsed = text ? JSON.parse(text) : undefined;
-            } catch {
-              parsed = undefined;
-            }
-            const status = res.statusCode ?? 0;
-            if (status >= 200 && status < 300) resolve(parsed as T);
-            else {
-              const e = parsed as { error?: string; code?: string } | undefined;
-              reject(new ApiError(e?.error ?? `agent answered HTTP ${status}: ${text.slice(0, 200)}`, status, e?.code ?? 'KVNET_HTTP'));
-            }
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(new ApiError(`the kvnet agent at ${this.socketPath} did not answer within ${REQUEST_TIMEOUT_MS / 1000}s`, 0, 'KVNET_TIMEOUT')));
-      req.on('error', (err: NodeJS.ErrnoException) => {
-        if (err instanceof ApiError) return reject(err);
-        const why =
-          err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
-            ? 'is the agent running? (start it with `kvnet agent`, or pass --socket)'
-            : err.code === 'EACCES'
-              ? 'permission denied (the socket is for root only)'
-              : err.message;
-        reject(new ApiError(`cannot reach the kvnet agent at ${this.socketPath}: ${why}`, 0, 'KVNET_AGENT_UNREACHABLE'));
-      });
-      req.end(payload);
-    });
+    let res;
+    try {
+      res = await unixRequest({ socketPath: this.socketPath, method, path, body, timeoutMs: REQUEST_TIMEOUT_MS });
+    } catch (err) {
+      const e = err as UnixHttpError;
+      if (e.code === 'KVNET_TIMEOUT') throw new ApiError(`the kvnet agent at ${this.socketPath} did not answer within ${REQUEST_TIMEOUT_MS / 1000}s`, 0, 'KVNET_TIMEOUT');
+      const why =
+        e.errno === 'ENOENT' || e.errno === 'ECONNREFUSED'
+          ? 'is the agent running? (start it with `kvnet agent`, or pass --socket)'
+          : e.errno === 'EACCES'
+            ? 'permission denied (the socket is for root only)'
+            : e.message;
+      throw new ApiError(`cannot reach the kvnet agent at ${this.socketPath}: ${why}`, 0, 'KVNET_AGENT_UNREACHABLE');
+    }
+    if (res.status >= 200 && res.status < 300) return (typeof res.body === 'string' ? undefined : res.body) as T;
+    const e = typeof res.body === 'object' ? (res.body as { error?: string; code?: string } | undefined) : undefined;
+    throw new ApiError(e?.error ?? `agent answered HTTP ${res.status}: ${res.text.slice(0, 200)}`, res.status, e?.code ?? 'KVNET_HTTP');
   }
 }

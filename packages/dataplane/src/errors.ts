@@ -7,8 +7,10 @@
  * applies everything else. It throws only when it cannot work at all (bad config, aborted).
  */
 
-/** Broad classes of failure, shared by every kvnet package (same values as `@kvnet/store`'s `ErrorKind`). */
-export type ErrorKind = 'invalid' | 'not-found' | 'conflict' | 'exhausted' | 'unavailable' | 'internal';
+// Only the error module: the data plane needs the shared error base, not the store's backends.
+import { KvnetError, type ErrorKind } from '@kvnet/store/errors';
+
+export type { ErrorKind };
 
 /** The kernel object (or desired object) an error is about. Ids are the full ids. */
 export interface DataplaneObject {
@@ -49,16 +51,9 @@ export function describeObject(object: DataplaneObject): string {
   }
 }
 
-export abstract class DataplaneError extends Error {
-  abstract readonly code: string;
-  abstract readonly kind: ErrorKind;
+export abstract class DataplaneError extends KvnetError {
   /** The object the error is about. */
   abstract readonly object: DataplaneObject;
-
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-  }
 }
 
 /** The `DataplaneConfig` passed to the constructor cannot be used. Thrown, never reported. */

@@ -4,19 +4,12 @@
  * packages. Messages name the thing and the value so they can be shown to a person as they are.
  */
 
-import type { ErrorKind } from '@kvnet/store';
+import { KvnetError, type ErrorKind } from '@kvnet/store';
 
 export type { ErrorKind };
 
-export abstract class IpamError extends Error {
-  abstract readonly code: string;
-  abstract readonly kind: ErrorKind;
-
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
+/** Errors of the IPAM layer. */
+export abstract class IpamError extends KvnetError {}
 
 /** A request field is malformed or inconsistent (bad CIDR, gateway outside the subnet, …). */
 export class InvalidRequestError extends IpamError {

@@ -13,7 +13,11 @@ export type ErrorKind =
   | 'unavailable' // a dependency (store, kernel, docker) cannot be reached now; retry later
   | 'internal';
 
-export abstract class StoreError extends Error {
+/**
+ * The base of every kvnet error, in every package: a stable `code` (`KVNET_…`), a {@link ErrorKind}
+ * that edges map to HTTP statuses, plugin answers and exit codes, and a message for people.
+ */
+export abstract class KvnetError extends Error {
   abstract readonly code: string;
   abstract readonly kind: ErrorKind;
 
@@ -22,6 +26,22 @@ export abstract class StoreError extends Error {
     this.name = new.target.name;
   }
 }
+
+/** The kind of any error that carries a stable `code` and `kind` (any kvnet package's); undefined otherwise. */
+export function errorKind(err: unknown): ErrorKind | undefined {
+  if (err instanceof Error && typeof (err as { kind?: unknown }).kind === 'string' && typeof (err as { code?: unknown }).code === 'string') {
+    return (err as unknown as { kind: ErrorKind }).kind;
+  }
+  return undefined;
+}
+
+/** The stable code of an error, `KVNET_INTERNAL` for one without. */
+export function errorCode(err: unknown): string {
+  return err instanceof Error && typeof (err as { code?: unknown }).code === 'string' ? (err as unknown as { code: string }).code : 'KVNET_INTERNAL';
+}
+
+/** Errors of the store layer. */
+export abstract class StoreError extends KvnetError {}
 
 /** A key or prefix that cannot be stored: empty segment, `.`/`..`, NUL, characters outside the safe set. */
 export class InvalidKeyError extends StoreError {

@@ -7,7 +7,7 @@
  * `client.leaseClient`); its watch manager and lease helper are not (see `etcd-watch.ts` and
  * `etcd-lease.ts` for why). Retries are ours, not the library's: its default global policy re-sends
  * a request whose answer was lost, which turns a committed compare-and-swap into a reported
- * conflict (deps-style.md §A.2). Here a request is re-sent only when it provably never left
+ * conflict (see ../README.md, "Client libraries"). Here a request is re-sent only when it provably never left
  * (grpc-js "No connection established", a skipped host) or when it is a read.
  */
 

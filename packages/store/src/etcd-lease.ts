@@ -7,7 +7,7 @@
  * waited `timeoutMs` (the store's bound for "no answer") — so a dead, paused or half-open server is
  * noticed within TTL + timeoutMs, while a merely slow one (a loaded machine answers a grant or a
  * keepalive in over a second) does not cost the lease. etcd3's own `Lease` waits up to 2×TTL and
- * misses half-open streams (deps-style.md §A.2).
+ * misses half-open streams (../README.md, "Client libraries").
  *
  * Server quirk: etcd extends every lease by its TTL when a member becomes leader, including after a
  * restart, so after an outage the keys of a lease reported lost here can outlive it on the server

@@ -34,6 +34,9 @@ export type {
 export { DEFAULT_TIMEOUT_MS } from './store.ts';
 export {
   InvalidKeyError,
+  KvnetError,
+  errorCode,
+  errorKind,
   InvalidStoreUrlError,
   LeaseLostError,
   StoreClosedError,

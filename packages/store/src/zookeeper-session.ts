@@ -1,6 +1,6 @@
 /**
  * One ZooKeeper session for the ZooKeeper backend: a node-zookeeper-client connection (which
- * reconnects within the session by itself) plus what that client lacks (deps-style.md §A.3):
+ * reconnects within the session by itself) plus what that client lacks (../README.md, "Client libraries"):
  *
  * - requests that hand back the reply header's zxid (the server's position when it answered), sent
  *   straight through the client's connection manager so replies and watch notifications reach us

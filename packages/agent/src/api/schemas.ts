@@ -4,9 +4,9 @@
  */
 
 import { z } from 'zod';
-import { InvalidInputError } from './errors.ts';
-import { parseCidr, parseIpv4 } from './ipv4.ts';
-import { NAME_MAX_CHARS, NAME_PATTERN } from './layout.ts';
+import { InvalidInputError } from '../errors.ts';
+import { parseCidr, parseIpv4 } from '../ipv4.ts';
+import { NAME_MAX_CHARS, NAME_PATTERN } from '../layout.ts';
 
 const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 const LABEL_KEY = /^[A-Za-z0-9_.\-/]{1,255}$/;

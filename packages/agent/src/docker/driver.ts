@@ -1,9 +1,9 @@
 /**
  * The Docker NetworkDriver + IpamDriver semantics on top of a {@link DockerBackend}: which Docker call
- * means what for kvnet, and the exact answers Docker expects (research notes §1–2). Transport and
- * validation live in docker-protocol.ts and docker-plugin.ts.
+ * means what for kvnet, and the exact answers Docker expects. Transport and validation live in
+ * protocol.ts and plugin-server.ts.
  *
- * Call order Docker uses (§1.6): RequestPool → RequestAddress(gateway) → RequestAddress(aux…) →
+ * Call order a real dockerd uses (DOCKER-PLUGIN.md): RequestPool → RequestAddress(gateway) → RequestAddress(aux…) →
  * CreateNetwork; RequestAddress → CreateEndpoint → Join; Leave → DeleteEndpoint → ReleaseAddress;
  * ReleaseAddress(gateway, aux) → ReleasePool → DeleteNetwork. Hence:
  * - a RequestAddress with an address for a pool that has no network yet is an aux address (answered,
@@ -17,10 +17,12 @@
 
 import type { Logger } from 'pino';
 import { sleep } from '@kvnet/store';
-import type { DockerBackend } from './docker-backend.ts';
-import type { DockerEngine, EngineContainer } from './docker-engine.ts';
+import type { DockerBackend } from './backend.ts';
+import type { DockerEngine, EngineContainer } from './engine.ts';
 import {
+  ADOPT_NETWORK_OPTION,
   GATEWAY_ADDRESS_TYPE,
+  KVNET_ADDRESS_SPACE,
   OPTION_GENERIC,
   OPTION_INTERNAL,
   OPTION_IPV6,
@@ -34,14 +36,10 @@ import {
   type PluginHandlers,
   type RequestAddressRequest,
   type RequestPoolRequest,
-} from './docker-protocol.ts';
-import { ConcurrentChangeError, InvalidInputError, NameConflictError } from './errors.ts';
-import { cidrContains, parseCidr, parseIpv4 } from './ipv4.ts';
+} from './protocol.ts';
+import { ConcurrentChangeError, InvalidInputError, NameConflictError } from '../errors.ts';
+import { cidrContains, parseCidr, parseIpv4 } from '../ipv4.ts';
 
-/** The address space kvnet reports to Docker (local and global); Docker's own IPAM uses LocalDefault/GlobalDefault. */
-export const KVNET_ADDRESS_SPACE = 'kvnet';
-/** `--ipam-opt` naming the existing kvnet network whose pool a Docker network uses (set by the network sync). */
-export const ADOPT_NETWORK_OPTION = 'kvnet.network';
 /** Interface name prefix inside the container: eth0, eth1, … */
 export const CONTAINER_IFNAME_PREFIX = 'eth';
 /** Learning a network's name: attempts and the pause between them (doubling, capped). */

@@ -14,36 +14,20 @@
  * and the reaper release by those), and `kvnet network rm` releases a Docker-made network's pool.
  */
 
-import type { Logger } from 'pino';
-import { AddressInUseError, DEFAULT_ADDRESS_SPACE, type AddressAllocation, type Ipam, type PoolInfo } from '@kvnet/ipam';
+import { AddressInUseError, DEFAULT_ADDRESS_SPACE, type AddressAllocation, type PoolInfo } from '@kvnet/ipam';
 import { macFromIpv4 } from '@kvnet/dataplane';
-import { sleep, type KVStore } from '@kvnet/store';
-import { allEndpoints, type ClusterView } from './cluster-view.ts';
-import { ConcurrentChangeError, InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from './errors.ts';
-import { ADOPT_NETWORK_OPTION } from './docker-driver.ts';
-import { parseIpv4 } from './ipv4.ts';
-import {
-  decodeRecord,
-  decodeText,
-  encodeRecord,
-  encodeText,
-  ID_PATTERN,
-  keys,
-  NAME_MAX_CHARS,
-  NAME_PATTERN,
-  newId,
-  type EndpointRecord,
-  type NetworkRecord,
-} from './layout.ts';
-import type { NetworkService } from './network-service.ts';
-import type { DataplaneError } from '@kvnet/dataplane';
+import { allEndpoints } from '../cluster-view.ts';
+import type { AgentContext } from '../context.ts';
+import { ConcurrentChangeError, InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from '../errors.ts';
+import { parseIpv4 } from '../ipv4.ts';
+import { decodeRecord, decodeText, ID_PATTERN, keys, NAME_MAX_CHARS, NAME_PATTERN, newId, type EndpointRecord, type NetworkRecord } from '../layout.ts';
+import { ADOPT_NETWORK_OPTION } from './protocol.ts';
 
-/** How long a write waits for this agent's own view to show it. */
-export const DOCKER_VIEW_CATCHUP_TIMEOUT_MS = 5_000;
-const VIEW_POLL_MS = 10;
 /** Host-side name of a Docker endpoint's veth before dockerd moves it: prefix + endpoint id (≤ 15 bytes). */
 export const HANDOFF_IFNAME_PREFIX = 'kvd';
 export const HANDOFF_IFNAME_ID_CHARS = 12;
+/** Attempts of an endpoint write whose network record changed meanwhile (bound on another host). */
+const CREATE_ENDPOINT_ATTEMPTS = 3;
 
 /** A kvnet network record made through Docker. */
 export interface DockerNetworkRecord extends NetworkRecord {
@@ -65,10 +49,8 @@ export interface DockerNetworkDetails {
   readonly ipamOptions?: Record<string, string>;
 }
 
-/** A kvnet endpoint record made through Docker. */
+/** A kvnet endpoint record made through Docker (its `handoff` interface is what dockerd moves into the container). */
 export interface DockerEndpointRecord extends EndpointRecord {
-  /** Host-side interface dockerd moves into the container (data plane "handoff" mode). */
-  handoff?: string;
   docker?: { networkId: string; endpointId: string };
 }
 
@@ -156,30 +138,18 @@ export interface DockerBackend {
   nameEndpoint(nid: string, eid: string, name: string): Promise<void>;
 }
 
-export interface StoreDockerBackendDeps {
-  readonly store: KVStore;
-  readonly ipam: Ipam;
-  readonly service: NetworkService;
-  readonly logger: Logger;
-  readonly node: string;
-  readonly nodeId: string;
-  readonly vtep: string;
-  readonly view: () => ClusterView;
-  readonly waitForView: (key: string, present: boolean, timeoutMs: number) => Promise<boolean>;
-  readonly reconcileNow: () => Promise<readonly DataplaneError[]>;
-}
-
+/** The {@link DockerBackend} on kvnet's store, IPAM and network service. */
 export class StoreDockerBackend implements DockerBackend {
-  constructor(private readonly deps: StoreDockerBackendDeps) {}
+  constructor(private readonly ctx: AgentContext) {}
 
   async requestPool(req: { subnet?: string; ipRange?: string }): Promise<PoolInfo> {
     if (req.ipRange && !req.subnet) throw new InvalidInputError(`invalid ip-range "${req.ipRange}": an ip range needs --subnet`);
-    return this.deps.ipam.requestPool({ owner: newId(), ...(req.subnet ? { subnet: req.subnet } : {}), ...(req.ipRange ? { ipRange: req.ipRange } : {}) });
+    return this.ctx.ipam.requestPool({ owner: newId(), ...(req.subnet ? { subnet: req.subnet } : {}), ...(req.ipRange ? { ipRange: req.ipRange } : {}) });
   }
 
   async getPool(dockerPoolId: string): Promise<PoolInfo | undefined> {
     if (!ID_PATTERN.test(dockerPoolId)) return undefined;
-    return (await this.deps.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.owner === dockerPoolId && !p.releasing);
+    return (await this.ctx.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.owner === dockerPoolId && !p.releasing);
   }
 
   async adoptPool(nid: string, subnet?: string): Promise<PoolInfo> {
@@ -190,15 +160,15 @@ export class StoreDockerBackend implements DockerBackend {
   }
 
   async findPool(subnet: string): Promise<PoolInfo | undefined> {
-    return (await this.deps.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.subnet === subnet && !p.releasing);
+    return (await this.ctx.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.subnet === subnet && !p.releasing);
   }
 
   async poolHasNetwork(dockerPoolId: string): Promise<boolean> {
-    return ID_PATTERN.test(dockerPoolId) && (await this.deps.store.get(keys.network(dockerPoolId))) !== undefined;
+    return ID_PATTERN.test(dockerPoolId) && (await this.ctx.store.get(keys.network(dockerPoolId))) !== undefined;
   }
 
   async reshapePool(dockerPoolId: string, shape: { gateway: string; auxAddresses: Record<string, string> }): Promise<PoolInfo> {
-    const { ipam } = this.deps;
+    const { ipam } = this.ctx;
     const pool = await this.mustGetPool(dockerPoolId);
     const sameAux = JSON.stringify(Object.entries(pool.auxAddresses).sort()) === JSON.stringify(Object.entries(shape.auxAddresses).sort());
     if (pool.gateway.split('/')[0] === shape.gateway && sameAux) return pool;
@@ -217,17 +187,17 @@ export class StoreDockerBackend implements DockerBackend {
     const pool = await this.getPool(dockerPoolId);
     if (!pool) return;
     if (await this.poolHasNetwork(dockerPoolId)) return; // released with the network
-    await this.deps.ipam.releasePool(pool.id, pool.owner);
+    await this.ctx.ipam.releasePool(pool.id, pool.owner);
   }
 
   async allocateAddress(dockerPoolId: string, address?: string): Promise<AddressAllocation> {
     const pool = await this.mustGetPool(dockerPoolId);
     try {
-      return await this.deps.ipam.allocateAddress(pool.id, { owner: newId(), ...(address ? { address } : {}) });
+      return await this.ctx.ipam.allocateAddress(pool.id, { owner: newId(), ...(address ? { address } : {}) });
     } catch (err) {
       if (!(err instanceof AddressInUseError)) throw err;
       // IPAM names its own ids; say which network and which container (and where) has the address
-      const view = this.deps.view();
+      const view = this.ctx.cluster.view();
       const net = view.networks.get(dockerPoolId);
       const holder = net ? view.endpoints.get(net.id)?.get(err.holder) : undefined;
       const by = holder ? `${holder.name} on ${holder.node}` : err.holder.startsWith('(') ? `the network itself ${err.holder}` : `endpoint ${err.holder.slice(0, 12)}`;
@@ -239,70 +209,51 @@ export class StoreDockerBackend implements DockerBackend {
     const pool = await this.getPool(dockerPoolId);
     if (!pool) return;
     const ip = address.split('/')[0]!;
-    const holder = (await this.deps.ipam.listAllocations(pool.id)).find((a) => a.ip === ip);
+    const holder = (await this.ctx.ipam.listAllocations(pool.id)).find((a) => a.ip === ip);
     if (!holder) return;
     // An endpoint's address is released with the endpoint (DeleteEndpoint); never free a live one here.
-    if (await this.deps.store.get(keys.endpoint(pool.owner, holder.owner))) return;
-    await this.deps.ipam.releaseAddress(pool.id, holder.address, holder.owner);
+    if (await this.ctx.store.get(keys.endpoint(pool.owner, holder.owner))) return;
+    await this.ctx.ipam.releaseAddress(pool.id, holder.address, holder.owner);
   }
 
   async createNetwork(input: DockerNetworkInput): Promise<DockerNetworkRecord> {
-    const { store, ipam, logger, node } = this.deps;
+    const { store, ipam, logger, node, records, cluster, networks } = this.ctx;
     const pool = await ipam.getPool(input.poolId);
     if (!pool || pool.releasing) throw new NotFoundError(`no such kvnet pool: ${input.poolId}`);
     const nid = pool.owner;
-    const name = provisionalNetworkName(input.dockerNetworkId);
     const existing = await store.get(keys.network(nid));
     if (existing) {
       // The pool was adopted (the only way to reach an existing network's pool): bind this host's Docker network.
       const rec = decodeRecord<DockerNetworkRecord>(existing.value, existing.key);
-      if (rec.docker?.networks[node] === input.dockerNetworkId) return rec; // a retried call
+      if (rec.docker?.networks[node.name] === input.dockerNetworkId) return rec; // a retried call
       if (rec.deleting) throw new InvalidInputError(`network ${rec.name} is being removed`);
-      const bound: DockerNetworkRecord = { ...rec, docker: { ...rec.docker, networks: { ...rec.docker?.networks, [node]: input.dockerNetworkId } } };
-      const r = await store.putIf(existing.key, encodeRecord(bound), { revision: existing.revision });
-      if (!r.ok) throw new ConcurrentChangeError(`network ${rec.name} changed while being bound to Docker network ${input.dockerNetworkId.slice(0, 12)}; try again`);
+      const bound: DockerNetworkRecord = { ...rec, docker: { ...rec.docker, networks: { ...rec.docker?.networks, [node.name]: input.dockerNetworkId } } };
+      if (!(await records.updateNetwork(existing, rec, bound))) throw new ConcurrentChangeError(`network ${rec.name} changed while being bound to Docker network ${input.dockerNetworkId.slice(0, 12)}; try again`);
       logger.info({ nid, docker: input.dockerNetworkId, network: rec.name }, 'docker network bound');
-      await this.waitForRecord(nid, (n) => n.docker?.networks[node] === input.dockerNetworkId);
+      await cluster.waitUntil((v) => (v.networks.get(nid) as DockerNetworkRecord | undefined)?.docker?.networks[node.name] === input.dockerNetworkId);
       return bound;
     }
-    const vni = await ipam.allocateVni({ network: nid });
-    const record: DockerNetworkRecord = {
+    // Docker's RequestPool reserved the pool and its ReleasePool frees it: the network does not own it.
+    return networks.createNetworkForPool<DockerNetworkRecord>({
       id: nid,
-      name,
-      vni,
-      poolId: pool.id,
-      subnet: pool.subnet,
+      name: provisionalNetworkName(input.dockerNetworkId),
+      pool,
       gateway: input.gateway,
-      ...(pool.ipRange ? { ipRange: pool.ipRange } : {}),
-      auxAddresses: pool.auxAddresses ?? {},
       internal: input.internal,
       labels: {},
       options: input.options,
-      createdAt: new Date().toISOString(),
-      createdBy: node,
-      docker: { networks: { [node]: input.dockerNetworkId }, provisionalName: true },
-    };
-    const r = await store.txn([
-      { op: 'put', key: keys.netname(name), value: encodeText(nid), if: { absent: true } },
-      { op: 'put', key: keys.network(nid), value: encodeRecord(record), if: { absent: true } },
-    ]);
-    if (!r.ok) {
-      await ipam.releaseVni(vni, nid).catch(() => undefined);
-      throw new NameConflictError(`network with name ${name} already exists`);
-    }
-    logger.info({ nid, docker: input.dockerNetworkId, vni, subnet: record.subnet }, 'docker network created');
-    await this.deps.waitForView(keys.network(nid), true, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
-    return record;
+      ownsPool: false,
+      extra: { docker: { networks: { [node.name]: input.dockerNetworkId }, provisionalName: true } },
+    });
   }
 
   async nameNetwork(nid: string, name: string, details: DockerNetworkDetails = {}): Promise<void> {
-    const { store, logger } = this.deps;
+    const { store, logger, records, cluster } = this.ctx;
     if (!NAME_PATTERN.test(name) || name.length > NAME_MAX_CHARS) throw new InvalidInputError(`invalid network name "${name}"`);
     const entry = await store.get(keys.network(nid));
     if (!entry) throw new NotFoundError(`no such network: ${nid}`);
     const rec = decodeRecord<DockerNetworkRecord>(entry.value, entry.key);
     if (rec.name === name) return;
-    const oldName = await store.get(keys.netname(rec.name));
     const ipamOptions = Object.fromEntries(Object.entries(details.ipamOptions ?? {}).filter(([k]) => k !== ADOPT_NETWORK_OPTION));
     const updated: DockerNetworkRecord = {
       ...rec,
@@ -310,33 +261,19 @@ export class StoreDockerBackend implements DockerBackend {
       labels: { ...rec.labels, ...details.labels },
       docker: { networks: rec.docker?.networks ?? {}, ...(Object.keys(ipamOptions).length ? { ipamOptions } : {}) },
     };
-    const r = await store.txn([
-      { op: 'put', key: keys.netname(name), value: encodeText(nid), if: { absent: true } },
-      { op: 'put', key: entry.key, value: encodeRecord(updated), if: { revision: entry.revision } },
-      ...(oldName && decodeText(oldName.value) === nid ? [{ op: 'delete' as const, key: oldName.key, if: { revision: oldName.revision } }] : []),
-    ]);
-    if (!r.ok) {
+    if (!(await records.updateNetwork(entry, rec, updated))) {
       if (await store.get(keys.netname(name))) throw new NameConflictError(`network with name ${name} already exists`);
       throw new ConcurrentChangeError(`network ${rec.name} changed while being named ${name}; try again`);
     }
     logger.info({ nid, network: name }, 'docker network named');
-    await this.deps.waitForView(entry.key, true, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
-  }
-
-  private async waitForRecord(nid: string, ok: (n: DockerNetworkRecord) => boolean): Promise<void> {
-    const deadline = Date.now() + DOCKER_VIEW_CATCHUP_TIMEOUT_MS;
-    while (Date.now() < deadline) {
-      const n = this.deps.view().networks.get(nid) as DockerNetworkRecord | undefined;
-      if (n && ok(n)) return;
-      await sleep(VIEW_POLL_MS);
-    }
+    await cluster.waitForView(entry.key, true);
   }
 
   findNetwork(dockerNetworkId: string): DockerNetworkRecord | undefined {
     let elsewhere: DockerNetworkRecord | undefined;
-    for (const n of this.deps.view().networks.values() as Iterable<DockerNetworkRecord>) {
+    for (const n of this.ctx.cluster.view().networks.values() as Iterable<DockerNetworkRecord>) {
       const bound = n.docker?.networks ?? {};
-      if (bound[this.deps.node] === dockerNetworkId) return n;
+      if (bound[this.ctx.node.name] === dockerNetworkId) return n;
       // Scope global (dockerd with --cluster-store): one Docker id cluster-wide, and hosts other than the
       // creator get CreateEndpoint for a network they never saw. Local-scope ids never collide.
       if (!elsewhere && Object.values(bound).includes(dockerNetworkId)) elsewhere = n;
@@ -346,26 +283,26 @@ export class StoreDockerBackend implements DockerBackend {
 
   private mustFindNetwork(dockerNetworkId: string): DockerNetworkRecord {
     const n = this.findNetwork(dockerNetworkId);
-    if (!n) throw new NotFoundError(`no kvnet network is bound to Docker network ${dockerNetworkId.slice(0, 12)} on node ${this.deps.node}`);
+    if (!n) throw new NotFoundError(`no kvnet network is bound to Docker network ${dockerNetworkId.slice(0, 12)} on node ${this.ctx.node.name}`);
     return n;
   }
 
   async deleteNetwork(dockerNetworkId: string): Promise<void> {
     const n = this.findNetwork(dockerNetworkId);
     if (!n) return; // already gone (a retry, or removed with `kvnet network rm`)
-    await this.deps.service.deleteNetwork(n.id);
+    await this.ctx.networks.deleteNetwork(n.id);
   }
 
   private findEndpoint(dockerNetworkId: string, dockerEndpointId: string): DockerEndpointRecord | undefined {
-    const me = this.deps.node;
-    return allEndpoints(this.deps.view()).find((e) => {
+    const me = this.ctx.node.name;
+    return allEndpoints(this.ctx.cluster.view()).find((e) => {
       const d = (e as DockerEndpointRecord).docker;
       return e.node === me && d?.endpointId === dockerEndpointId && d.networkId === dockerNetworkId;
     }) as DockerEndpointRecord | undefined;
   }
 
   async createEndpoint(input: DockerEndpointInput): Promise<{ mac: string; ifname: string }> {
-    const { store, ipam, logger } = this.deps;
+    const { store, ipam, logger, node, records, networks } = this.ctx;
     const existing = this.findEndpoint(input.dockerNetworkId, input.dockerEndpointId);
     if (existing) return { mac: existing.mac, ifname: existing.handoff! };
     const net = this.mustFindNetwork(input.dockerNetworkId);
@@ -388,59 +325,46 @@ export class StoreDockerBackend implements DockerBackend {
       id: eid,
       name,
       network: net.id,
-      node: this.deps.node,
-      nodeId: this.deps.nodeId,
+      node: node.name,
+      nodeId: node.id,
       address: alloc.address,
       ip,
       mac: input.mac ?? macFromIpv4(ipNum),
-      vtep: this.deps.vtep,
+      vtep: node.vtep,
       createdAt: new Date().toISOString(),
       handoff: handoffIfname(eid),
       docker: { networkId: input.dockerNetworkId, endpointId: input.dockerEndpointId },
     };
-    const epKey = keys.endpoint(net.id, eid);
     for (let attempt = 1; ; attempt++) {
       const netEntry = await store.get(keys.network(net.id));
       if (!netEntry) throw new NotFoundError(`no such network: ${net.name}`);
-      const r = await store.txn([
-        { op: 'check', key: netEntry.key, if: { revision: netEntry.revision } },
-        { op: 'put', key: keys.epname(net.id, name), value: encodeText(eid), if: { absent: true } },
-        { op: 'put', key: epKey, value: encodeRecord(record), if: { absent: true } },
-      ]);
-      if (r.ok) break;
+      if (await records.createEndpoint(netEntry, record)) break;
       const holder = await store.get(keys.epname(net.id, name));
       if (!holder) {
-        if (attempt < 3) continue; // the network record changed (e.g. bound on another host): try again
+        if (attempt < CREATE_ENDPOINT_ATTEMPTS) continue; // the network record changed (e.g. bound on another host): try again
         throw new InvalidInputError(`network ${net.name} changed while creating an endpoint; try again`);
       }
       // Docker names containers uniquely per host, so an endpoint of this name on this node is a
       // leftover of the same container (dockerd crashed or restarted without DeleteEndpoint): replace it.
-      const stale = given && attempt < 3 ? this.staleLocalEndpoint(net.id, decodeText(holder.value)) : undefined;
+      const stale = given && attempt < CREATE_ENDPOINT_ATTEMPTS ? this.staleLocalEndpoint(net.id, decodeText(holder.value)) : undefined;
       if (!stale) throw new NameConflictError(`endpoint with name ${name} already exists in network ${net.name}`);
       logger.warn({ nid: net.id, eid: stale.id, endpoint: name, docker: stale.docker.endpointId.slice(0, 12) }, 'replacing a leftover endpoint of the same container (dockerd dropped it without DeleteEndpoint)');
       await this.deleteEndpoint(stale.docker.networkId, stale.docker.endpointId);
     }
     const log = logger.child({ nid: net.id, eid, network: net.name, docker: input.dockerEndpointId.slice(0, 12) });
     log.info({ address: record.address, ifname: record.handoff }, 'docker endpoint created');
-    await this.deps.waitForView(epKey, true, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
-    await this.plumb(record, log);
-    return { mac: record.mac, ifname: record.handoff! };
-  }
-
-  /** Runs a reconcile and fails with the data plane's error for this endpoint, if any. */
-  private async plumb(record: DockerEndpointRecord, log: Logger): Promise<void> {
-    const errors = await this.deps.reconcileNow();
-    const mine = errors.filter((e) => e.object.endpoint === record.id || (e.object.kind === 'network' && e.object.network === record.network));
-    if (mine.length > 0) {
-      log.warn({ err: mine[0] }, 'docker endpoint could not be plumbed');
-      throw new PlumbingError(mine[0]!.message);
+    const failed = await networks.plumb(record, { network: true });
+    if (failed) {
+      log.warn({ err: failed }, 'docker endpoint could not be plumbed');
+      throw new PlumbingError(failed.message);
     }
+    return { mac: record.mac, ifname: record.handoff! };
   }
 
   /** This node's Docker endpoint `eid` of network `nid`, if the view has it. */
   private staleLocalEndpoint(nid: string, eid: string): (DockerEndpointRecord & { docker: { networkId: string; endpointId: string } }) | undefined {
-    const ep = this.deps.view().endpoints.get(nid)?.get(eid) as DockerEndpointRecord | undefined;
-    if (!ep || ep.node !== this.deps.node || !ep.docker) return undefined;
+    const ep = this.ctx.cluster.view().endpoints.get(nid)?.get(eid) as DockerEndpointRecord | undefined;
+    if (!ep || ep.node !== this.ctx.node.name || !ep.docker) return undefined;
     return ep as DockerEndpointRecord & { docker: { networkId: string; endpointId: string } };
   }
 
@@ -451,38 +375,26 @@ export class StoreDockerBackend implements DockerBackend {
   }
 
   async deleteEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<void> {
-    const { store, ipam, logger } = this.deps;
+    const { logger, records, cluster, reconciler } = this.ctx;
     const ep = this.findEndpoint(dockerNetworkId, dockerEndpointId);
     if (!ep) return;
-    const net = this.deps.view().networks.get(ep.network);
-    const key = keys.endpoint(ep.network, ep.id);
-    const nameEntry = await store.get(keys.epname(ep.network, ep.name));
-    await store.txn([
-      { op: 'delete', key },
-      ...(nameEntry && decodeText(nameEntry.value) === ep.id ? [{ op: 'delete' as const, key: nameEntry.key, if: { revision: nameEntry.revision } }] : []),
-    ]);
-    if (net) await ipam.releaseAddress(net.poolId, ep.address, ep.id).catch((err) => logger.warn({ err, eid: ep.id }, 'could not release the address of a removed docker endpoint'));
+    const net = cluster.view().networks.get(ep.network);
+    await records.deleteEndpoint(ep, net ? { poolId: net.poolId } : {});
     logger.info({ nid: ep.network, eid: ep.id, docker: dockerEndpointId.slice(0, 12) }, 'docker endpoint removed');
-    await this.deps.waitForView(key, false, DOCKER_VIEW_CATCHUP_TIMEOUT_MS);
-    await this.deps.reconcileNow();
+    await cluster.waitForView(keys.endpoint(ep.network, ep.id), false);
+    await reconciler.reconcileNow();
   }
 
   async nameEndpoint(nid: string, eid: string, name: string): Promise<void> {
-    const { store, logger } = this.deps;
+    const { store, logger, records, cluster } = this.ctx;
     const clean = name.replace(/^\//, ''); // the Engine API may prefix container names with "/"
     if (!NAME_PATTERN.test(clean) || clean.length > NAME_MAX_CHARS) throw new InvalidInputError(`invalid endpoint name "${name}"`);
     const entry = await store.get(keys.endpoint(nid, eid));
     if (!entry) throw new NotFoundError(`no such endpoint: ${eid}`);
     const ep = decodeRecord<DockerEndpointRecord>(entry.value, entry.key);
     if (ep.name === clean) return;
-    const oldName = await store.get(keys.epname(nid, ep.name));
-    const r = await store.txn([
-      { op: 'put', key: keys.epname(nid, clean), value: encodeText(eid), if: { absent: true } },
-      { op: 'put', key: entry.key, value: encodeRecord({ ...ep, name: clean }), if: { revision: entry.revision } },
-      ...(oldName && decodeText(oldName.value) === eid ? [{ op: 'delete' as const, key: oldName.key, if: { revision: oldName.revision } }] : []),
-    ]);
-    if (!r.ok) {
-      const net = this.deps.view().networks.get(nid)?.name ?? nid.slice(0, 12);
+    if (!(await records.updateEndpoint(entry, ep, { ...ep, name: clean }))) {
+      const net = cluster.view().networks.get(nid)?.name ?? nid.slice(0, 12);
       if (await store.get(keys.epname(nid, clean))) throw new NameConflictError(`endpoint with name ${clean} already exists in network ${net}`);
       throw new ConcurrentChangeError(`endpoint ${ep.name} changed while being named ${clean}; try again`);
     }

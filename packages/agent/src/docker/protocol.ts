@@ -1,6 +1,6 @@
 /**
  * Docker's remote NetworkDriver and IpamDriver plugin protocol (libnetwork `drivers/remote/api`,
- * `ipams/remote/api`; research notes §1–2): request schemas, response shapes, and one pure function,
+ * `ipams/remote/api`): request schemas, response shapes, and one pure function,
  * {@link dispatchPluginCall}, that turns a method and a raw body into a status and a JSON answer.
  *
  * Wire rules that matter: every call is `POST /<Method>` with a Go-encoded JSON body (empty for
@@ -11,8 +11,17 @@
 
 import { z } from 'zod';
 
-/** Largest request body accepted; Docker's largest (CreateNetwork with options) is a few KiB. */
-export const MAX_BODY_BYTES = 1024 * 1024;
+/**
+ * The plugin's name as drivers when it runs from a socket in /run/docker/plugins: `-d kvnet
+ * --ipam-driver kvnet`. A managed plugin is known to dockerd by its plugin reference instead
+ * (`kvnet:latest` for `docker plugin create kvnet …`), which the agent is told with
+ * `--docker-driver-name` (the plugin's `DOCKER_DRIVER_NAME` setting).
+ */
+export const PLUGIN_NAME = 'kvnet';
+/** The address space kvnet reports to Docker (local and global); Docker's own IPAM uses LocalDefault/GlobalDefault. */
+export const KVNET_ADDRESS_SPACE = 'kvnet';
+/** `--ipam-opt` naming the existing kvnet network whose pool a Docker network uses (set by the network sync). */
+export const ADOPT_NETWORK_OPTION = 'kvnet.network';
 /** Content type of every answer (go-plugins-helpers' convention; Docker ignores it). */
 export const PLUGIN_CONTENT_TYPE = 'application/vnd.docker.plugins.v1.2+json';
 /** `RequestAddress` option marking the gateway request. */

@@ -4,22 +4,22 @@
  * id). Version-less paths, so any Engine API version the daemon speaks is used.
  */
 
-import { request } from 'node:http';
+import { KvnetError } from '@kvnet/store/errors';
+import { DEFAULT_DOCKER_SOCKET } from '../config.ts';
+import { unixRequest } from '../unix-http.ts';
 
-export const DEFAULT_DOCKER_SOCKET = '/var/run/docker.sock';
 /** One Engine API request's budget. */
 export const ENGINE_REQUEST_TIMEOUT_MS = 10_000;
 
-export class DockerEngineError extends Error {
+export class DockerEngineError extends KvnetError {
   readonly code = 'KVNET_DOCKER_ENGINE';
-  readonly kind = 'unavailable' as const;
+  readonly kind = 'unavailable';
   constructor(
     message: string,
     /** HTTP status, when the daemon answered. */
     readonly status?: number,
   ) {
     super(message);
-    this.name = 'DockerEngineError';
   }
 }
 
@@ -47,39 +47,13 @@ export interface EngineContainer {
 export class DockerEngine {
   constructor(readonly socketPath: string = DEFAULT_DOCKER_SOCKET) {}
 
-  /** GET a path; resolves with status and parsed JSON (undefined for an empty body). */
-  private call(method: string, path: string, signal?: AbortSignal, payload?: unknown): Promise<{ status: number; body: unknown }> {
-    const data = payload === undefined ? undefined : JSON.stringify(payload);
-    return new Promise((resolve, reject) => {
-      const headers: Record<string, string | number> = { host: 'docker' };
-      if (data !== undefined) {
-        headers['content-type'] = 'application/json';
-        headers['content-length'] = Buffer.byteLength(data);
-      }
-      const req = request(
-        { socketPath: this.socketPath, method, path, headers, timeout: ENGINE_REQUEST_TIMEOUT_MS, ...(signal ? { signal } : {}) },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', reject);
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let body: unknown;
-            try {
-              body = text ? JSON.parse(text) : undefined;
-            } catch {
-              body = text;
-            }
-            resolve({ status: res.statusCode ?? 0, body });
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(new DockerEngineError(`docker ${method} ${path} on ${this.socketPath}: no answer within ${ENGINE_REQUEST_TIMEOUT_MS} ms`)));
-      req.on('error', (err) =>
-        reject(err instanceof DockerEngineError ? err : new DockerEngineError(`docker ${method} ${path} on ${this.socketPath}: ${(err as Error).message}`)),
-      );
-      req.end(data);
-    });
+  /** One Engine API call; resolves with status and parsed JSON (undefined for an empty body). */
+  private async call(method: string, path: string, signal?: AbortSignal, payload?: unknown): Promise<{ status: number; body: unknown }> {
+    try {
+      return await unixRequest({ socketPath: this.socketPath, method, path, body: payload, timeoutMs: ENGINE_REQUEST_TIMEOUT_MS, ...(signal ? { signal } : {}) });
+    } catch (err) {
+      throw new DockerEngineError(`docker ${method} ${path} on ${this.socketPath}: ${(err as Error).message}`);
+    }
   }
 
   /** The network, or undefined when dockerd does not (yet) know it. */

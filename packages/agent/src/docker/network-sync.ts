@@ -14,19 +14,12 @@
  */
 
 import type { Logger } from 'pino';
-import type { ClusterView } from './cluster-view.ts';
-import { allEndpoints } from './cluster-view.ts';
-import type { DockerEndpointRecord, DockerNetworkRecord } from './docker-backend.ts';
-import { ADOPT_NETWORK_OPTION } from './docker-driver.ts';
-import type { DockerEngine, EngineContainer, EngineNetwork } from './docker-engine.ts';
+import type { ClusterView } from '../cluster-view.ts';
+import { allEndpoints } from '../cluster-view.ts';
+import type { DockerEndpointRecord, DockerNetworkRecord } from './backend.ts';
+import { ADOPT_NETWORK_OPTION, PLUGIN_NAME } from './protocol.ts';
+import type { DockerEngine, EngineContainer, EngineNetwork } from './engine.ts';
 
-/**
- * The plugin's name as drivers when it runs from a socket in /run/docker/plugins: `-d kvnet
- * --ipam-driver kvnet`. A managed plugin is known to dockerd by its plugin reference instead
- * (`kvnet:latest` for `docker plugin create kvnet …`), which the agent is told with
- * `--docker-driver-name` (the plugin's `DOCKER_DRIVER_NAME` setting).
- */
-export const PLUGIN_NAME = 'kvnet';
 /**
  * A Docker endpoint dockerd does not list (in `GET /networks/<id>` → Containers) this long after it
  * was created is stale: dockerd crashed or restarted and dropped it without Leave/DeleteEndpoint.

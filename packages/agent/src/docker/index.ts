@@ -1,0 +1,90 @@
+/**
+ * The Docker face: kvnet as Docker's remote network + IPAM plugin (`--docker-plugin SOCKET`), and,
+ * with the local Engine API (`--docker-socket`), kvnet networks mirrored into this host's dockerd and
+ * Docker endpoints named after their containers. See ../../DOCKER-PLUGIN.md.
+ *
+ * | file | what |
+ * |---|---|
+ * | protocol.ts | the plugin protocol: request schemas, answers, {@link dispatchPluginCall} (pure) |
+ * | plugin-server.ts | the protocol on the plugin's unix socket |
+ * | driver.ts | what each Docker call means for kvnet (NetworkDriver + IpamDriver semantics) |
+ * | backend.ts | the narrow contract the driver uses, on kvnet's store, IPAM and network service |
+ * | engine.ts | the minimal Engine API client (names, labels, mirroring) |
+ * | network-sync.ts | kvnet networks into dockerd and back; stale and unnamed endpoints |
+ */
+
+import type { AgentContext, Face } from '../context.ts';
+import { StoreDockerBackend } from './backend.ts';
+import { DockerDriver } from './driver.ts';
+import { DockerEngine } from './engine.ts';
+import { DockerNetworkSync } from './network-sync.ts';
+import { DockerPluginServer } from './plugin-server.ts';
+
+/** Next sync while endpoints wait for dockerd to list them (to learn their container names). */
+export const DOCKER_SYNC_PENDING_MS = 1_000;
+
+export { StoreDockerBackend, type DockerBackend, type DockerEndpointRecord, type DockerNetworkRecord } from './backend.ts';
+export { DockerDriver } from './driver.ts';
+export { DockerEngine, DockerEngineError } from './engine.ts';
+export { DockerPluginServer } from './plugin-server.ts';
+export { ADOPT_NETWORK_OPTION, KVNET_ADDRESS_SPACE, PLUGIN_NAME } from './protocol.ts';
+
+/** The started Docker face; its parts are exposed for tests and for `kvnet doctor`. */
+export interface DockerFace extends Face {
+  readonly driver: DockerDriver;
+  readonly backend: StoreDockerBackend;
+  readonly plugin: DockerPluginServer;
+  /** Undefined with `--docker-socket off`. */
+  readonly sync: DockerNetworkSync | undefined;
+}
+
+export interface DockerFaceDeps {
+  /** The Engine API client (default: one on `--docker-socket`); tests pass their own. */
+  readonly engine?: DockerEngine;
+}
+
+/** Starts the plugin server on `config.dockerPlugin`; call only when it is not `off`. */
+export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}): Promise<DockerFace> {
+  const { config } = ctx;
+  const logger = ctx.logger.child({ component: 'docker' });
+  const engine = deps.engine ?? (config.dockerSocket === undefined || config.dockerSocket === 'off' ? undefined : new DockerEngine(config.dockerSocket));
+  const backend = new StoreDockerBackend({ ...ctx, logger });
+  const driver = new DockerDriver({ backend, logger, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}) });
+  const plugin = new DockerPluginServer({ socketPath: config.dockerPlugin!, handlers: driver, logger });
+  const sync = engine
+    ? new DockerNetworkSync({
+        engine,
+        node: ctx.node.name,
+        logger,
+        removeEndpoint: (dockerNetworkId, dockerEndpointId) => backend.deleteEndpoint(dockerNetworkId, dockerEndpointId),
+        nameEndpoint: (nid, eid, name) => backend.nameEndpoint(nid, eid, name),
+        mirrorNetworks: config.dockerScope !== 'global',
+        ...(config.dockerDriverName ? { driverName: config.dockerDriverName } : {}),
+        ...(config.dockerStaleAfterMs !== undefined ? { staleAfterMs: config.dockerStaleAfterMs } : {}),
+      })
+    : undefined;
+  await plugin.start();
+  return {
+    driver,
+    backend,
+    plugin,
+    sync,
+    afterReconcile(): void {
+      if (!sync || !ctx.cluster.storeHealthy) return;
+      sync
+        .run(() => ctx.cluster.view())
+        .then((r) => {
+          if (r.errors.length > 0) ctx.reconciler.scheduleRetry();
+          else if (r.pending > 0) ctx.reconciler.schedule(DOCKER_SYNC_PENDING_MS); // name new endpoints once dockerd lists them
+        })
+        .catch((err) => {
+          logger.warn({ err }, 'cannot reach the local dockerd to mirror kvnet networks; will retry');
+          ctx.reconciler.scheduleRetry();
+        });
+    },
+    async stop(): Promise<void> {
+      await plugin.stop();
+      await driver.stop();
+    },
+  };
+}
