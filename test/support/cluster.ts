@@ -33,6 +33,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { EndpointView, NetworkView } from '../../packages/agent/src/network-service.ts';
 import { unixRequest } from '../../packages/agent/src/unix-http.ts';
 import { startServer, type KvServer, type ServerBackend } from './kv-servers.ts';
 import { makeTempDir, removeTempDir, run as runCommand, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
@@ -117,31 +118,9 @@ export interface Container extends SimContainer {
   readonly host: ClusterHost;
 }
 
-export interface Endpoint {
-  readonly id: string;
-  readonly name: string;
-  readonly network: string;
-  readonly node: string;
-  readonly address: string;
-  readonly ip: string;
-  readonly mac: string;
-  readonly netns?: string;
-  readonly ifname?: string;
-}
-
-export interface Network {
-  readonly id: string;
-  readonly name: string;
-  readonly vni: number;
-  readonly subnet: string;
-  readonly gateway: string;
-  readonly ipRange?: string;
-  readonly internal: boolean;
-  readonly labels: Record<string, string>;
-  readonly options: Record<string, string>;
-  readonly createdAt: string;
-  readonly endpoints: Endpoint[];
-}
+/** What `kvnet network connect` prints and `inspect` lists (the local API's shapes). */
+export type Endpoint = EndpointView;
+export type Network = NetworkView;
 
 export interface StoreSession {
   list(prefix?: string): Promise<{ key: string; value: string }[]>;

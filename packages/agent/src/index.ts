@@ -12,21 +12,7 @@
 
 export { Agent, AGENT_VERSION, type AgentDeps, type AgentOptions } from './agent.ts';
 export type { AgentContext, Face, NodeIdentity } from './context.ts';
-export {
-  DEFAULT_GATEWAY_BRIDGE,
-  DEFAULT_METRICS_ADDR,
-  DEFAULT_NAME_PREFIX,
-  DEFAULT_SOCKET,
-  DEFAULT_STATE_DIR,
-  DEFAULT_STORE_URL,
-  DEFAULT_TTL_S,
-  DEFAULT_DOCKER_PLUGIN_SOCKET,
-  DEFAULT_DOCKER_SOCKET,
-  parseTtl,
-  resolveAdvertise,
-  validateConfig,
-  type AgentConfig,
-} from './config.ts';
+export * from './config.ts';
 export { AgentError, InvalidConfigError, InvalidInputError, NameConflictError, NetworkInUseError, NodeConflictError, NotFoundError } from './errors.ts';
 export type { EndpointView, NetworkView } from './network-service.ts';
 export { computeDesiredState } from './desired-state.ts';

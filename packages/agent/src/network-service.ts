@@ -12,7 +12,7 @@
 
 import { statfsSync, statSync } from 'node:fs';
 import type { PoolInfo } from '@kvnet/ipam';
-import { macFromIpv4, type DataplaneError } from '@kvnet/dataplane';
+import type { DataplaneError } from '@kvnet/dataplane';
 import type { KVEntry } from '@kvnet/store';
 import type { ConnectInput, CreateNetworkInput } from './api/schemas.ts';
 import { allEndpoints } from './cluster-view.ts';
@@ -21,6 +21,7 @@ import { InvalidInputError, NameConflictError, NetworkInUseError, NotFoundError,
 import { cidrContains, parseCidr, parseIpv4 } from './ipv4.ts';
 import { decodeRecord, decodeText, encodeRecord, ID_PATTERN, keys, newId, type EndpointRecord, type NetworkRecord } from './layout.ts';
 import { DEFAULT_IFNAME, EGRESS_IFNAME } from './desired-state.ts';
+import { newEndpointRecord } from './records.ts';
 import { defaultIfname } from './egress.ts';
 
 /** Connect retries when the network record changed under it (e.g. an aborted `rm`). */
@@ -276,20 +277,7 @@ export class NetworkService {
         }
       }
       const alloc = await ipam.allocateAddress(net.poolId, { owner: eid, ...(input.ip !== undefined ? { address: input.ip } : {}) });
-      const record: EndpointRecord = {
-        id: eid,
-        name,
-        network: net.id,
-        node: node.name,
-        nodeId: node.id,
-        address: alloc.address,
-        ip: alloc.ip,
-        mac: macFromIpv4(parseIpv4(alloc.ip)!),
-        netns: input.netns,
-        ifname,
-        vtep: node.vtep,
-        createdAt: new Date().toISOString(),
-      };
+      const record = newEndpointRecord(node, { id: eid, name, network: net.id, address: alloc.address, ip: alloc.ip, netns: input.netns, ifname });
       let ok: boolean;
       try {
         ok = await records.createEndpoint(netEntry, record);

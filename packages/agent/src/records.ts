@@ -16,7 +16,10 @@
 
 import type { Logger } from 'pino';
 import type { Ipam } from '@kvnet/ipam';
+import { macFromIpv4 } from '@kvnet/dataplane';
 import type { KVEntry, KVStore, TxnOp } from '@kvnet/store';
+import type { NodeIdentity } from './context.ts';
+import { parseIpv4 } from './ipv4.ts';
 import { decodeText, encodeRecord, encodeText, keys, type EndpointRecord, type NetworkRecord } from './layout.ts';
 
 /** A record's key and the revision it was read at. */
@@ -30,6 +33,24 @@ export interface Tombstone {
   readonly node: string;
   readonly reapedBy: string;
   readonly reapedAt: string;
+}
+
+/**
+ * A new endpoint record of this node: the node's name, id and VTEP, the creation time, and the MAC
+ * derived from the address (`02:42:` + its four bytes, Docker's rule) unless one is given.
+ */
+export function newEndpointRecord<T extends EndpointRecord = EndpointRecord>(
+  node: NodeIdentity,
+  fields: Pick<EndpointRecord, 'id' | 'name' | 'network' | 'address' | 'ip'> & Partial<Omit<T, 'node' | 'nodeId' | 'vtep' | 'createdAt'>>,
+): T {
+  return {
+    mac: macFromIpv4(parseIpv4(fields.ip)!),
+    ...fields,
+    node: node.name,
+    nodeId: node.id,
+    vtep: node.vtep,
+    createdAt: new Date().toISOString(),
+  } as T;
 }
 
 export class Records {

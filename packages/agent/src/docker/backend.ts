@@ -15,12 +15,12 @@
  */
 
 import { AddressInUseError, DEFAULT_ADDRESS_SPACE, type AddressAllocation, type PoolInfo } from '@kvnet/ipam';
-import { macFromIpv4 } from '@kvnet/dataplane';
 import { allEndpoints } from '../cluster-view.ts';
 import type { AgentContext } from '../context.ts';
 import { ConcurrentChangeError, InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from '../errors.ts';
 import { parseIpv4 } from '../ipv4.ts';
 import { decodeRecord, decodeText, ID_PATTERN, keys, NAME_MAX_CHARS, NAME_PATTERN, newId, type EndpointRecord, type NetworkRecord } from '../layout.ts';
+import { newEndpointRecord } from '../records.ts';
 import { ADOPT_NETWORK_OPTION } from './protocol.ts';
 
 /** Host-side name of a Docker endpoint's veth before dockerd moves it: prefix + endpoint id (≤ 15 bytes). */
@@ -308,8 +308,7 @@ export class StoreDockerBackend implements DockerBackend {
     const net = this.mustFindNetwork(input.dockerNetworkId);
     if (net.deleting) throw new InvalidInputError(`network ${net.name} is being removed`);
     const ip = input.address.split('/')[0]!;
-    const ipNum = parseIpv4(ip);
-    if (ipNum === undefined) throw new InvalidInputError(`invalid address "${input.address}": not an IPv4 address (IPv6 is not supported yet)`);
+    if (parseIpv4(ip) === undefined) throw new InvalidInputError(`invalid address "${input.address}": not an IPv4 address (IPv6 is not supported yet)`);
     // The address was allocated by RequestAddress; its owner is this endpoint's kvnet id.
     const alloc = (await ipam.listAllocations(net.poolId)).find((a) => a.ip === ip);
     if (!alloc) {
@@ -321,20 +320,16 @@ export class StoreDockerBackend implements DockerBackend {
     if (await store.get(keys.endpoint(net.id, eid))) throw new NameConflictError(`address ${ip} already belongs to an endpoint of network ${net.name}`);
     const given = input.name !== undefined && NAME_PATTERN.test(input.name) && input.name.length <= NAME_MAX_CHARS ? input.name : undefined;
     const name = given ?? input.dockerEndpointId.slice(0, 12);
-    const record: DockerEndpointRecord = {
+    const record = newEndpointRecord<DockerEndpointRecord>(node, {
       id: eid,
       name,
       network: net.id,
-      node: node.name,
-      nodeId: node.id,
       address: alloc.address,
       ip,
-      mac: input.mac ?? macFromIpv4(ipNum),
-      vtep: node.vtep,
-      createdAt: new Date().toISOString(),
+      ...(input.mac ? { mac: input.mac } : {}),
       handoff: handoffIfname(eid),
       docker: { networkId: input.dockerNetworkId, endpointId: input.dockerEndpointId },
-    };
+    });
     for (let attempt = 1; ; attempt++) {
       const netEntry = await store.get(keys.network(net.id));
       if (!netEntry) throw new NotFoundError(`no such network: ${net.name}`);
