@@ -184,6 +184,8 @@ export interface UnixRequest {
   readonly path: string;
   /** Sent as JSON when defined. */
   readonly body?: unknown;
+  /** Sent as it is instead of `body` (tests of malformed input). */
+  readonly rawBody?: string | Buffer;
   readonly timeoutMs: number;
   readonly signal?: AbortSignal;
   readonly headers?: Record<string, string>;
@@ -203,7 +205,7 @@ export interface UnixResponse {
  * resolves.
  */
 export function unixRequest(r: UnixRequest): Promise<UnixResponse> {
-  const payload = r.body === undefined ? undefined : JSON.stringify(r.body);
+  const payload = r.rawBody ?? (r.body === undefined ? undefined : JSON.stringify(r.body));
   return new Promise((resolve, reject) => {
     const req = request(
       {

@@ -7,7 +7,6 @@
  */
 
 import test from 'ava';
-import { request } from 'node:http';
 import { unixRequest } from '../src/unix-http.ts';
 import { join } from 'node:path';
 import { createSimNetwork, OUTSIDE_ADDRESS, type SimContainer, type SimNetwork } from '../../../test/support/sim-hosts.ts';
@@ -110,14 +109,7 @@ rt('the API validates input and names the field and value', async (t) => {
   t.regex(bad.body.error, /invalid subnet "10\.0\.0\.0\/40"/);
   t.regex(bad.body.error, /unknown field "extra"/);
 
-  const notJson = await new Promise<number>((resolve, reject) => {
-    const req = request({ socketPath: sockets[0], path: '/v1/networks', method: 'POST' }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', reject);
-    req.end('{nope');
-  });
+  const notJson = (await unixRequest({ socketPath: sockets[0]!, method: 'POST', path: '/v1/networks', rawBody: '{nope', timeoutMs: 10_000 })).status;
   t.is(notJson, 400);
 
   t.is((await api(0, 'GET', '/v1/networks/nosuch')).status, 404);

@@ -3,7 +3,7 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, request } from 'node:http';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -11,6 +11,7 @@ import { startApi } from '../src/api/index.ts';
 import type { AgentContext } from '../src/context.ts';
 import { NameConflictError } from '../src/errors.ts';
 import type { NetworkService } from '../src/network-service.ts';
+import { unixRequest } from '../src/unix-http.ts';
 
 const logger = pino({ level: 'silent' });
 const status = { status: () => ({ node: 'h1', ready: true }), nodes: () => [{ name: 'h1' }] };
@@ -27,16 +28,9 @@ function api(socketPath: string) {
   return { start: () => startApi(ctx) };
 }
 
-function call(socketPath: string, method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, method, path }, (res) => {
-      let text = '';
-      res.on('data', (d: Buffer) => (text += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
+async function call(socketPath: string, method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
+  const r = await unixRequest({ socketPath, method, path, ...(body !== undefined ? { rawBody: body } : {}), timeoutMs: 10_000 });
+  return { status: r.status, body: r.text };
 }
 
 function tmp(t: import('ava').ExecutionContext): string {
