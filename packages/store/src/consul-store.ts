@@ -22,6 +22,7 @@
  */
 
 import type { Logger } from 'pino';
+import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
 import { ConsulHttpError, ConsulTransport, isAclDenial, type ConsulReply } from './consul-client.ts';
 import { ConsulLease } from './consul-lease.ts';
 import {
@@ -39,22 +40,21 @@ import { LeaseLostError, StoreClosedError, StoreProtocolError, StoreUnavailableE
 import { validateKey, validatePrefix } from './keys.ts';
 import { diffSnapshots, SnapshotCache, type Snapshot, type SnapshotEntry } from './snapshot-diff.ts';
 import type { StoreAddress } from './store-url.ts';
-import {
-  DEFAULT_TIMEOUT_MS,
-  type CasResult,
-  type KVEntry,
-  type KVListing,
-  type KVStore,
-  type Lease,
-  type PutCondition,
-  type PutOptions,
-  type Revision,
-  type StoreCapabilities,
-  type StoreOptions,
-  type TxnOp,
-  type TxnResult,
-  type WatchBatch,
-  type WatchOptions,
+import type {
+  CasResult,
+  KVEntry,
+  KVListing,
+  KVStore,
+  Lease,
+  PutCondition,
+  PutOptions,
+  Revision,
+  StoreCapabilities,
+  StoreOptions,
+  TxnOp,
+  TxnResult,
+  WatchBatch,
+  WatchOptions,
 } from './store.ts';
 import { WatchChannel } from './watch-channel.ts';
 
@@ -119,10 +119,8 @@ class ConsulStore implements KVStore {
   private closed = false;
 
   constructor(address: StoreAddress, options: StoreOptions) {
-    this.url = address.redacted;
+    ({ url: this.url, timeoutMs: this.timeoutMs, log: this.log } = backendSettings(address, options));
     this.prefix = address.prefix;
-    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    this.log = options.logger?.child({ component: 'store', backend: 'consul' });
     this.transport = new ConsulTransport(address, this.timeoutMs, options, this.log);
   }
 
@@ -256,7 +254,7 @@ class ConsulStore implements KVStore {
       throw new RangeError(`a Consul transaction may hold at most ${MAX_TXN_OPS} operations, got ${ops.length}`);
     }
     for (const op of ops) {
-      if (op.op === 'put' && op.value.byteLength > MAX_VALUE_BYTES) throw new ValueTooLargeError(op.key, op.value.byteLength, MAX_VALUE_BYTES);
+      if (op.op === 'put') checkValueSize(op.key, op.value, MAX_VALUE_BYTES);
     }
     if (ops.length === 0) return { ok: true, index: '0', revisions: [] };
     const compiled = compileTxn(this.url, ops, (key) => this.serverKey(key));
@@ -380,7 +378,7 @@ class ConsulStore implements KVStore {
   // ---- leases ----
 
   async grantLease(ttlSeconds: number, options: { signal?: AbortSignal } = {}): Promise<Lease> {
-    if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`lease TTL must be a positive number of seconds, got ${ttlSeconds}`);
+    checkLeaseTtl(ttlSeconds);
     this.assertOpen();
     let ttlMs = Math.max(this.sessionTtlMinMs, Math.round(ttlSeconds * 1000));
     let id: string;

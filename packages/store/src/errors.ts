@@ -81,6 +81,21 @@ export class ValueTooLargeError extends StoreError {
 }
 
 /**
+ * A transaction larger than the backend accepts, raised before anything is sent. Only the etcd
+ * backend raises it so far (`--max-txn-ops`, `--max-request-bytes`); see the README's error table.
+ */
+export class TxnTooLargeError extends StoreError {
+  readonly code = 'KVNET_STORE_TXN_TOO_LARGE';
+  readonly kind = 'invalid';
+  constructor(
+    readonly ops: number,
+    detail: string,
+  ) {
+    super(`a store transaction of ${ops} operations is too large: ${detail}`);
+  }
+}
+
+/**
  * The store could not be reached or did not answer within the configured timeout. The operation may
  * or may not have been applied (a write whose answer was lost); writes are designed to be idempotent
  * so the caller can retry.

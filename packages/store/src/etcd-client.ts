@@ -25,14 +25,7 @@ import {
 } from 'etcd3';
 import type { Logger } from 'pino';
 import { backoffDelay, sleep, withDeadline } from './deadline.ts';
-import {
-  InvalidStoreUrlError,
-  StoreClosedError,
-  StoreError,
-  StoreProtocolError,
-  StoreUnavailableError,
-  isStoreError,
-} from './errors.ts';
+import { InvalidStoreUrlError, StoreClosedError, StoreProtocolError, StoreUnavailableError, isStoreError } from './errors.ts';
 import { formatHost, type StoreAddress } from './store-url.ts';
 import type { StoreOptions } from './store.ts';
 
@@ -54,21 +47,6 @@ export const HOST_SKIP_MS = 3_000;
 
 type FaultPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
 type CallOptions = { deadline?: Date | number };
-
-/**
- * A transaction larger than etcd accepts (`--max-txn-ops`, `--max-request-bytes`); raised before
- * anything is sent. Local to the etcd backend until `errors.ts` has a shared class for it.
- */
-export class TxnTooLargeError extends StoreError {
-  readonly code = 'KVNET_STORE_TXN_TOO_LARGE';
-  readonly kind = 'invalid';
-  constructor(
-    readonly ops: number,
-    detail: string,
-  ) {
-    super(`a store transaction of ${ops} operations is too large: ${detail}`);
-  }
-}
 
 /** Raised by the host policy instead of calling a host that failed repeatedly; nothing was sent. */
 class HostSkippedError extends Error {

@@ -27,28 +27,28 @@ import {
   type ITxnResponse,
 } from 'etcd3';
 import type { Logger } from 'pino';
-import { InvalidKeyError, LeaseLostError, StoreClosedError, StoreProtocolError, ValueTooLargeError, WatchResetError } from './errors.ts';
-import { EtcdRpc, KeyLayout, TxnTooLargeError, createEtcdClient } from './etcd-client.ts';
+import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
+import { InvalidKeyError, LeaseLostError, StoreClosedError, StoreProtocolError, TxnTooLargeError, WatchResetError } from './errors.ts';
+import { EtcdRpc, KeyLayout, createEtcdClient } from './etcd-client.ts';
 import { EtcdLease } from './etcd-lease.ts';
 import { EtcdWatch } from './etcd-watch.ts';
 import { validateKey, validatePrefix } from './keys.ts';
 import type { StoreAddress } from './store-url.ts';
-import {
-  DEFAULT_TIMEOUT_MS,
-  type CasResult,
-  type KVEntry,
-  type KVListing,
-  type KVStore,
-  type Lease,
-  type PutCondition,
-  type PutOptions,
-  type Revision,
-  type StoreCapabilities,
-  type StoreOptions,
-  type TxnOp,
-  type TxnResult,
-  type WatchBatch,
-  type WatchOptions,
+import type {
+  CasResult,
+  KVEntry,
+  KVListing,
+  KVStore,
+  Lease,
+  PutCondition,
+  PutOptions,
+  Revision,
+  StoreCapabilities,
+  StoreOptions,
+  TxnOp,
+  TxnResult,
+  WatchBatch,
+  WatchOptions,
 } from './store.ts';
 import { WatchChannel } from './watch-channel.ts';
 
@@ -91,9 +91,9 @@ class EtcdStore implements KVStore {
   private closing: Promise<void> | undefined;
 
   constructor(address: StoreAddress, options: StoreOptions) {
-    this.url = address.redacted;
-    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    this.log = options.logger?.child({ component: 'store', backend: 'etcd' });
+    const { url, timeoutMs, log } = backendSettings(address, options);
+    this.url = url;
+    this.log = log;
     this.client = createEtcdClient(address, options, timeoutMs);
     this.rpc = new EtcdRpc(this.url, timeoutMs, this.client, this.log);
     this.layout = new KeyLayout(address.prefix, this.url);
@@ -152,7 +152,7 @@ class EtcdStore implements KVStore {
 
   async put(key: string, value: Uint8Array, options?: PutOptions): Promise<Revision> {
     validateKey(key);
-    this.checkValue(key, value);
+    checkValueSize(key, value, MAX_VALUE_BYTES);
     const lease = this.leaseId(options?.lease);
     this.assertOpen();
     const res = await this.rpc.call(
@@ -169,7 +169,7 @@ class EtcdStore implements KVStore {
 
   async putIf(key: string, value: Uint8Array, condition: PutCondition, options?: PutOptions): Promise<CasResult> {
     validateKey(key);
-    this.checkValue(key, value);
+    checkValueSize(key, value, MAX_VALUE_BYTES);
     const lease = this.leaseId(options?.lease);
     this.assertOpen();
     const k = this.layout.key(key);
@@ -236,7 +236,7 @@ class EtcdStore implements KVStore {
     const leases: Array<string | undefined> = [];
     for (const op of ops) {
       validateKey(op.key);
-      if (op.op === 'put') this.checkValue(op.key, op.value);
+      if (op.op === 'put') checkValueSize(op.key, op.value, MAX_VALUE_BYTES);
       leases.push(op.op === 'put' ? this.leaseId(op.lease) : undefined);
       if (op.op !== 'check') {
         if (written.has(op.key)) {
@@ -303,7 +303,7 @@ class EtcdStore implements KVStore {
   }
 
   async grantLease(ttlSeconds: number, options?: { signal?: AbortSignal }): Promise<Lease> {
-    if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`a lease TTL must be a positive number of seconds, got ${ttlSeconds}`);
+    checkLeaseTtl(ttlSeconds);
     this.assertOpen();
     const ttl = Math.min(Math.max(1, Math.ceil(ttlSeconds)), LEASE_MAX_TTL_S);
     const sentAt = performance.now();
@@ -332,10 +332,6 @@ class EtcdStore implements KVStore {
 
   private assertOpen(): void {
     if (this.closing) throw new StoreClosedError(this.url);
-  }
-
-  private checkValue(key: string, value: Uint8Array): void {
-    if (value.byteLength > MAX_VALUE_BYTES) throw new ValueTooLargeError(key, value.byteLength, MAX_VALUE_BYTES);
   }
 
   /** The etcd lease ID to bind a key to; refuses a lease this store knows is gone. */

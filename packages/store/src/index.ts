@@ -43,6 +43,7 @@ export {
   StoreError,
   StoreProtocolError,
   StoreUnavailableError,
+  TxnTooLargeError,
   ValueTooLargeError,
   WatchResetError,
   hasCode,

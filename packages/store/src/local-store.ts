@@ -21,35 +21,28 @@ import Database from 'better-sqlite3';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
+import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
 import { sleep } from './deadline.ts';
-import {
-  LeaseLostError,
-  StoreClosedError,
-  StoreProtocolError,
-  StoreUnavailableError,
-  ValueTooLargeError,
-  WatchResetError,
-} from './errors.ts';
+import { LeaseLostError, StoreClosedError, StoreProtocolError, StoreUnavailableError, WatchResetError } from './errors.ts';
 import { validateKey, validatePrefix } from './keys.ts';
 import type { StoreAddress } from './store-url.ts';
-import {
-  DEFAULT_TIMEOUT_MS,
-  type CasResult,
-  type KVEntry,
-  type KVListing,
-  type KVStore,
-  type Lease,
-  type LeaseLostReason,
-  type PutCondition,
-  type PutOptions,
-  type Revision,
-  type StoreCapabilities,
-  type StoreOptions,
-  type TxnOp,
-  type TxnResult,
-  type WatchBatch,
-  type WatchEvent,
-  type WatchOptions,
+import type {
+  CasResult,
+  KVEntry,
+  KVListing,
+  KVStore,
+  Lease,
+  LeaseLostReason,
+  PutCondition,
+  PutOptions,
+  Revision,
+  StoreCapabilities,
+  StoreOptions,
+  TxnOp,
+  TxnResult,
+  WatchBatch,
+  WatchEvent,
+  WatchOptions,
 } from './store.ts';
 import { WatchChannel } from './watch-channel.ts';
 
@@ -174,9 +167,7 @@ class LocalStore implements KVStore {
   constructor(address: StoreAddress, options: LocalStoreOptions) {
     this.path = address.path!;
     this.retain = options.logRetainRevisions ?? LOG_RETAIN_REVISIONS;
-    this.url = address.redacted;
-    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    this.log = options.logger?.child({ component: 'store', backend: 'local' });
+    ({ url: this.url, timeoutMs: this.timeoutMs, log: this.log } = backendSettings(address, options));
   }
 
   async init(): Promise<void> {
@@ -310,7 +301,7 @@ class LocalStore implements KVStore {
 
   private checkValue(key: string, value: Uint8Array): void {
     if (!(value instanceof Uint8Array)) throw new TypeError(`value for store key ${JSON.stringify(key)} must be a Uint8Array`);
-    if (value.byteLength > MAX_VALUE_BYTES) throw new ValueTooLargeError(key, value.byteLength, MAX_VALUE_BYTES);
+    checkValueSize(key, value, MAX_VALUE_BYTES);
   }
 
   private leaseIdFor(lease: Lease | undefined): number | null {
@@ -560,7 +551,7 @@ class LocalStore implements KVStore {
   }
 
   async grantLease(ttlSeconds: number, options?: { signal?: AbortSignal }): Promise<Lease> {
-    if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`lease TTL must be a positive number of seconds, got ${ttlSeconds}`);
+    checkLeaseTtl(ttlSeconds);
     const ttlMs = Math.max(MIN_LEASE_TTL_MS, Math.round(ttlSeconds * 1000));
     const id = await this.withRetry(
       'grantLease',

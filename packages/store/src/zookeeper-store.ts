@@ -31,6 +31,7 @@
  */
 
 import type { Logger } from 'pino';
+import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
 import { backoffDelay, sleep, withDeadline } from './deadline.ts';
 import {
   InvalidKeyError,
@@ -62,7 +63,6 @@ import type {
   WatchBatch,
   WatchOptions,
 } from './store.ts';
-import { DEFAULT_TIMEOUT_MS } from './store.ts';
 import type { StoreAddress } from './store-url.ts';
 import { WatchChannel } from './watch-channel.ts';
 import {
@@ -180,11 +180,9 @@ class ZookeeperStore implements KVStore {
     private readonly address: StoreAddress,
     options: ZookeeperStoreOptions,
   ) {
-    this.url = address.redacted;
+    ({ url: this.url, timeoutMs: this.timeoutMs, log: this.log } = backendSettings(address, options));
     this.root = `/${address.prefix}`;
-    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.mainTimeoutMs = options.sessionTimeoutMs ?? MAIN_SESSION_TIMEOUT_MS;
-    this.log = options.logger?.child({ component: 'store', backend: 'zookeeper' });
     const username = options.auth?.username ?? address.username;
     const password = options.auth?.password ?? address.password;
     if ((username === undefined) !== (password === undefined)) {
@@ -321,7 +319,7 @@ class ZookeeperStore implements KVStore {
   // ---- leases ----
 
   async grantLease(ttlSeconds: number, options: { signal?: AbortSignal } = {}): Promise<Lease> {
-    if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) throw new RangeError(`lease TTL must be a positive number of seconds, got ${ttlSeconds}`);
+    checkLeaseTtl(ttlSeconds);
     this.assertOpen();
     const session = new ZkSession({
       servers: this.address.hosts,
@@ -386,7 +384,7 @@ class ZookeeperStore implements KVStore {
 
   private putOp(key: string, value: Uint8Array, condition: PutCondition | undefined, lease: Lease | undefined): WriteOp {
     validateKey(key);
-    if (value.byteLength > MAX_VALUE_BYTES) throw new ValueTooLargeError(key, value.byteLength, MAX_VALUE_BYTES);
+    checkValueSize(key, value, MAX_VALUE_BYTES);
     let zkLease: ZkLease | undefined;
     if (lease) {
       if (!(lease instanceof ZkLease) || !this.leases.has(lease)) {

@@ -1,24 +1,17 @@
 /**
  * The store compliance suite: one set of tests for the {@link KVStore} contract, run unchanged
- * against every backend, each a real server (`consul.test.ts`, `etcd.test.ts`, `zookeeper.test.ts`,
- * `local.test.ts`). A backend declares what it cannot do through {@link KVStore.capabilities}; the
- * suite then checks the weaker promise, never nothing.
+ * against every backend, each a real server (`consul.test.ts`, `etcd.test.ts`, `zookeeper.test.ts`
+ * through {@link runServerComplianceSuite}, `local.test.ts` with a target of its own). A backend
+ * declares what it cannot do through {@link KVStore.capabilities}; the suite then checks the weaker
+ * promise, never nothing.
  */
 
 import type { ExecutionContext, TestFn } from 'ava';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import {
-  decodeText,
-  encodeText,
-  hasCode,
-  PrefixMirror,
-  type KVStore,
-  type StoreBackendName,
-  type StoreOptions,
-  type WatchBatch,
-  type WatchEvent,
-} from '../src/index.ts';
+import type { KvServer } from '../../../test/support/kv-servers.ts';
+import { decodeText, encodeText, hasCode, openStore, PrefixMirror, type KVStore, type StoreBackendName, type StoreOptions } from '../src/index.ts';
+import { collect, msUntilGone, storesClosedAfter } from './fixtures/harness.ts';
 
 export interface ComplianceTarget {
   readonly backend: StoreBackendName;
@@ -42,6 +35,10 @@ export interface ComplianceTarget {
 const CLIENT = fileURLToPath(new URL('./fixtures/store-client.ts', import.meta.url));
 const LEASE_TTL_S = 2;
 const OUTAGE_TIMEOUT_MS = 1_500;
+/** The discard port: nothing listens on it on a test machine, so a URL naming it is unreachable. */
+const UNREACHABLE_PORT = 9;
+/** The URL scheme of each server backend. */
+const SCHEME = { etcd: 'etcd', consul: 'consul', zookeeper: 'zk' } as const satisfies Record<KvServer['backend'], string>;
 
 interface ChildResult {
   code: number | null;
@@ -84,47 +81,39 @@ function runClient(args: string[]): { done: Promise<ChildResult>; pid: number; f
   return { done, pid: child.pid!, firstLine };
 }
 
-/** Collects watch batches until `until(events)` holds or `timeoutMs` passes. */
-async function collect(
-  store: KVStore,
-  prefix: string,
-  from: string,
-  until: (events: WatchEvent[]) => boolean,
-  timeoutMs: number,
-): Promise<{ events: WatchEvent[]; batches: WatchBatch[]; reset?: unknown }> {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), timeoutMs);
-  const events: WatchEvent[] = [];
-  const batches: WatchBatch[] = [];
-  try {
-    for await (const batch of store.watch(prefix, from, { signal: controller.signal })) {
-      batches.push(batch);
-      events.push(...batch.events);
-      if (until(events)) break;
-    }
-    return { events, batches };
-  } catch (err) {
-    return { events, batches, reset: err };
-  } finally {
-    clearTimeout(timer);
-    controller.abort();
-  }
-}
-
 const text = (s: string): Uint8Array => encodeText(s);
+
+/**
+ * The suite against a real etcd, Consul or ZooKeeper server (from `useKvServer`), the same way for
+ * each: a key prefix per test, an outage is the server stopped (data kept) and a restart is stop and
+ * start, and a URL on the discard port stands for a server that is not there.
+ */
+export function runServerComplianceSuite(test: TestFn, server: KvServer): void {
+  runComplianceSuite(test, () => ({
+    backend: server.backend,
+    url: (label) => server.url(`kvnet-test/${label}`),
+    open: (url, options) => openStore(url, options),
+    outage: async () => {
+      await server.stop();
+      return { restore: () => server.start() };
+    },
+    restart: async () => {
+      await server.stop();
+      await server.start();
+    },
+    unreachableUrl: () => `${SCHEME[server.backend]}://127.0.0.1:${UNREACHABLE_PORT}/kvnet-dead`,
+  }));
+}
 
 export function runComplianceSuite(test: TestFn, target: () => ComplianceTarget): void {
   let n = 0;
-  const opened: KVStore[] = [];
+  const opened = storesClosedAfter(test);
   const fresh = async (t: ExecutionContext, options?: StoreOptions): Promise<{ store: KVStore; url: string }> => {
     const url = target().url(`t${++n}-${t.title.replace(/[^a-z0-9]+/gi, '-').slice(0, 30)}`);
     const store = await target().open(url, options);
     opened.push(store);
     return { store, url };
   };
-  test.after.always(async () => {
-    await Promise.allSettled(opened.map((s) => s.close()));
-  });
 
   // ---- tests that stop or lock the store run first, one at a time ----
 
@@ -456,14 +445,7 @@ export function runComplianceSuite(test: TestFn, target: () => ComplianceTarget)
     const killedAt = Date.now();
     await holder.done;
     const limit = ready.ttlMs + ready.graceMs + 2_000;
-    let goneAfter = -1;
-    while (Date.now() - killedAt < limit + 5_000) {
-      if (!(await store.get('eph/owner'))) {
-        goneAfter = Date.now() - killedAt;
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    const goneAfter = await msUntilGone(store, 'eph/owner', killedAt, limit + 5_000, 100);
     t.log(`ttl ${ready.ttlMs} ms, grace ${ready.graceMs} ms, gone ${goneAfter} ms after SIGKILL`);
     t.true(goneAfter >= 0, 'the key must disappear');
     t.true(goneAfter <= limit, `gone after ${goneAfter} ms, limit ${limit} ms`);
@@ -499,14 +481,7 @@ export function runComplianceSuite(test: TestFn, target: () => ComplianceTarget)
     await lease.release();
     const released = Date.now();
     t.truthy(await store.get('rel/k'), 'still there right after release');
-    let goneAfter = -1;
-    while (Date.now() - released < lease.ttlMs + lease.expiryGraceMs + 5_000) {
-      if (!(await store.get('rel/k'))) {
-        goneAfter = Date.now() - released;
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    const goneAfter = await msUntilGone(store, 'rel/k', released, lease.ttlMs + lease.expiryGraceMs + 5_000, 100);
     t.true(goneAfter >= 0, 'expired');
   });
 

@@ -4,9 +4,10 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { createServer, connect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { runComplianceSuite } from './compliance.ts';
+import { runServerComplianceSuite } from './compliance.ts';
+import { storesClosedAfter, useKvServer } from './fixtures/harness.ts';
 import { makeTestPki } from './fixtures/tls-ca.ts';
-import { consulBinary, startServer, type KvServer } from '../../../test/support/kv-servers.ts';
+import { consulBinary } from '../../../test/support/kv-servers.ts';
 import {
   freePort,
   makeTempDir,
@@ -30,30 +31,18 @@ import { MAX_TXN_OPS, MAX_VALUE_BYTES, parseGoDurationMs, sessionTtlBounds } fro
 const text = (s: string): Uint8Array => encodeText(s);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-let server: KvServer;
+// The plain server (for the suite and most tests) and the secured one below start concurrently:
+// ava runs a file's non-serial before hooks at the same time.
+const server = useKvServer(test, 'consul');
 let secured: SecuredConsul;
-
 test.before(async () => {
-  [server, secured] = await Promise.all([startServer('consul'), startSecuredConsul()]);
+  secured = await startSecuredConsul();
 });
 test.after.always(async () => {
-  await Promise.allSettled([server?.dispose(), secured?.dispose()]);
+  await secured?.dispose();
 });
 
-runComplianceSuite(test, () => ({
-  backend: 'consul',
-  url: (label) => server.url(`kvnet-test/${label}`),
-  open: (url, options) => openStore(url, options),
-  outage: async () => {
-    await server.stop();
-    return { restore: () => server.start() };
-  },
-  restart: async () => {
-    await server.stop();
-    await server.start();
-  },
-  unreachableUrl: () => 'consul://127.0.0.1:9/kvnet-dead',
-}));
+runServerComplianceSuite(test, server);
 
 // ---- a second Consul, the way production runs it: HTTPS with client certificates, ACLs that deny
 // by default, the default session_ttl_min (10 s). kv-servers.ts starts plain single-node servers
@@ -180,10 +169,7 @@ function httpsCall(
 // ---- helpers ----
 
 let label = 0;
-const stores: KVStore[] = [];
-test.after.always(async () => {
-  await Promise.allSettled(stores.map((s) => s.close()));
-});
+const stores = storesClosedAfter(test);
 
 async function open(url: string, options?: StoreOptions): Promise<KVStore> {
   const store = await openStore(url, options);

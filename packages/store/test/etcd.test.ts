@@ -1,51 +1,20 @@
 import test, { type ExecutionContext } from 'ava';
 import { Etcd3 } from 'etcd3';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { runComplianceSuite } from './compliance.ts';
+import { runServerComplianceSuite } from './compliance.ts';
+import { collect, storesClosedAfter, useKvServer } from './fixtures/harness.ts';
 import { makeTestPki, type TestPki } from './fixtures/tls-ca.ts';
 import { startServer, type KvServer } from '../../../test/support/kv-servers.ts';
 import { waitFor } from '../../../test/support/process.ts';
-import {
-  decodeText,
-  encodeText,
-  hasCode,
-  openStore,
-  type KVStore,
-  type StoreOptions,
-  type WatchBatch,
-  type WatchEvent,
-} from '../src/index.ts';
+import { decodeText, encodeText, hasCode, openStore, type KVStore, type StoreOptions, type WatchEvent } from '../src/index.ts';
 
-let server: KvServer;
-test.before(async () => {
-  server = await startServer('etcd');
-});
-test.after.always(async () => {
-  await server?.dispose();
-});
-
-runComplianceSuite(test, () => ({
-  backend: 'etcd',
-  url: (label) => server.url(`kvnet-test/${label}`),
-  open: (url, options) => openStore(url, options),
-  outage: async () => {
-    await server.stop();
-    return { restore: () => server.start() };
-  },
-  restart: async () => {
-    await server.stop();
-    await server.start();
-  },
-  unreachableUrl: () => 'etcd://127.0.0.1:9/kvnet-dead',
-}));
+const server = useKvServer(test, 'etcd');
+runServerComplianceSuite(test, server);
 
 // ---- etcd-specific behaviour ----
 
 const text = (s: string): Uint8Array => encodeText(s);
-const opened: KVStore[] = [];
-test.after.always(async () => {
-  await Promise.allSettled(opened.map((s) => s.close()));
-});
+const opened = storesClosedAfter(test);
 
 let n = 0;
 async function fresh(t: ExecutionContext, options?: StoreOptions): Promise<KVStore> {
@@ -57,33 +26,6 @@ async function fresh(t: ExecutionContext, options?: StoreOptions): Promise<KVSto
 /** A raw etcd3 client on the test server, for what the store does not offer (compaction, auth setup). */
 function rawClient(s: KvServer = server): Etcd3 {
   return new Etcd3({ hosts: `http://${s.host}:${s.port}` });
-}
-
-/** Reads a watch until `until` holds, it fails, or `timeoutMs` passes. */
-async function collect(
-  store: KVStore,
-  prefix: string,
-  from: string,
-  until: (events: WatchEvent[]) => boolean,
-  timeoutMs: number,
-  onBatch?: (batch: WatchBatch) => void | Promise<void>,
-): Promise<{ events: WatchEvent[]; reset?: unknown; timedOut: boolean }> {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), timeoutMs);
-  const events: WatchEvent[] = [];
-  try {
-    for await (const batch of store.watch(prefix, from, { signal: controller.signal })) {
-      events.push(...batch.events);
-      await onBatch?.(batch);
-      if (until(events)) break;
-    }
-    return { events, timedOut: controller.signal.aborted };
-  } catch (err) {
-    return { events, reset: err, timedOut: false };
-  } finally {
-    clearTimeout(timer);
-    controller.abort();
-  }
 }
 
 /** A TCP forwarder in front of the server that can swallow the server's answers and cut connections. */

@@ -6,44 +6,22 @@
 
 import test from 'ava';
 import * as zk from 'node-zookeeper-client';
-import { runComplianceSuite } from './compliance.ts';
-import { startServer, type KvServer } from '../../../test/support/kv-servers.ts';
+import { runServerComplianceSuite } from './compliance.ts';
+import { msUntilGone, storesClosedAfter, useKvServer } from './fixtures/harness.ts';
 import { decodeText, encodeText, hasCode, openStore, parseStoreUrl, type KVStore, type WatchBatch } from '../src/index.ts';
 import { openZookeeperStore } from '../src/zookeeper-store.ts';
 
-let server: KvServer;
-test.before(async () => {
-  server = await startServer('zookeeper');
-});
-test.after.always(async () => {
-  await server?.dispose();
-});
+const server = useKvServer(test, 'zookeeper');
 test.afterEach.always((t) => {
   if (!t.passed) t.log(`ZooKeeper log (tail):\n${server.log().split('\n').slice(-40).join('\n')}`);
 });
 
-runComplianceSuite(test, () => ({
-  backend: 'zookeeper',
-  url: (label) => server.url(`kvnet-test/${label}`),
-  open: (url, options) => openStore(url, options),
-  outage: async () => {
-    await server.stop();
-    return { restore: () => server.start() };
-  },
-  restart: async () => {
-    await server.stop();
-    await server.start();
-  },
-  unreachableUrl: () => 'zk://127.0.0.1:9/kvnet-dead',
-}));
+runServerComplianceSuite(test, server);
 
 // ---- ZooKeeper specifics ----
 
 const text = (s: string): Uint8Array => encodeText(s);
-const opened: KVStore[] = [];
-test.after.always(async () => {
-  await Promise.allSettled(opened.map((s) => s.close()));
-});
+const opened = storesClosedAfter(test);
 let n = 0;
 const label = (what: string): string => `kvnet-test/zk${++n}-${what}`;
 const open = async (what: string, options: Parameters<typeof openStore>[1] = {}): Promise<KVStore> => {
@@ -194,14 +172,7 @@ test('lease TTLs are clamped by the server and the negotiated value is reported'
   await short.release();
   t.is(await short.lost, 'released');
   const released = Date.now();
-  let goneAfter = -1;
-  while (Date.now() - released < short.ttlMs + short.expiryGraceMs + 5_000) {
-    if (!(await store.get('c/k'))) {
-      goneAfter = Date.now() - released;
-      break;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const goneAfter = await msUntilGone(store, 'c/k', released, short.ttlMs + short.expiryGraceMs + 5_000, 50);
   t.log(`released lease with ttl ${short.ttlMs} ms: key gone after ${goneAfter} ms (grace ${short.expiryGraceMs} ms)`);
   t.true(goneAfter >= 0);
   await long.revoke();
