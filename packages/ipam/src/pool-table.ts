@@ -8,8 +8,8 @@
 import { randomBytes } from 'node:crypto';
 import type { KVStore, Revision, TxnOp } from '@kvnet/store';
 import type { Logger } from 'pino';
+import { cidrOverlaps, formatIp, parseCidr, type Cidr } from '@kvnet/netaddr';
 import { casLoop, type Attempt } from './cas-loop.ts';
-import { cidrOverlaps, formatIp, parseCidr, type Cidr } from './cidr.ts';
 import { InvalidRequestError, PoolExhaustedError, PoolOverlapError, PoolOwnerMismatchError } from './errors.ts';
 import {
   POOL_TABLE,

@@ -4,7 +4,6 @@
  */
 
 import { encodeSegment } from '@kvnet/store';
-import { SHARD_ADDRESSES } from './address-bitmap.ts';
 import {
   cidrContains,
   cidrContainsIp,
@@ -20,7 +19,8 @@ import {
   type Cidr,
   type Family,
   type IpAddress,
-} from './cidr.ts';
+} from '@kvnet/netaddr';
+import { SHARD_ADDRESSES } from './address-bitmap.ts';
 import { InvalidRequestError } from './errors.ts';
 import { RECORD_VERSION, type PoolRecord } from './layout.ts';
 import type { SearchSpace } from './serial-search.ts';

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { parseCidr, type Cidr } from '../src/cidr.ts';
+import { parseCidr, type Cidr } from '@kvnet/netaddr';
 import { Ipam, InvalidRequestError, VNI_MAX, VNI_MIN } from '../src/index.ts';
 import { buildPoolRecord, firstFreeSubnet, mergedIntervals, normalizePoolRequest, poolGeometry, sameRequest } from '../src/pool.ts';
 import { makePoolId, parseDefaultPools } from '../src/pool-table.ts';

@@ -15,8 +15,8 @@ import {
   type TxnOp,
   type TxnResult,
 } from '@kvnet/store';
+import { cidrOverlaps, parseCidr, parseIp, type Cidr } from '@kvnet/netaddr';
 import { Ipam, VNI_MIN, isIpamError, type IpamOptions, type PoolInfo } from '../src/index.ts';
-import { cidrOverlaps, parseCidr, parseIp, type Cidr } from '../src/cidr.ts';
 
 export interface IpamTarget {
   readonly backend: StoreBackendName;
