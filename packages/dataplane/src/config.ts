@@ -91,7 +91,7 @@ export function resolveConfig(config: DataplaneConfig): ResolvedConfig {
     if (!pool6 || pool6.family !== 6 || pool6.prefix !== GATEWAY_PREFIX_IPV6) {
       throw new InvalidConfigError('gatewayBridge.pool6', pool6Text, `must be an IPv6 /${GATEWAY_PREFIX_IPV6} network (no host bits), e.g. ${DEFAULT_GATEWAY_POOL6}`);
     }
-    const ipv6Option = config.gatewayBridge?.ipv6 ?? 'auto';
+    const ipv6Option = config.gatewayBridge?.ipv6 ?? false;
     if (ipv6Option !== 'auto' && ipv6Option !== true && ipv6Option !== false) {
       throw new InvalidConfigError('gatewayBridge.ipv6', ipv6Option, "must be 'auto', true or false");
     }

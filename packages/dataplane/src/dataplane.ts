@@ -79,8 +79,10 @@ export interface GatewayBridgeConfig {
   readonly pool?: string;
   /**
    * IPv6 egress: a /64 on the bridge (from {@link pool6}), ip6tables masquerade for it, IPv6 forwarding
-   * in the host namespace. `'auto'` (default): only when the host namespace has a global IPv6 address on
-   * some interface (the host has IPv6 to give); `true`: always; `false`: never.
+   * in the host namespace. `'auto'`: only when the host namespace has a global IPv6 address on some
+   * interface (the host has IPv6 to give) — what the agent passes once it hands out IPv6 egress
+   * addresses; `true`: always; `false` (default): never, so a caller that gives endpoints no
+   * `egress.addressIPv6` changes nothing IPv6 on the host.
    */
   readonly ipv6?: 'auto' | boolean;
   /**

@@ -18,6 +18,7 @@ import type {
   DesiredState,
   SandboxProbe,
 } from './dataplane.ts';
+import { CommandFailedError } from './errors.ts';
 import { readIptables } from './iptables.ts';
 import { mapConcurrent } from './concurrency.ts';
 import { readJson, readJsonBatch } from './iproute2.ts';
@@ -156,11 +157,17 @@ export async function readHost(config: ResolvedConfig, options: { iptables: bool
   const all = parseLinks(await readJson('ip', config.host, ['-d', 'addr', 'show'], signalOpt));
   const links = all.filter((l) => isEgressHostIfname(config.prefix, l.name));
   const gatewayBridge = config.gateway ? gatewayBridgeOf(all, config.gateway.name, config.prefix) : undefined;
-  // ip6tables only where IPv6 egress may exist: a host without ip6tables then still reads back fine.
-  const withV6 = options.iptables && config.gateway !== undefined && config.gateway.ipv6 !== 'off';
+  // ip6tables is read whenever iptables is (chains of an earlier run with IPv6 egress are found and
+  // removed), but a host without ip6tables only fails the read where IPv6 egress is asked for.
+  const ipv6Wanted = config.gateway !== undefined && config.gateway.ipv6 !== 'off';
   const [iptables, ip6tables] = await Promise.all([
     options.iptables ? readIptables(config, options.signal, 4) : undefined,
-    withV6 ? readIptables(config, options.signal, 6) : undefined,
+    options.iptables
+      ? readIptables(config, options.signal, 6).catch((err: unknown) => {
+          if (ipv6Wanted || !(err instanceof CommandFailedError)) throw err;
+          return undefined;
+        })
+      : undefined,
   ]);
   return {
     netns: config.hostLabel,

@@ -35,7 +35,7 @@ function rootSnapshot(): string {
 test.before(async () => {
   if (!IS_ROOT) return;
   rootBefore = rootSnapshot();
-  cluster = await createSimCluster({ hosts: 3, outside: true, ipv6: true, underlayMtu: UNDERLAY_MTU });
+  cluster = await createSimCluster({ hosts: 3, outside: true, ipv6: true, underlayMtu: UNDERLAY_MTU, config: { gatewayBridge: { ipv6: 'auto' } } });
 });
 
 test.after.always(async () => {
@@ -244,6 +244,18 @@ kernelTest('IPv6 egress through the gateway bridge: a ULA /64 on it, ip6tables m
   t.is((await cluster.sim.exec(host.name, 'sysctl', '-n', 'net.ipv6.conf.all.forwarding')).stdout.trim(), '1');
   t.is(acceptRaBefore, '1');
   t.is((await cluster.sim.exec(host.name, 'sysctl', '-n', 'net.ipv6.conf.eth0.accept_ra')).stdout.trim(), '2', 'the underlay keeps accepting router advertisements with forwarding on');
+});
+
+kernelTest('by default (gatewayBridge.ipv6 false) the gateway bridge stays IPv4-only and nothing IPv6 changes, even on a host with IPv6', async (t) => {
+  const plain = cluster.variant(30, { config: { gatewayBridge: { name: `${cluster.id}gw` } } });
+  const h3 = cluster.sim.hosts[2]!;
+  const gw = await plain.dataplanes[2]!.ensureGatewayBridge();
+  t.deepEqual(Object.keys(gw).sort(), ['gateway', 'name', 'subnet'], 'no subnet6');
+  t.deepEqual((await addresses(h3.name, gw.name)).filter((a) => a.includes(':')), []);
+  t.is((await cluster.sim.exec(h3.name, 'sysctl', '-n', 'net.ipv6.conf.all.forwarding')).stdout.trim(), '0');
+  t.is((await cluster.sim.exec(h3.name, 'sysctl', '-n', 'net.ipv6.conf.eth0.accept_ra')).stdout.trim(), '1');
+  t.deepEqual((await plain.dataplanes[2]!.readState()).host.ip6tables, { filter: [], nat: [] });
+  await plain.dataplanes[2]!.destroyAll();
 });
 
 kernelTest('a cluster on VXLAN port 4790: traffic flows, every host listens on 4790 and nothing on 4789', async (t) => {
