@@ -26,6 +26,8 @@ const IPV6_GROUPS = 8;
 const IPV6_MAX_CHARS = 45;
 
 const V4_DECIMAL = /^(0|[1-9][0-9]{0,2})$/;
+/** Exactly the dotted quads {@link parseIp} accepts, which are already canonical: a fast path for hot loops. */
+const V4_CANONICAL = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
 const HEX_GROUP = /^[0-9a-fA-F]{1,4}$/;
 
 /** Address width of a family: 32 or 128. */
@@ -33,17 +35,19 @@ export function familyBits(family: Family): 32 | 128 {
   return family === 4 ? IPV4_BITS : IPV6_BITS;
 }
 
+// IPv4 is computed as a plain number and turned into a bigint once: the data plane parses and formats
+// every peer's address on every apply (10 000 peers), and bigint arithmetic allocates per operation.
 function parseV4(text: string): bigint | undefined {
   const parts = text.split('.');
   if (parts.length !== 4) return undefined;
-  let value = 0n;
+  let value = 0;
   for (const p of parts) {
     if (!V4_DECIMAL.test(p)) return undefined;
     const n = Number(p);
     if (n > 255) return undefined;
-    value = (value << 8n) | BigInt(n);
+    value = value * 256 + n;
   }
-  return value;
+  return BigInt(value);
 }
 
 function parseV6(text: string): bigint | undefined {
@@ -93,7 +97,8 @@ export function parseIp(text: string): IpAddress | undefined {
 /** Dotted quad, or RFC 5952 IPv6 (lowercase, the longest zero run of two or more groups as `::`). */
 export function formatIp(family: Family, value: bigint): string {
   if (family === 4) {
-    return [24n, 16n, 8n, 0n].map((s) => String((value >> s) & 255n)).join('.');
+    const n = Number(value);
+    return `${Math.floor(n / 16_777_216) % 256}.${Math.floor(n / 65_536) % 256}.${Math.floor(n / 256) % 256}.${n % 256}`;
   }
   const groups: number[] = [];
   for (let i = IPV6_GROUPS - 1; i >= 0; i--) groups.push(Number((value >> BigInt(i * 16)) & 0xffffn));
@@ -124,6 +129,7 @@ export function ipToString(ip: IpAddress): string {
 
 /** The canonical text of `text` (e.g. `FD00:0::1` → `fd00::1`), or undefined when it is not an address. */
 export function canonicalIp(text: string): string | undefined {
+  if (typeof text === 'string' && V4_CANONICAL.test(text)) return text;
   const ip = parseIp(text);
   return ip ? ipToString(ip) : undefined;
 }

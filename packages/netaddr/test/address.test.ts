@@ -15,3 +15,8 @@ test('bytes in network order', (t) => {
   t.deepEqual([...ipBytes(parseIp('10.1.2.3')!)], [10, 1, 2, 3]);
   t.deepEqual([...ipBytes(parseIp('fd00::1:2')!)], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2]);
 });
+
+test('the IPv4 fast path of canonicalIp agrees with parsing for every kind of octet', (t) => {
+  for (const text of ['0.0.0.0', '9.99.100.199', '200.249.250.255', '255.255.255.255', '10.0.1.2']) t.is(canonicalIp(text), text);
+  for (const text of ['256.0.0.1', '01.0.0.1', '1.2.3', '1.2.3.4.', '1.2.3.04']) t.is(canonicalIp(text), undefined, text);
+});
