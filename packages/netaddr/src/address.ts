@@ -74,13 +74,14 @@ function parseV6(text: string): bigint | undefined {
     groups = text.split(':');
     if (groups.length !== IPV6_GROUPS) return undefined;
   }
-  let value = 0n;
+  // one bigint from 32 hex digits rather than eight shifts (each bigint operation allocates)
+  let hex = '0x';
   for (const g of groups) {
     if (!HEX_GROUP.test(g)) return undefined;
-    value = (value << 16n) | BigInt(parseInt(g, 16));
+    hex += g.padStart(4, '0');
   }
-  if (tailV4 !== undefined) value = (value & ~0xffffffffn) | tailV4;
-  return value;
+  const value = BigInt(hex);
+  return tailV4 === undefined ? value : (value & ~0xffffffffn) | tailV4;
 }
 
 /** Parses a bare IPv4 or IPv6 address (no prefix length); undefined when `text` is not one. */
@@ -100,8 +101,9 @@ export function formatIp(family: Family, value: bigint): string {
     const n = Number(value);
     return `${Math.floor(n / 16_777_216) % 256}.${Math.floor(n / 65_536) % 256}.${Math.floor(n / 256) % 256}.${n % 256}`;
   }
+  const digits = value.toString(16).padStart(IPV6_GROUPS * 4, '0');
   const groups: number[] = [];
-  for (let i = IPV6_GROUPS - 1; i >= 0; i--) groups.push(Number((value >> BigInt(i * 16)) & 0xffffn));
+  for (let i = 0; i < IPV6_GROUPS; i++) groups.push(parseInt(digits.slice(i * 4, i * 4 + 4), 16));
   let bestStart = -1;
   let bestLen = 0;
   for (let i = 0; i < IPV6_GROUPS; ) {
