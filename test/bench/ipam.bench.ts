@@ -1,13 +1,14 @@
 /**
  * `npm run bench -- ipam [--json] [--backends local,etcd,consul,zookeeper] [--allocators 1,4,16]
- *  [--count 1000] [--reps 3]`
+ *  [--families ipv4,ipv6] [--count 1000] [--reps 3]`
  *
  * Per backend (each a real server started for the run, or a temp SQLite file), in the same run:
  * - raw_cas_per_s: one client doing compare-and-swap on one small key, each write conditional on the
  *   revision its previous write returned (the backend's single-key CAS rate, no read in between);
  *   raw_cas_16_per_s: 16 clients doing get + putIf on that key (successful writes per second).
- * - per allocator count N: `--count` dynamic address allocations in one fresh /16, made by N
- *   allocators at once, each one its own store client and Ipam (N agents), one allocation at a time:
+ * - per allocator count N and family: `--count` dynamic address allocations in one fresh pool — an
+ *   IPv4 /16 or an IPv6 /64 (`family` ipv4 / ipv6; the two alternate within each repetition, so both see
+ *   the same machine) — made by N allocators at once, each one its own store client and Ipam (N agents), one allocation at a time:
  *   alloc_per_s (committed allocations / wall time), alloc_p50_ms / alloc_p99_ms (latency of one
  *   allocateAddress call), retries_per_alloc (lost CAS races per committed allocation).
  * - mode `batched`: N concurrent callers on ONE Ipam (one agent serving N requests at once), whose
@@ -24,6 +25,10 @@ import { makeTempDir, removeTempDir } from '../support/process.ts';
 
 const ALL_BACKENDS: StoreBackendName[] = ['local', 'etcd', 'consul', 'zookeeper'];
 const DEFAULT_ALLOCATORS = [1, 4, 16];
+const ALL_FAMILIES = ['ipv4', 'ipv6'] as const;
+type FamilyName = (typeof ALL_FAMILIES)[number];
+/** The pool each case allocates in: the IPv4 /16 of the original benchmark, and an IPv6 /64. */
+const POOL_SUBNET: Readonly<Record<FamilyName, string>> = { ipv4: '10.100.0.0/16', ipv6: 'fd00:100::/64' };
 const DEFAULT_COUNT = 1_000;
 const DEFAULT_REPS = 3;
 const RAW_CAS_OPS = 500;
@@ -34,23 +39,26 @@ interface Options {
   json: boolean;
   backends: StoreBackendName[];
   allocators: number[];
+  families: FamilyName[];
   count: number;
   reps: number;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { json: false, backends: ALL_BACKENDS, allocators: DEFAULT_ALLOCATORS, count: DEFAULT_COUNT, reps: DEFAULT_REPS };
-  const usage = 'usage: ipam [--json] [--backends local,etcd,consul,zookeeper] [--allocators 1,4,16] [--count 1000] [--reps 3]';
+  const o: Options = { json: false, backends: ALL_BACKENDS, allocators: DEFAULT_ALLOCATORS, families: [...ALL_FAMILIES], count: DEFAULT_COUNT, reps: DEFAULT_REPS };
+  const usage = 'usage: ipam [--json] [--backends local,etcd,consul,zookeeper] [--allocators 1,4,16] [--families ipv4,ipv6] [--count 1000] [--reps 3]';
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--json') o.json = true;
     else if (a === '--backends') o.backends = String(argv[++i]).split(',') as StoreBackendName[];
     else if (a === '--allocators') o.allocators = String(argv[++i]).split(',').map(Number);
+    else if (a === '--families') o.families = String(argv[++i]).split(',') as FamilyName[];
     else if (a === '--count') o.count = Number(argv[++i]);
     else if (a === '--reps') o.reps = Number(argv[++i]);
     else throw new Error(`unknown option ${a}; ${usage}`);
   }
   for (const b of o.backends) if (!ALL_BACKENDS.includes(b)) throw new Error(`unknown backend ${b}; ${usage}`);
+  for (const f of o.families) if (!ALL_FAMILIES.includes(f)) throw new Error(`unknown family ${f}; ${usage}`);
   if (o.allocators.some((n) => !Number.isInteger(n) || n < 1 || n > 256)) throw new Error('--allocators must be integers in 1…256');
   if (!Number.isInteger(o.count) || o.count < 1 || o.count > 60_000) throw new Error('--count must be an integer in 1…60000 (one /16)');
   if (!Number.isInteger(o.reps) || o.reps < 1) throw new Error('--reps must be a positive integer');
@@ -124,12 +132,12 @@ interface CaseResult {
   retriesPerAlloc: number;
 }
 
-async function allocCase(backend: Backend, label: string, allocators: number, count: number, mode: 'agents' | 'batched'): Promise<CaseResult> {
+async function allocCase(backend: Backend, label: string, allocators: number, count: number, mode: 'agents' | 'batched', family: FamilyName): Promise<CaseResult> {
   const stores: KVStore[] = [];
   try {
     const admin = await openStore(backend.url(label));
     stores.push(admin);
-    const pool = await new Ipam({ store: admin }).requestPool({ owner: 'bench', subnet: '10.100.0.0/16' });
+    const pool = await new Ipam({ store: admin }).requestPool({ owner: 'bench', subnet: POOL_SUBNET[family], v6: family === 'ipv6' });
     const ipams: Ipam[] = [];
     for (let i = 0; i < (mode === 'agents' ? allocators : 1); i++) {
       const s = await openStore(backend.url(label));
@@ -170,7 +178,7 @@ async function main(): Promise<void> {
     progress(`${name}: starting`);
     const backend = await startBackend(name);
     try {
-      await allocCase(backend, `warm${++n}`, 4, WARMUP_ALLOCATIONS, 'agents');
+      for (const family of o.families) await allocCase(backend, `warm${++n}`, 4, WARMUP_ALLOCATIONS, 'agents', family);
       const single: number[] = [];
       const contended: number[] = [];
       const cases = new Map<string, CaseResult[]>();
@@ -181,22 +189,29 @@ async function main(): Promise<void> {
         for (const mode of ['agents', 'batched'] as const) {
           for (const k of o.allocators) {
             if (mode === 'batched' && k === 1) continue;
-            const r = await allocCase(backend, `c${++n}`, k, o.count, mode);
-            const key = `${mode}:${k}`;
-            cases.set(key, [...(cases.get(key) ?? []), r]);
-            progress(`${name} rep ${rep + 1}: ${mode} ${k} allocators ${Math.round(r.perS)}/s p50 ${round(r.p50)} ms p99 ${round(r.p99)} ms retries/alloc ${round(r.retriesPerAlloc, 2)} (raw CAS ${Math.round(raw.single)}/s)`);
+            // alternate the family that goes first, so neither always runs on a warmer store
+            const families = rep % 2 === 0 ? o.families : [...o.families].reverse();
+            for (const family of families) {
+              const r = await allocCase(backend, `c${++n}`, k, o.count, mode, family);
+              const key = `${mode}:${k}:${family}`;
+              cases.set(key, [...(cases.get(key) ?? []), r]);
+              progress(`${name} rep ${rep + 1}: ${mode} ${k} allocators ${family} ${Math.round(r.perS)}/s p50 ${round(r.p50)} ms p99 ${round(r.p99)} ms retries/alloc ${round(r.retriesPerAlloc, 2)} (raw CAS ${Math.round(raw.single)}/s)`);
+            }
           }
         }
       }
       const rawSingle = median(single);
       for (const [key, results] of cases) {
-        const [mode, k] = key.split(':') as [string, string];
+        const [mode, k, family] = key.split(':') as [string, string, FamilyName];
         const perS = median(results.map((r) => r.perS));
+        const ipv4 = cases.get(`${mode}:${k}:ipv4`);
         rows.push({
           suite: 'ipam',
           backend: name,
           allocators: Number(k),
           mode,
+          family,
+          pool: POOL_SUBNET[family],
           alloc_per_s: Math.round(perS),
           alloc_p50_ms: round(median(results.map((r) => r.p50)), 2),
           alloc_p99_ms: round(median(results.map((r) => r.p99)), 2),
@@ -204,6 +219,8 @@ async function main(): Promise<void> {
           raw_cas_per_s: Math.round(rawSingle),
           raw_cas_16_per_s: Math.round(median(contended)),
           alloc_vs_raw_cas: round(perS / rawSingle, 2),
+          // how much slower this family allocates than IPv4 in the same case and run (1 = the same)
+          ...(family !== 'ipv4' && ipv4 ? { ipv4_over_this: round(median(ipv4.map((r) => r.perS)) / perS, 2) } : {}),
           count: o.count,
           reps: o.reps,
         });
@@ -216,13 +233,14 @@ async function main(): Promise<void> {
     for (const r of rows) process.stdout.write(`${JSON.stringify(r)}\n`);
     return;
   }
-  const cols = ['backend', 'mode', 'allocators', 'alloc_per_s', 'alloc_p50_ms', 'alloc_p99_ms', 'retries_per_alloc', 'raw_cas_per_s', 'raw_cas_16_per_s', 'alloc_vs_raw_cas'];
+  const cols = ['backend', 'mode', 'allocators', 'family', 'alloc_per_s', 'alloc_p50_ms', 'alloc_p99_ms', 'retries_per_alloc', 'raw_cas_per_s', 'raw_cas_16_per_s', 'alloc_vs_raw_cas', 'ipv4_over_this'];
   const lines = [
-    `ipam: ${o.count} dynamic allocations in one /16 per case, medians of ${o.reps} after a warm-up`,
+    `ipam: ${o.count} dynamic allocations per case in one IPv4 /16 or IPv6 /64, medians of ${o.reps} after a warm-up`,
     cols.map((c) => c.padStart(c.length > 12 ? c.length + 1 : 13)).join(''),
-    ...rows.map((r) => cols.map((c) => String(r[c]).padStart(c.length > 12 ? c.length + 1 : 13)).join('')),
+    ...rows.map((r) => cols.map((c) => String(r[c] ?? '').padStart(c.length > 12 ? c.length + 1 : 13)).join('')),
     '(agents: N allocators, each its own store client and Ipam; batched: N concurrent callers on one Ipam.',
-    ' raw_cas_per_s: one client, CAS on one key with the revision of its previous write; raw_cas_16_per_s: 16 clients, get + putIf on that key)',
+    ' raw_cas_per_s: one client, CAS on one key with the revision of its previous write; raw_cas_16_per_s: 16 clients, get + putIf on that key;',
+    ' ipv4_over_this: IPv4 rate / IPv6 rate of the same case, ≤ 1.2 is the target)',
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 }

@@ -11,15 +11,19 @@
  * Layout (every name starts with `prefix`; give each test run a unique one, e.g. `runId()`):
  * - `<prefix>u`: the underlay namespace holding bridge `ul0` (its own namespace, so the root namespace's
  *   FORWARD policy and br_netfilter never see the traffic);
- * - `<prefix>h<i>` (i = 1…n): host namespaces, each with `eth0` on the underlay at 198.18.0.<i>/15,
- *   lo up, net.ipv4.ip_forward=1;
- * - `<prefix>x` (with `outside: true`): an "outside" namespace at {@link OUTSIDE_ADDRESS}/15 on the same
- *   underlay, with no route to anything else — a reply reaches a container only if its host masquerades;
+ * - `<prefix>h<i>` (i = 1…n): host namespaces, each with `eth0` on the underlay at 198.18.0.<i>/15
+ *   (with `ipv6: true` also 2001:2::<i in hex>/64), lo up, net.ipv4.ip_forward=1;
+ * - `<prefix>x` (with `outside: true`): an "outside" namespace at {@link OUTSIDE_ADDRESS}/15 (and
+ *   {@link OUTSIDE_ADDRESS6}/64 with `ipv6`) on the same underlay, with no route to anything else — a
+ *   reply reaches a container only if its host masquerades;
  * - `<prefix><name>`: "containers" made by `addContainer` (lo up, nothing else).
  *
  * `destroy()` deletes every namespace under /run/netns whose name starts with `prefix` — including
  * those a data plane under test made with a prefix that starts with the same characters — so a test
- * that fails half-way still leaves nothing behind. Only 198.18.0.0/15 addresses are used.
+ * that fails half-way still leaves nothing behind. Only 198.18.0.0/15 addresses are used, and with
+ * `ipv6` addresses of 2001:2::/48 (RFC 5180's IPv6 benchmarking range, the counterpart of 198.18.0.0/15).
+ * `underlayMtu` sets the MTU of every underlay link (host `eth0`s, the bridge and its ports), as a
+ * smaller-than-Ethernet underlay (a tunnel, a cloud network) would have.
  */
 
 import { execFileSync } from 'node:child_process';
@@ -30,6 +34,10 @@ import { run, type RunResult } from './process.ts';
 export const UNDERLAY_PREFIX_LENGTH = 15;
 /** The address of the outside namespace. */
 export const OUTSIDE_ADDRESS = '198.19.255.254';
+/** The IPv6 address of the outside namespace (with `ipv6: true`). */
+export const OUTSIDE_ADDRESS6 = '2001:2::ffff';
+/** Prefix length of the IPv6 underlay (2001:2::/64 inside RFC 5180's 2001:2::/48). */
+export const UNDERLAY_PREFIX_LENGTH6 = 64;
 const COMMAND_TIMEOUT_MS = 15_000;
 const NETNS_DIR = '/run/netns';
 
@@ -40,6 +48,8 @@ export interface SimHost {
   readonly index: number;
   /** Underlay IPv4 address (the VTEP). */
   readonly address: string;
+  /** Underlay IPv6 address (an IPv6 VTEP), with `ipv6: true`. */
+  readonly address6?: string;
   readonly path: string;
 }
 
@@ -56,8 +66,10 @@ export interface SimNetwork {
   /** The underlay namespace's name. */
   readonly underlay: string;
   readonly hosts: readonly SimHost[];
-  /** The outside namespace, when asked for. */
-  readonly outside?: { readonly name: string; readonly address: string };
+  /** The outside namespace, when asked for (`address6` with `ipv6: true`). */
+  readonly outside?: { readonly name: string; readonly address: string; readonly address6?: string };
+  /** MTU of the underlay links (1500 unless `underlayMtu` was given). */
+  readonly underlayMtu: number;
   /** A new "container" namespace `<prefix><name>` (lo up), associated with `host`. */
   addContainer(host: SimHost, name: string): Promise<SimContainer>;
   /** Deletes a container namespace (its veths go with it). */
@@ -129,9 +141,22 @@ export async function attachNamespace(sim: SimNetwork, ns: string, port: string,
   await ip('-n', ns, 'link', 'set', 'dev', 'eth0', 'up');
 }
 
+/** MTU of underlay links unless `underlayMtu` is given. */
+const DEFAULT_UNDERLAY_MTU = 1500;
+
 /** Builds the underlay, `hosts` host namespaces and optionally the outside namespace. */
-export async function createSimNetwork(options: { hosts: number; prefix: string; outside?: boolean }): Promise<SimNetwork> {
+export async function createSimNetwork(options: {
+  hosts: number;
+  prefix: string;
+  outside?: boolean;
+  /** Give hosts (and the outside) IPv6 underlay addresses too, in 2001:2::/64. */
+  ipv6?: boolean;
+  /** MTU of every underlay link; default 1500. */
+  underlayMtu?: number;
+}): Promise<SimNetwork> {
   const { prefix } = options;
+  const mtu = options.underlayMtu ?? DEFAULT_UNDERLAY_MTU;
+  if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9000) throw new Error(`underlayMtu must be 1280…9000, not ${mtu}`);
   if (!/^[a-z0-9]{1,8}$/.test(prefix)) throw new Error(`sim prefix ${JSON.stringify(prefix)} must be 1-8 lowercase letters or digits`);
   if (options.hosts < 1 || options.hosts > 200) throw new Error(`hosts must be 1…200, not ${options.hosts}`);
   if (namespacesWithPrefix(prefix).length > 0) throw new Error(`namespaces starting with ${prefix} already exist; use a unique prefix`);
@@ -141,30 +166,34 @@ export async function createSimNetwork(options: { hosts: number; prefix: string;
   const hosts: SimHost[] = [];
   let outside: SimNetwork['outside'];
 
-  const attach = async (ns: string, port: string, address: string): Promise<void> => {
-    await ip('link', 'add', 'name', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', port, 'netns', underlay);
+  const attach = async (ns: string, port: string, address: string, address6?: string): Promise<void> => {
+    const m = String(mtu);
+    await ip('link', 'add', 'name', 'eth0', 'netns', ns, 'mtu', m, 'type', 'veth', 'peer', 'name', port, 'netns', underlay, 'mtu', m);
     await ip('-n', underlay, 'link', 'set', 'dev', port, 'master', 'ul0', 'up');
     await ip('-n', ns, 'addr', 'add', `${address}/${UNDERLAY_PREFIX_LENGTH}`, 'dev', 'eth0');
+    // nodad: the address is usable at once (duplicate address detection would hold it for ~1 s)
+    if (address6) await ip('-n', ns, 'addr', 'add', `${address6}/${UNDERLAY_PREFIX_LENGTH6}`, 'dev', 'eth0', 'nodad');
     await ip('-n', ns, 'link', 'set', 'dev', 'eth0', 'up');
   };
 
   try {
     await addNamespace(underlay);
-    await ip('-n', underlay, 'link', 'add', 'name', 'ul0', 'type', 'bridge');
+    await ip('-n', underlay, 'link', 'add', 'name', 'ul0', 'mtu', String(mtu), 'type', 'bridge');
     await ip('-n', underlay, 'link', 'set', 'dev', 'ul0', 'up');
     for (let i = 1; i <= options.hosts; i++) {
       const name = `${prefix}h${i}`;
       const address = `198.18.${Math.floor(i / 256)}.${i % 256}`;
+      const address6 = options.ipv6 ? `2001:2::${i.toString(16)}` : undefined;
       await addNamespace(name);
-      await attach(name, `p${i}`, address);
+      await attach(name, `p${i}`, address, address6);
       await run('nsenter', [`--net=${NETNS_DIR}/${name}`, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'], { timeoutMs: COMMAND_TIMEOUT_MS });
-      hosts.push({ name, index: i, address, path: `${NETNS_DIR}/${name}` });
+      hosts.push({ name, index: i, address, ...(address6 ? { address6 } : {}), path: `${NETNS_DIR}/${name}` });
     }
     if (options.outside) {
       const name = `${prefix}x`;
       await addNamespace(name);
-      await attach(name, 'px', OUTSIDE_ADDRESS);
-      outside = { name, address: OUTSIDE_ADDRESS };
+      await attach(name, 'px', OUTSIDE_ADDRESS, options.ipv6 ? OUTSIDE_ADDRESS6 : undefined);
+      outside = { name, address: OUTSIDE_ADDRESS, ...(options.ipv6 ? { address6: OUTSIDE_ADDRESS6 } : {}) };
     }
   } catch (err) {
     sweepSync(prefix);
@@ -180,6 +209,7 @@ export async function createSimNetwork(options: { hosts: number; prefix: string;
     underlay,
     hosts,
     ...(outside ? { outside } : {}),
+    underlayMtu: mtu,
     async addContainer(host, name) {
       const ns = `${prefix}${name}`;
       await addNamespace(ns);

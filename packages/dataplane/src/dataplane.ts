@@ -22,6 +22,7 @@ import { runBatch } from './iproute2.ts';
 import { probeSandboxes, readActualState } from './kernel-state.ts';
 import { iptablesChains } from './names.ts';
 import { planChanges } from './plan.ts';
+import { readUnderlay, type UnderlayInfo } from './underlay.ts';
 
 /** Read → plan → execute rounds of one `apply` (the first plus re-plans after failed lines). */
 export const APPLY_MAX_ROUNDS = 3;
@@ -42,11 +43,21 @@ export interface DataplaneConfig {
    * there. Tests drive several simulated hosts from one process with this.
    */
   readonly hostNetns?: string;
-  /** Local underlay IPv4 address: the VXLAN source address, and what peers use as this host's VTEP. */
+  /**
+   * Local underlay address, IPv4 or IPv6: the VXLAN source address, and what peers use as this host's
+   * VTEP. Every peer's VTEP must be of the same family (a VXLAN device sends over one family).
+   */
   readonly vtep: string;
-  /** VXLAN UDP port; default 4789. Must be the same on every host. */
+  /**
+   * VXLAN UDP port; default 4789. Must be the same on every host of the cluster: a host on another port
+   * sends to a port nobody listens on. The agent checks it against the cluster's recorded port.
+   */
   readonly vxlanPort?: number;
-  /** MTU of the underlay; default 1500. Overlay interfaces get this − 50 (VXLAN over IPv4). */
+  /**
+   * MTU of the underlay interface (see {@link readUnderlay}); default 1500. Overlay interfaces get this
+   * − 50 (IPv4 VTEP) or − 70 (IPv6 VTEP) unless a network sets its own MTU, and a network MTU above that
+   * is reported in {@link ApplyReport.warnings}.
+   */
   readonly underlayMtu?: number;
   /**
    * The gateway bridge that gives non-internal containers a way out (Docker's docker_gwbridge), or
@@ -66,6 +77,19 @@ export interface GatewayBridgeConfig {
    * here upward to the end of the private range it lies in, that overlaps no route of the host.
    */
   readonly pool?: string;
+  /**
+   * IPv6 egress: a /64 on the bridge (from {@link pool6}), ip6tables masquerade for it, IPv6 forwarding
+   * in the host namespace. `'auto'`: only when the host namespace has a global IPv6 address on some
+   * interface (the host has IPv6 to give) — what the agent passes once it hands out IPv6 egress
+   * addresses; `true`: always; `false` (default): never, so a caller that gives endpoints no
+   * `egress.addressIPv6` changes nothing IPv6 on the host.
+   */
+  readonly ipv6?: 'auto' | boolean;
+  /**
+   * First candidate IPv6 subnet (a /64); default `fd6b:766e:6777::/64` (a ULA). The bridge takes the first
+   * /64 from here to the end of its /48 that overlaps no IPv6 route of the host.
+   */
+  readonly pool6?: string;
 }
 
 /** Everything the host should have: only networks with at least one local endpoint. */
@@ -80,11 +104,20 @@ export interface DesiredNetwork {
   readonly id: string;
   /** VXLAN network identifier, 256…16777215. */
   readonly vni: number;
-  /** IPv4 subnets; the bridge gets every gateway, e.g. 10.0.1.1/24. All subnets share one L2 segment. */
+  /**
+   * IPv4 and/or IPv6 subnets (IPv4 /30 or larger, IPv6 /126 or larger); the bridge gets every gateway,
+   * e.g. 10.0.1.1/24 and fd00:1::1/64. All subnets share one L2 segment. Only IPv6 subnets: an IPv6-only
+   * network.
+   */
   readonly subnets: readonly { readonly cidr: string; readonly gateway: string }[];
   /** Internal networks get no egress: no gateway bridge interface, no default route. */
   readonly internal: boolean;
-  /** MTU of the overlay interfaces; default underlay MTU − 50. */
+  /**
+   * MTU of every overlay interface of the network (vxlan0, br0, both veth ends); the same on every host.
+   * Default: this host's underlay MTU − 50 (− 70 for an IPv6 VTEP). At least 68, or 1280 when the network
+   * has an IPv6 subnet (refused otherwise); one above what this host's underlay carries is applied and
+   * reported in {@link ApplyReport.warnings}.
+   */
   readonly mtu?: number;
   /** The endpoints on this host. */
   readonly endpoints: readonly DesiredEndpoint[];
@@ -96,9 +129,14 @@ export interface DesiredNetwork {
 export interface DesiredEndpoint {
   /** Endpoint id; lowercase letters and digits, ≤ 64 chars; the first 12 must be unique in the network. */
   readonly id: string;
-  /** IPv4 address with the prefix length of its subnet, e.g. 10.0.1.2/24. */
-  readonly address: string;
-  /** Default `02:42:` + the IPv4 bytes. */
+  /** IPv4 address with the prefix length of its subnet, e.g. 10.0.1.2/24. At least one of the two addresses. */
+  readonly address?: string;
+  /** IPv6 address with the prefix length of its subnet, e.g. fd00:1::2/64 (set without duplicate address detection). */
+  readonly addressIPv6?: string;
+  /**
+   * Default: `02:42:` + the IPv4 bytes when the endpoint has an IPv4 address (dual stack included), else
+   * `06:` + five bytes of SHA-256 of the IPv6 address (`endpointMac` of `@kvnet/netaddr`).
+   */
   readonly mac?: string;
   /** Standalone mode: the container side is moved into this netns path and named `ifname`. */
   readonly sandbox?: DesiredSandbox;
@@ -114,18 +152,25 @@ export interface DesiredSandbox {
   readonly ifname: string;
   /**
    * A second interface on the gateway bridge carrying the default route (non-internal networks only).
-   * `address` is a CIDR inside the bridge's subnet, e.g. 172.18.0.2/16, allocated by the agent.
+   * `address` is a CIDR inside the bridge's subnet, e.g. 172.18.0.2/16, allocated by the agent;
+   * `addressIPv6` (optional) one inside the bridge's IPv6 subnet (`GatewayBridgeInfo.subnet6`), which adds
+   * the IPv6 default route.
    */
-  readonly egress?: { readonly ifname: string; readonly address: string };
+  readonly egress?: { readonly ifname: string; readonly address: string; readonly addressIPv6?: string };
 }
 
-/** A remote endpoint: becomes one neighbour entry (ip → mac) and one FDB entry (mac → vtep). */
+/**
+ * A remote endpoint: becomes one neighbour entry per address (ip → mac: ARP for IPv4, NDP for IPv6,
+ * both answered by vxlan0's proxy) and one FDB entry (mac → vtep).
+ */
 export interface DesiredPeer {
-  /** The remote endpoint's IPv4 address (no prefix length). */
-  readonly ip: string;
+  /** The remote endpoint's IPv4 address (no prefix length). At least one of `ip` and `ipv6`. */
+  readonly ip?: string;
+  /** The remote endpoint's IPv6 address (no prefix length). */
+  readonly ipv6?: string;
   /** The remote endpoint's MAC. */
   readonly mac: string;
-  /** The remote host's VTEP (underlay IPv4). */
+  /** The remote host's VTEP (underlay address, the same family as this host's). */
   readonly vtep: string;
 }
 
@@ -135,7 +180,7 @@ export type NetnsTarget =
   | { readonly kind: 'name'; readonly name: string }
   | { readonly kind: 'path'; readonly path: string };
 
-/** One interface as read back from the kernel (IPv4 addresses only). */
+/** One interface as read back from the kernel. */
 export interface ActualLink {
   /** Interface name in its namespace. */
   readonly name: string;
@@ -152,9 +197,9 @@ export interface ActualLink {
   readonly master?: string;
   /** ifalias; carries the data plane's completion marker on links it made. */
   readonly alias?: string;
-  /** IPv4 addresses as CIDRs, e.g. 10.0.1.1/24. */
+  /** IPv4 and IPv6 addresses as CIDRs, e.g. 10.0.1.1/24, fd00:1::1/64; link-local (fe80::/10) ones left out. */
   readonly addresses: readonly string[];
-  /** VXLAN attributes (vxlan devices only); `local` is the source VTEP. */
+  /** VXLAN attributes (vxlan devices only); `local` is the source VTEP (IPv4 or IPv6). */
   readonly vxlan?: {
     readonly vni: number;
     readonly port: number;
@@ -168,8 +213,9 @@ export interface ActualLink {
   readonly peer?: { readonly index: number; readonly netnsId?: number };
 }
 
-/** A neighbour entry on the VXLAN device. */
+/** A neighbour entry on the VXLAN device (ARP or NDP; link-local IPv6 entries are not read). */
 export interface ActualNeighbour {
+  /** IPv4 or IPv6 address, canonical. */
   readonly ip: string;
   readonly mac: string;
   /** NUD_PERMANENT (what the data plane programs); anything else is replaced or removed. */
@@ -207,6 +253,9 @@ export interface ActualGatewayBridge {
   readonly subnet?: string;
   /** The bridge's own address (the containers' default gateway). */
   readonly gateway?: string;
+  /** Subnet and gateway from the bridge's first IPv6 address (IPv6 egress); undefined without one. */
+  readonly subnet6?: string;
+  readonly gateway6?: string;
   readonly up: boolean;
   readonly mtu: number;
   /** Whether this prefix created it (its alias carries our marker). */
@@ -223,6 +272,8 @@ export interface ActualHost {
   readonly gatewayBridge?: ActualGatewayBridge;
   /** Our iptables rules in `iptables -S` form per table (our chains and the jumps to them); read on request. */
   readonly iptables?: { readonly filter: readonly string[]; readonly nat: readonly string[] };
+  /** The same for ip6tables (IPv6 egress); read with `iptables`. */
+  readonly ip6tables?: { readonly filter: readonly string[]; readonly nat: readonly string[] };
 }
 
 /** What a sandbox path turned out to be when probed. */
@@ -276,6 +327,8 @@ export interface Plan {
   readonly stages: readonly PlanStage[];
   /** Desired objects refused before touching the kernel; those objects are left as they are. */
   readonly errors: readonly DataplaneError[];
+  /** Desired objects planned as asked but worth a warning (see {@link ApplyReport.warnings}). */
+  readonly warnings: readonly DataplaneError[];
   /** Number of lines (one kernel change each). 0 means the kernel already matches. */
   readonly changes: number;
 }
@@ -294,6 +347,11 @@ export interface ApplyReport {
   readonly rounds: number;
   /** Per-object errors of the final round; everything else was applied. */
   readonly errors: readonly DataplaneError[];
+  /**
+   * Things applied as asked that may not work as the user expects: a network whose MTU is above what
+   * this host's underlay carries (`MtuExceedsUnderlayError`). The agent logs them and counts them.
+   */
+  readonly warnings: readonly DataplaneError[];
   /** Wall time of the whole call, including reads. */
   readonly durationMs: number;
 }
@@ -305,6 +363,10 @@ export interface GatewayBridgeInfo {
   readonly subnet: string;
   /** e.g. 172.18.0.1 */
   readonly gateway: string;
+  /** The IPv6 subnet (a /64) when the bridge carries IPv6 egress, e.g. fd6b:766e:6777::/64. */
+  readonly subnet6?: string;
+  /** e.g. fd6b:766e:6777::1 */
+  readonly gateway6?: string;
 }
 
 /**
@@ -332,9 +394,21 @@ export class Dataplane {
     return this.#config.prefix;
   }
 
-  /** MTU given to overlay interfaces unless a network overrides it (underlay MTU − 50). */
+  /** MTU given to overlay interfaces unless a network overrides it (underlay MTU − 50, or − 70 for an IPv6 VTEP). */
   get overlayMtu(): number {
     return this.#config.overlayMtu;
+  }
+
+  /**
+   * This host's underlay interface as the kernel has it now: the interface holding the configured VTEP
+   * address in the host namespace, its MTU, and the largest overlay MTU it carries. The agent reads it at
+   * start (for the default MTU of networks it creates, and to report networks whose MTU does not fit)
+   * before constructing the data plane with `underlayMtu`; this method re-reads it (MTU changed since).
+   * Throws InvalidConfigError when no interface holds the VTEP address.
+   */
+  readUnderlay(options: { signal?: AbortSignal } = {}): Promise<UnderlayInfo> {
+    const hostNetns = this.#config.host.kind === 'self' ? undefined : this.#config.hostLabel;
+    return readUnderlay({ ...(hostNetns ? { hostNetns } : {}), address: this.#config.vtep, ...(options.signal ? { signal: options.signal } : {}) });
   }
 
   /**
@@ -369,7 +443,10 @@ export class Dataplane {
   /**
    * Creates (idempotently) the gateway bridge, its iptables rules and IPv4 forwarding in the host
    * namespace, and returns its subnet and gateway; the agent allocates egress addresses from the subnet.
-   * An existing bridge keeps its subnet. Throws a {@link DataplaneError} (e.g. GatewayPoolExhaustedError).
+   * Where the host has IPv6 (see {@link GatewayBridgeConfig.ipv6}) the bridge also gets an IPv6 /64
+   * (`subnet6`/`gateway6`, ip6tables masquerade, IPv6 forwarding), and the agent may give endpoints an
+   * `egress.addressIPv6` from it. An existing bridge keeps its subnets. Throws a {@link DataplaneError}
+   * (e.g. GatewayPoolExhaustedError).
    */
   ensureGatewayBridge(): Promise<GatewayBridgeInfo> {
     return this.#exclusive(() => this.#ensureGateway());
@@ -445,15 +522,17 @@ export class Dataplane {
       lastFailure = failure;
     }
     const errors = [...upfront, ...(plan?.errors ?? []), ...(execution?.errors ?? [])];
+    const warnings = plan?.warnings ?? [];
     const durationMs = performance.now() - started;
-    const summary = { changes, rounds, errors: errors.length, durationMs: Math.round(durationMs) };
+    const summary = { changes, rounds, errors: errors.length, warnings: warnings.length, durationMs: Math.round(durationMs) };
     for (const err of errors.slice(0, LOGGED_ERRORS_PER_APPLY)) {
       const o = err.object;
       this.#logger.warn({ code: err.code, nid: o.network, eid: o.endpoint, peer: o.peer, ifname: o.ifname, netns: o.netns }, err.message);
     }
+    // Warnings are logged by the caller, which knows when a network first appears (once, not per apply).
     if (errors.length > 0) this.#logger.warn(summary, 'data plane applied with errors; the rest is in place');
     else if (changes > 0) this.#logger.debug(summary, 'data plane applied');
-    return { changes, rounds, errors, durationMs };
+    return { changes, rounds, errors, warnings, durationMs };
   }
 
   async #destroyAll(): Promise<void> {
@@ -468,14 +547,17 @@ export class Dataplane {
       if (reason) errors.push(new KernelRefusedError({ kind: 'gateway-bridge', ifname: gw.name }, `remove gateway bridge ${gw.name}`, config.hostLabel, reason, `link del dev ${gw.name}`));
     }
     const chains = iptablesChains(config.prefix);
-    for (const [table, chain] of [['filter', chains.forward], ['nat', chains.postrouting]] as const) {
-      const input = iptablesRemovalInput(table, state.host.iptables?.[table] ?? [], [chain]);
-      if (!input) continue;
-      try {
-        await iptablesRestore(config, input, { kind: 'host', netns: config.hostLabel });
-      } catch (err) {
-        if (!isDataplaneError(err)) throw err;
-        errors.push(err);
+    for (const family of [4, 6] as const) {
+      const have = family === 4 ? state.host.iptables : state.host.ip6tables;
+      for (const [table, chain] of [['filter', chains.forward], ['nat', chains.postrouting]] as const) {
+        const input = iptablesRemovalInput(table, have?.[table] ?? [], [chain]);
+        if (!input) continue;
+        try {
+          await iptablesRestore(config, input, { kind: 'host', netns: config.hostLabel }, family);
+        } catch (err) {
+          if (!isDataplaneError(err)) throw err;
+          errors.push(err);
+        }
       }
     }
     this.#gatewayReady = false;

@@ -6,28 +6,35 @@
  */
 
 import { createHash } from 'node:crypto';
+import {
+  canonicalIp,
+  cidrContainsIp,
+  cidrOf,
+  cidrOverlaps,
+  endpointMac,
+  formatCidr,
+  formatInterfaceAddress,
+  ipToString,
+  isHostAddress,
+  normalizeMac,
+  parseInterfaceAddress,
+  parseIp,
+  type Cidr,
+  type Family,
+  type InterfaceAddress,
+  type IpAddress,
+} from '@kvnet/netaddr';
 import type { ResolvedConfig } from './config.ts';
-import { MAX_MTU, MIN_MTU } from './config.ts';
 import type { ActualState, DesiredEndpoint, DesiredNetwork, DesiredState, NetnsTarget } from './dataplane.ts';
 import {
   DesiredConflictError,
   InvalidDesiredStateError,
+  MtuExceedsUnderlayError,
   SandboxNotFoundError,
   type DataplaneError,
   type DataplaneObject,
 } from './errors.ts';
-import {
-  cidrContains,
-  cidrsOverlap,
-  formatIpv4,
-  formatNetwork,
-  isNetworkOrBroadcast,
-  macFromIpv4,
-  normalizeMac,
-  parseCidr,
-  parseIpv4,
-  type Ipv4Cidr,
-} from './ipv4.ts';
+import { checkNetworkMtu } from './mtu.ts';
 import {
   egressHostIfname,
   egressMarker,
@@ -42,11 +49,17 @@ import {
 export const VNI_MIN = 256;
 export const VNI_MAX = 16_777_215;
 const DIGEST_HEX_CHARS = 12;
+/** Longest subnet prefix per family: room for network, gateway and one endpoint (and IPv4 broadcast). */
+const MAX_SUBNET_PREFIX: Readonly<Record<Family, number>> = { 4: 30, 6: 126 };
 
 export interface ResolvedPeer {
-  readonly ip: string;
+  /** Canonical addresses, IPv4 first: one neighbour entry each. */
+  readonly ips: readonly string[];
   readonly mac: string;
+  /** Canonical VTEP address. */
   readonly vtep: string;
+  /** How errors name the peer: its first address. */
+  readonly label: string;
 }
 
 export interface ResolvedEgress {
@@ -56,6 +69,9 @@ export interface ResolvedEgress {
   readonly ifname: string;
   readonly address: string;
   readonly gateway: string;
+  /** IPv6 egress address (`ip/len`) and the bridge's IPv6 gateway, when asked for. */
+  readonly address6?: string;
+  readonly gateway6?: string;
   readonly bridge: string;
   readonly mtu: number;
   readonly marker: string;
@@ -67,7 +83,7 @@ export type ResolvedEndpointSide =
       readonly path: string;
       readonly netns: NetnsTarget;
       readonly ifname: string;
-      /** On-link routes for the network's other subnets. */
+      /** On-link routes for the network's other subnets of the endpoint's families. */
       readonly routes: readonly string[];
     }
   | { readonly kind: 'handoff'; readonly hostIfname: string };
@@ -78,7 +94,8 @@ export interface ResolvedEndpoint {
   /** Overlay-side veth name. */
   readonly vethName: string;
   readonly mac: string;
-  readonly address: string;
+  /** Canonical `ip/len` addresses, IPv4 first (IPv6 ones are set without duplicate address detection). */
+  readonly addresses: readonly string[];
   readonly mtu: number;
   readonly side: ResolvedEndpointSide;
   /** Alias written on the overlay-side veth once the endpoint is complete. */
@@ -92,7 +109,7 @@ export interface ResolvedNetwork {
   readonly vni: number;
   readonly netns: string;
   readonly mtu: number;
-  /** Gateway addresses of the bridge, e.g. 10.0.1.1/24. */
+  /** Gateway addresses of the bridge, canonical, e.g. 10.0.1.1/24, fd00:1::1/64. */
   readonly bridgeAddresses: readonly string[];
   readonly endpoints: readonly ResolvedEndpoint[];
   /** Ids of endpoints refused here: their kernel objects stay as they are. */
@@ -107,6 +124,8 @@ export interface ResolvedDesiredState {
   /** Endpoint ids whose existing egress link stays as it is. */
   readonly keepEgress: ReadonlySet<string>;
   readonly errors: readonly DataplaneError[];
+  /** Applied anyway, but worth telling: a network MTU above what the underlay carries. */
+  readonly warnings: readonly DataplaneError[];
 }
 
 /** A sandbox path as a command target: a plain /run/netns entry is addressed by name (`ip -n`). */
@@ -120,8 +139,8 @@ function digest(value: unknown): string {
 }
 
 interface Subnet {
-  readonly cidr: Ipv4Cidr;
-  readonly gateway: number;
+  readonly cidr: Cidr;
+  readonly gateway: IpAddress;
 }
 
 /** Validates `desired` against the config and the parts of `actual` it depends on (gateway bridge, sandbox probes). */
@@ -131,6 +150,7 @@ export function resolveDesiredState(
   actual: Pick<ActualState, 'host' | 'sandboxes'>,
 ): ResolvedDesiredState {
   const errors: DataplaneError[] = [];
+  const warnings: DataplaneError[] = [];
   const networks: ResolvedNetwork[] = [];
   const keepNetworks = new Set<string>();
   const keepEgress = new Set<string>();
@@ -174,16 +194,20 @@ export function resolveDesiredState(
       continue;
     }
     const mtu = net.mtu ?? config.overlayMtu;
-    if (!Number.isInteger(mtu) || mtu < MIN_MTU || mtu > MAX_MTU) {
-      refuse(new InvalidDesiredStateError(object, 'mtu', net.mtu, `must be an integer in ${MIN_MTU}…${MAX_MTU}`));
+    const hasIpv6 = subnets.some((s) => s.cidr.family === 6);
+    const mtuProblem = checkNetworkMtu(mtu, { hasIpv6 });
+    if (mtuProblem) {
+      refuse(new InvalidDesiredStateError(object, 'mtu', mtu, mtuProblem.reason));
       continue;
     }
+    const fit = checkNetworkMtu(mtu, { hasIpv6, underlayMtu: config.underlayMtu, underlayFamily: config.vtepFamily });
+    if (fit) warnings.push(new MtuExceedsUnderlayError({ ...object, netns: overlayNetnsName(config.prefix, net.id) }, mtu, fit.limit, fit.reason));
     vniOwner.set(net.vni, net.id);
 
     const netns = overlayNetnsName(config.prefix, net.id);
     const endpoints: ResolvedEndpoint[] = [];
     const keepEndpoints = new Set<string>();
-    const used = { ids: new Set<string>(), veths: new Map<string, string>(), ips: new Map<number, string>(), macs: new Map<string, string>() };
+    const used: Used = { ids: new Set(), veths: new Map(), ips: new Map(), macs: new Map() };
     for (const ep of net.endpoints) {
       const epObject: DataplaneObject = { kind: 'endpoint', network: net.id, endpoint: ep.id };
       const result = resolveEndpoint(ep, epObject, net, subnets, mtu, used);
@@ -219,41 +243,58 @@ export function resolveDesiredState(
       vni: net.vni,
       netns,
       mtu,
-      bridgeAddresses: subnets.map((s) => `${formatIpv4(s.gateway)}/${s.cidr.prefixLength}`),
+      bridgeAddresses: subnets.map((s) => `${ipToString(s.gateway)}/${s.cidr.prefix}`),
       endpoints,
       keepEndpoints,
       peers,
     });
   }
-  return { networks, keepNetworks, keepEgress, errors };
+  return { networks, keepNetworks, keepEgress, errors, warnings };
 }
 
-function gatewayOf(
-  actual: Pick<ActualState, 'host'>,
-  config: ResolvedConfig,
-): { bridge: string; cidr: Ipv4Cidr; gateway: string } | string {
+interface GatewayView {
+  readonly bridge: string;
+  readonly cidr: Cidr;
+  readonly gateway: string;
+  readonly cidr6?: Cidr;
+  readonly gateway6?: string;
+}
+
+/** Names an endpoint's resources (veth names, addresses, MACs) already taken in its network. */
+interface Used {
+  readonly ids: Set<string>;
+  readonly veths: Map<string, string>;
+  /** Canonical bare address → endpoint id. */
+  readonly ips: Map<string, string>;
+  readonly macs: Map<string, string>;
+}
+
+function gatewayOf(actual: Pick<ActualState, 'host'>, config: ResolvedConfig): GatewayView | string {
   if (!config.gateway) return 'the data plane has no gateway bridge (gatewayBridge: false)';
   const gw = actual.host.gatewayBridge;
-  const cidr = gw?.subnet ? parseCidr(gw.subnet) : undefined;
+  const cidr = gw?.subnet ? cidrOf(gw.subnet) : undefined;
   if (!gw || !cidr || !gw.gateway) return `the gateway bridge ${config.gateway.name} does not exist yet or has no IPv4 address`;
-  return { bridge: gw.name, cidr, gateway: gw.gateway };
+  const cidr6 = gw.subnet6 ? cidrOf(gw.subnet6) : undefined;
+  return { bridge: gw.name, cidr, gateway: gw.gateway, ...(cidr6 && gw.gateway6 ? { cidr6, gateway6: gw.gateway6 } : {}) };
 }
 
 function resolveSubnets(net: DesiredNetwork, object: DataplaneObject): Subnet[] | InvalidDesiredStateError {
   if (net.subnets.length === 0) return new InvalidDesiredStateError(object, 'subnets', [], 'must hold at least one subnet');
   const out: Subnet[] = [];
   for (const s of net.subnets) {
-    const cidr = parseCidr(s.cidr);
-    if (!cidr || cidr.prefixLength > 30) {
-      return new InvalidDesiredStateError(object, 'subnet', s.cidr, 'is not an IPv4 CIDR of /30 or larger');
+    // host bits in the subnet are tolerated (10.0.1.5/24 is 10.0.1.0/24), as the agent has always sent
+    const parsed = parseInterfaceAddress(s.cidr);
+    if (!parsed || parsed.prefix > MAX_SUBNET_PREFIX[parsed.ip.family]) {
+      return new InvalidDesiredStateError(object, 'subnet', s.cidr, `is not an IPv4 CIDR of /${MAX_SUBNET_PREFIX[4]} or larger or an IPv6 CIDR of /${MAX_SUBNET_PREFIX[6]} or larger`);
     }
-    const gateway = parseIpv4(s.gateway);
-    if (gateway === undefined || !cidrContains(cidr, gateway) || isNetworkOrBroadcast(cidr, gateway)) {
+    const cidr = parsed.network;
+    const gateway = parseIp(s.gateway);
+    if (gateway === undefined || !isHostAddress(cidr, gateway)) {
       return new InvalidDesiredStateError(object, 'gateway', s.gateway, `is not a host address of subnet ${s.cidr}`);
     }
-    const overlapping = out.find((o) => cidrsOverlap(o.cidr, cidr));
+    const overlapping = out.find((o) => cidrOverlaps(o.cidr, cidr));
     if (overlapping) {
-      return new InvalidDesiredStateError(object, 'subnet', s.cidr, `overlaps subnet ${formatNetwork(overlapping.cidr)} of the same network`);
+      return new InvalidDesiredStateError(object, 'subnet', s.cidr, `overlaps subnet ${formatCidr(overlapping.cidr)} of the same network`);
     }
     out.push({ cidr, gateway });
   }
@@ -262,13 +303,34 @@ function resolveSubnets(net: DesiredNetwork, object: DataplaneObject): Subnet[] 
 
 type EndpointResult = ResolvedEndpoint | { error: DataplaneError; keep: boolean };
 
+/** One endpoint address of the wanted family inside one of the network's subnets, or why not. */
+function endpointAddress(
+  value: string,
+  family: Family,
+  net: DesiredNetwork,
+  subnets: readonly Subnet[],
+): InterfaceAddress | string {
+  const a = parseInterfaceAddress(value);
+  if (!a || a.ip.family !== family) {
+    return family === 4
+      ? 'is not an IPv4 address with a prefix length (e.g. 10.0.1.2/24; an IPv6 address goes in addressIPv6)'
+      : 'is not an IPv6 address with a prefix length (e.g. fd00:1::2/64)';
+  }
+  const subnet = subnets.find((s) => s.cidr.family === family && s.cidr.prefix === a.prefix && cidrContainsIp(s.cidr, a.ip));
+  if (!subnet) return `is in none of the network's subnets ${net.subnets.map((s) => s.cidr).join(', ')}`;
+  if (a.ip.value === subnet.gateway.value || !isHostAddress(subnet.cidr, a.ip)) {
+    return family === 4 ? 'is the gateway, network or broadcast address of its subnet' : 'is the gateway or the network (Subnet-Router anycast) address of its subnet';
+  }
+  return a;
+}
+
 function resolveEndpoint(
   ep: DesiredEndpoint,
   object: DataplaneObject,
   net: DesiredNetwork,
   subnets: readonly Subnet[],
   mtu: number,
-  used: { ids: Set<string>; veths: Map<string, string>; ips: Map<number, string>; macs: Map<string, string> },
+  used: Used,
 ): EndpointResult {
   const invalid = (field: string, value: unknown, reason: string): EndpointResult => ({
     error: new InvalidDesiredStateError(object, field, value, reason),
@@ -279,22 +341,29 @@ function resolveEndpoint(
     return { error: new DesiredConflictError(object, 'appears twice in the network; the first entry is applied'), keep: false };
   }
   used.ids.add(ep.id);
-  const cidr = parseCidr(ep.address);
-  if (!cidr) return invalid('address', ep.address, 'is not an IPv4 address with a prefix length (e.g. 10.0.1.2/24)');
-  const subnet = subnets.find((s) => s.cidr.prefixLength === cidr.prefixLength && cidrContains(s.cidr, cidr.address));
-  if (!subnet) return invalid('address', ep.address, `is in none of the network's subnets ${net.subnets.map((s) => s.cidr).join(', ')}`);
-  if (cidr.address === subnet.gateway || isNetworkOrBroadcast(subnet.cidr, cidr.address)) {
-    return invalid('address', ep.address, 'is the gateway, network or broadcast address of its subnet');
+  if (ep.address === undefined && ep.addressIPv6 === undefined) {
+    return invalid('address', undefined, 'is missing: an endpoint needs an IPv4 address (address), an IPv6 address (addressIPv6) or both');
   }
-  const mac = ep.mac === undefined ? macFromIpv4(cidr.address) : normalizeMac(ep.mac);
+  const parsed: InterfaceAddress[] = [];
+  for (const [field, value, family] of [['address', ep.address, 4], ['addressIPv6', ep.addressIPv6, 6]] as const) {
+    if (value === undefined) continue;
+    const a = endpointAddress(value, family, net, subnets);
+    if (typeof a === 'string') return invalid(field, value, a);
+    parsed.push(a);
+  }
+  const v4 = parsed.find((a) => a.ip.family === 4);
+  const v6 = parsed.find((a) => a.ip.family === 6);
+  const mac = ep.mac === undefined ? endpointMac({ ...(v4 ? { ipv4: v4.ip } : {}), ...(v6 ? { ipv6: v6.ip } : {}) }) : normalizeMac(ep.mac);
   if (!mac) return invalid('mac', ep.mac, 'is not a unicast MAC address (aa:bb:cc:dd:ee:ff)');
   if ((ep.sandbox === undefined) === (ep.handoff === undefined)) {
     return invalid('sandbox/handoff', { sandbox: ep.sandbox, handoff: ep.handoff }, 'exactly one of sandbox and handoff must be given');
   }
   const vethName = overlayVethName(ep.id);
+  const ips = parsed.map((a) => ipToString(a.ip));
+  const takenIp = ips.find((ip) => used.ips.has(ip));
   const taken =
     (used.veths.has(vethName) && `overlay interface name ${vethName} is already taken by endpoint ${used.veths.get(vethName)}`) ||
-    (used.ips.has(cidr.address) && `address ${formatIpv4(cidr.address)} is already taken by endpoint ${used.ips.get(cidr.address)}`) ||
+    (takenIp !== undefined && `address ${takenIp} is already taken by endpoint ${used.ips.get(takenIp)}`) ||
     (used.macs.has(mac) && `MAC ${mac} is already taken by endpoint ${used.macs.get(mac)}`);
   if (taken) return { error: new DesiredConflictError(object, taken), keep: true };
   let side: ResolvedEndpointSide;
@@ -303,7 +372,10 @@ function resolveEndpoint(
     if (pathProblem) return invalid('sandbox.path', ep.sandbox.path, pathProblem);
     const nameProblem = ifnameProblem(ep.sandbox.ifname);
     if (nameProblem) return invalid('sandbox.ifname', ep.sandbox.ifname, nameProblem);
-    const routes = subnets.filter((s) => s !== subnet).map((s) => formatNetwork(s.cidr));
+    const families = new Set(parsed.map((a) => a.ip.family));
+    const routes = subnets
+      .filter((s) => families.has(s.cidr.family) && !parsed.some((a) => cidrContainsIp(s.cidr, a.ip)))
+      .map((s) => formatCidr(s.cidr));
     side = { kind: 'sandbox', path: ep.sandbox.path, netns: sandboxTarget(ep.sandbox.path), ifname: ep.sandbox.ifname, routes };
   } else {
     const hostIfname = ep.handoff!.hostIfname;
@@ -312,11 +384,13 @@ function resolveEndpoint(
     side = { kind: 'handoff', hostIfname };
   }
   used.veths.set(vethName, ep.id);
-  used.ips.set(cidr.address, ep.id);
+  for (const ip of ips) used.ips.set(ip, ep.id);
   used.macs.set(mac, ep.id);
-  const address = `${formatIpv4(cidr.address)}/${cidr.prefixLength}`;
-  const configDigest = digest([address, mac, mtu, side.kind === 'sandbox' ? [side.path, side.ifname, side.routes] : side.hostIfname]);
-  return { id: ep.id, object, vethName, mac, address, mtu, side, marker: endpointMarker(ep.id, configDigest) };
+  const addresses = parsed.map(formatInterfaceAddress);
+  // One address is digested as a plain string, as before IPv6 existed: an upgraded agent finds its
+  // IPv4 endpoints complete instead of recreating them.
+  const configDigest = digest([addresses.length === 1 ? addresses[0] : addresses, mac, mtu, side.kind === 'sandbox' ? [side.path, side.ifname, side.routes] : side.hostIfname]);
+  return { id: ep.id, object, vethName, mac, addresses, mtu, side, marker: endpointMarker(ep.id, configDigest) };
 }
 
 /** Reserves the names an endpoint uses outside its overlay namespace; a conflict refuses the endpoint. */
@@ -366,34 +440,45 @@ function resolveEgress(
   if (typeof gateway === 'string') return new InvalidDesiredStateError(egObject, 'sandbox.egress', egress, `cannot be attached: ${gateway}`);
   const nameProblem = ifnameProblem(egress.ifname);
   if (nameProblem) return new InvalidDesiredStateError(egObject, 'sandbox.egress.ifname', egress.ifname, nameProblem);
-  const cidr = parseCidr(egress.address);
-  const gatewayIp = parseIpv4(gateway.gateway);
-  if (
-    !cidr ||
-    cidr.prefixLength !== gateway.cidr.prefixLength ||
-    !cidrContains(gateway.cidr, cidr.address) ||
-    cidr.address === gatewayIp ||
-    isNetworkOrBroadcast(gateway.cidr, cidr.address)
-  ) {
-    return new InvalidDesiredStateError(egObject, 'sandbox.egress.address', egress.address, `is not a host address in the gateway bridge subnet ${formatNetwork(gateway.cidr)} (gateway ${gateway.gateway})`);
+  const address = egressAddress(egress.address, gateway.cidr, gateway.gateway);
+  if (address === undefined) {
+    return new InvalidDesiredStateError(egObject, 'sandbox.egress.address', egress.address, `is not a host address in the gateway bridge subnet ${formatCidr(gateway.cidr)} (gateway ${gateway.gateway})`);
+  }
+  let address6: string | undefined;
+  if (egress.addressIPv6 !== undefined) {
+    if (!gateway.cidr6 || !gateway.gateway6) {
+      return new InvalidDesiredStateError(egObject, 'sandbox.egress.addressIPv6', egress.addressIPv6, `cannot be attached: the gateway bridge ${gateway.bridge} has no IPv6 subnet (the host has no IPv6 address, or gatewayBridge.ipv6 is false)`);
+    }
+    address6 = egressAddress(egress.addressIPv6, gateway.cidr6, gateway.gateway6);
+    if (address6 === undefined) {
+      return new InvalidDesiredStateError(egObject, 'sandbox.egress.addressIPv6', egress.addressIPv6, `is not a host address in the gateway bridge's IPv6 subnet ${formatCidr(gateway.cidr6)} (gateway ${gateway.gateway6})`);
+    }
   }
   const hostIfname = egressHostIfname(config.prefix, ep.id);
   const holder = hostNames.get(hostIfname);
   if (holder) return new DesiredConflictError({ ...egObject, ifname: hostIfname }, `host interface name ${hostIfname} is already used by ${holder}`);
   hostNames.set(hostIfname, `egress of endpoint ${ep.id}`);
-  const address = `${formatIpv4(cidr.address)}/${cidr.prefixLength}`;
   const egMtu = config.underlayMtu;
-  const configDigest = digest([ep.sandbox!.path, egress.ifname, address, gateway.gateway, gateway.bridge, egMtu]);
+  const v6 = address6 !== undefined ? [address6, gateway.gateway6] : [];
+  const configDigest = digest([ep.sandbox!.path, egress.ifname, address, gateway.gateway, gateway.bridge, egMtu, ...v6]);
   return {
     object: egObject,
     hostIfname,
     ifname: egress.ifname,
     address,
     gateway: gateway.gateway,
+    ...(address6 !== undefined ? { address6, gateway6: gateway.gateway6! } : {}),
     bridge: gateway.bridge,
     mtu: egMtu,
     marker: egressMarker(config.prefix, ep.id, configDigest),
   };
+}
+
+/** `text` as a canonical `ip/len` host address of `subnet` other than `gateway`, or undefined. */
+function egressAddress(text: string, subnet: Cidr, gateway: string): string | undefined {
+  const a = parseInterfaceAddress(text);
+  if (!a || a.prefix !== subnet.prefix || !isHostAddress(subnet, a.ip) || ipToString(a.ip) === canonicalIp(gateway)) return undefined;
+  return formatInterfaceAddress(a);
 }
 
 /**
@@ -407,15 +492,30 @@ function resolvePeers(
   errors: DataplaneError[],
 ): ResolvedPeer[] {
   const byIp = new Map<string, ResolvedPeer>();
+  const peers: ResolvedPeer[] = [];
   const macOwner = new Map<string, string>();
-  const localIps = new Set(endpoints.map((e) => e.address.slice(0, e.address.indexOf('/'))));
+  const localIps = new Set(endpoints.flatMap((e) => e.addresses.map((a) => a.slice(0, a.indexOf('/')))));
   const localMacs = new Set(endpoints.map((e) => e.mac));
-  const goodVteps = new Set<string>();
+  const vteps = new Map<string, string | undefined>();
   for (const p of net.peers) {
-    const object = (): DataplaneObject => ({ kind: 'peer', network: net.id, peer: p.ip });
-    // parseIpv4 accepts only the canonical dotted form, so a valid `p.ip` is already normalised.
-    if (parseIpv4(p.ip) === undefined) {
-      errors.push(new InvalidDesiredStateError(object(), 'ip', p.ip, 'is not an IPv4 address'));
+    const label = p.ip ?? p.ipv6 ?? '(no address)';
+    const object = (): DataplaneObject => ({ kind: 'peer', network: net.id, peer: label });
+    // canonicalIp, not parse + format: this loop runs for every peer on every apply (10 000 peers)
+    const ip4 = p.ip === undefined ? undefined : canonicalIp(p.ip);
+    const ip6 = p.ipv6 === undefined ? undefined : canonicalIp(p.ipv6);
+    const ips: string[] = [];
+    let bad: DataplaneError | undefined;
+    if (p.ip !== undefined) {
+      if (ip4 === undefined || ip4.includes(':')) bad = new InvalidDesiredStateError(object(), 'ip', p.ip, 'is not an IPv4 address');
+      else ips.push(ip4);
+    }
+    if (!bad && p.ipv6 !== undefined) {
+      if (ip6 === undefined || !ip6.includes(':')) bad = new InvalidDesiredStateError(object(), 'ipv6', p.ipv6, 'is not an IPv6 address');
+      else ips.push(ip6);
+    }
+    if (!bad && ips.length === 0) bad = new InvalidDesiredStateError(object(), 'ip', undefined, 'is missing: a peer needs an IPv4 address (ip), an IPv6 address (ipv6) or both');
+    if (bad) {
+      errors.push(bad);
       continue;
     }
     const mac = normalizeMac(p.mac);
@@ -423,27 +523,29 @@ function resolvePeers(
       errors.push(new InvalidDesiredStateError(object(), 'mac', p.mac, 'is not a unicast MAC address'));
       continue;
     }
-    if (!goodVteps.has(p.vtep)) {
-      if (parseIpv4(p.vtep) === undefined) {
-        errors.push(new InvalidDesiredStateError(object(), 'vtep', p.vtep, 'is not an IPv4 address'));
-        continue;
-      }
-      goodVteps.add(p.vtep);
+    let vtep = vteps.get(p.vtep);
+    if (!vteps.has(p.vtep)) {
+      const v = parseIp(p.vtep);
+      vtep = v && v.family === config.vtepFamily ? ipToString(v) : undefined;
+      vteps.set(p.vtep, vtep);
     }
-    const ip = p.ip;
-    const peer = { ip, mac, vtep: p.vtep };
-    const existing = byIp.get(ip);
+    if (vtep === undefined) {
+      errors.push(new InvalidDesiredStateError(object(), 'vtep', p.vtep, `is not an IPv${config.vtepFamily} address (this host's VTEP ${config.vtep} is IPv${config.vtepFamily}; one VXLAN device sends over one family)`));
+      continue;
+    }
+    const peer: ResolvedPeer = { ips, mac, vtep, label: ips[0]! };
+    const existing = byIp.get(ips[0]!) ?? (ips.length > 1 ? byIp.get(ips[1]!) : undefined);
     if (existing) {
-      if (existing.mac !== mac || existing.vtep !== p.vtep) {
-        errors.push(new DesiredConflictError(object(), `is listed twice (${existing.mac} at ${existing.vtep}, ${mac} at ${p.vtep}); the first is programmed`));
+      if (existing.mac !== mac || existing.vtep !== vtep) {
+        errors.push(new DesiredConflictError(object(), `is listed twice (${existing.mac} at ${existing.vtep}, ${mac} at ${vtep}); the first is programmed`));
       }
       continue;
     }
-    if (p.vtep === config.vtep) {
-      errors.push(new DesiredConflictError(object(), `has this host's own VTEP ${p.vtep}; local endpoints are not peers`));
+    if (vtep === config.vtep) {
+      errors.push(new DesiredConflictError(object(), `has this host's own VTEP ${vtep}; local endpoints are not peers`));
       continue;
     }
-    if (localIps.has(ip) || localMacs.has(mac)) {
+    if (ips.some((ip) => localIps.has(ip)) || localMacs.has(mac)) {
       errors.push(new DesiredConflictError(object(), `uses the address or MAC ${mac} of a local endpoint`));
       continue;
     }
@@ -452,8 +554,9 @@ function resolvePeers(
       errors.push(new DesiredConflictError(object(), `MAC ${mac} is already used by peer ${macHolder}`));
       continue;
     }
-    macOwner.set(mac, ip);
-    byIp.set(ip, peer);
+    macOwner.set(mac, label);
+    for (const ip of ips) byIp.set(ip, peer);
+    peers.push(peer);
   }
-  return [...byIp.values()];
+  return peers;
 }

@@ -146,6 +146,27 @@ export class CommandFailedError extends DataplaneError {
   }
 }
 
+/**
+ * A network's MTU is more than this host's underlay carries (underlay MTU − VXLAN overhead). Reported
+ * in `ApplyReport.warnings`, not refused: the network's MTU is the same on every host, and the network
+ * still works for packets that fit; the agent says so (log, metric) instead of letting large packets
+ * vanish on the way.
+ */
+export class MtuExceedsUnderlayError extends DataplaneError {
+  readonly code = 'KVNET_DATAPLANE_MTU_EXCEEDS_UNDERLAY';
+  readonly kind = 'invalid';
+  constructor(
+    readonly object: DataplaneObject,
+    /** The network's MTU. */
+    readonly mtu: number,
+    /** The largest MTU this host's underlay carries. */
+    readonly limit: number,
+    reason: string,
+  ) {
+    super(`${describeObject(object)}: MTU ${mtu} ${reason}; packets larger than ${limit} bytes may be fragmented or dropped on the underlay`);
+  }
+}
+
 /** No block of the gateway pool is free of the host's routes. */
 export class GatewayPoolExhaustedError extends DataplaneError {
   readonly code = 'KVNET_DATAPLANE_GATEWAY_POOL_EXHAUSTED';

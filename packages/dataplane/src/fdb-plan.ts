@@ -1,8 +1,11 @@
 /**
  * Remote peers → neighbour and FDB lines for one overlay namespace. Pure.
  *
- * Every peer is one permanent neighbour entry (`ip neigh replace IP lladdr MAC dev vxlan0 nud permanent`,
- * answered by the VXLAN device's ARP proxy) and one permanent FDB entry of the VXLAN device itself
+ * Every peer address is one permanent neighbour entry (`ip neigh replace IP lladdr MAC dev vxlan0 nud
+ * permanent`; IPv4 and IPv6 alike), answered by the VXLAN device's proxy: ARP requests for IPv4, and —
+ * checked on kernel 6.18 — IPv6 neighbour solicitations too (without the entry a container's NDP for a
+ * remote address stays INCOMPLETE; with it, the container learns the MAC and `ping -6` crosses hosts, no
+ * multicast needed). Every peer is one permanent FDB entry of the VXLAN device itself
  * (`bridge fdb replace MAC dev vxlan0 dst VTEP self permanent`). Only `replace` and `del` are used, so a
  * line is correct whatever the kernel held before it (a learned or stale entry is overwritten, never
  * "already exists"), and only the entries that differ are touched: a moved peer is one replace per table,
@@ -48,7 +51,7 @@ export function planPeers(
   const wantNeighbour = new Map<string, string>();
   const wantFdb = new Map<string, ResolvedPeer>();
   for (const p of peers) {
-    wantNeighbour.set(p.ip, p.mac);
+    for (const ip of p.ips) wantNeighbour.set(ip, p.mac);
     wantFdb.set(p.mac, p);
   }
 
@@ -65,15 +68,17 @@ export function planPeers(
     } else haveNeighbour.set(n.ip, n);
   }
   for (const p of peers) {
-    const have = haveNeighbour.get(p.ip);
-    if (have && have.mac === p.mac && have.permanent) continue;
-    neighbour.push({
-      line: `neigh replace ${p.ip} lladdr ${p.mac} dev ${VXLAN_IFNAME} nud permanent`,
-      object: object(p.ip),
-      action: `set neighbour entry ${p.ip} → ${p.mac}`,
-      key: peerKey(networkId, p.ip),
-      requires,
-    });
+    for (const ip of p.ips) {
+      const have = haveNeighbour.get(ip);
+      if (have && have.mac === p.mac && have.permanent) continue;
+      neighbour.push({
+        line: `neigh replace ${ip} lladdr ${p.mac} dev ${VXLAN_IFNAME} nud permanent`,
+        object: object(p.label),
+        action: `set neighbour entry ${ip} → ${p.mac}`,
+        key: peerKey(networkId, p.label),
+        requires,
+      });
+    }
   }
 
   const haveFdb = new Map<string, string[]>();
@@ -86,7 +91,7 @@ export function planPeers(
     const want = wantFdb.get(mac);
     // Several remotes for one MAC (an appended entry) cannot be narrowed by replace: delete it whole first.
     if (!want || dsts.length > 1) {
-      const who = want?.ip ?? mac;
+      const who = want?.label ?? mac;
       fdb.push({
         line: `fdb del ${mac} dev ${VXLAN_IFNAME} self`,
         object: object(who),
@@ -101,9 +106,9 @@ export function planPeers(
     if (dsts && dsts.length === 1 && dsts[0] === p.vtep) continue;
     fdb.push({
       line: `fdb replace ${p.mac} dev ${VXLAN_IFNAME} dst ${p.vtep} self permanent`,
-      object: object(p.ip),
+      object: object(p.label),
       action: `set FDB entry ${p.mac} → VTEP ${p.vtep}`,
-      key: peerKey(networkId, p.ip),
+      key: peerKey(networkId, p.label),
       requires,
     });
   }

@@ -41,10 +41,24 @@ export {
 export {
   DEFAULT_GATEWAY_BRIDGE_NAME,
   DEFAULT_GATEWAY_POOL,
+  DEFAULT_GATEWAY_POOL6,
   DEFAULT_UNDERLAY_MTU,
   DEFAULT_VXLAN_PORT,
-  VXLAN_OVERHEAD_BYTES,
 } from './config.ts';
+export {
+  MAX_MTU,
+  MIN_MTU_IPV4,
+  MIN_MTU_IPV6,
+  VXLAN_OVERHEAD_BYTES,
+  VXLAN_OVERHEAD_IPV6_BYTES,
+  checkNetworkMtu,
+  minimumMtu,
+  overlayMtuFor,
+  vxlanOverhead,
+  type MtuProblem,
+  type NetworkMtuContext,
+} from './mtu.ts';
+export { readUnderlay, type UnderlayInfo } from './underlay.ts';
 export { VNI_MAX, VNI_MIN } from './desired-state.ts';
 export {
   CommandFailedError,
@@ -54,6 +68,7 @@ export {
   InvalidConfigError,
   InvalidDesiredStateError,
   KernelRefusedError,
+  MtuExceedsUnderlayError,
   SandboxNotFoundError,
   TeardownIncompleteError,
   isDataplaneError,
@@ -61,7 +76,8 @@ export {
   type ErrorKind,
 } from './errors.ts';
 export { NEIGH_GC_THRESHOLDS } from './host-tuning.ts';
-export { cidrContains, formatIpv4, macFromIpv4, parseCidr, parseIpv4, type Ipv4Cidr } from './ipv4.ts';
+/** Re-exported for callers that still import it from here; address math lives in `@kvnet/netaddr`. */
+export { macFromIpv4 } from '@kvnet/netaddr';
 export {
   BRIDGE_IFNAME,
   IFNAME_MAX_BYTES,

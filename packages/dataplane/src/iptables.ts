@@ -1,7 +1,8 @@
 /**
  * The data plane's iptables rules, as data: what they should be for a gateway bridge, what the host
  * has (parsed from iptables-save), and the iptables-restore --noflush input between the two. Rules
- * live in chains named after the prefix (see names.ts) so they can be found and removed whole.
+ * live in chains named after the prefix (see names.ts) so they can be found and removed whole. IPv6
+ * egress uses the same rules and chain names in ip6tables (a separate rule set in the kernel).
  */
 
 import type { ResolvedConfig } from './config.ts';
@@ -12,12 +13,23 @@ import { iptablesChains } from './names.ts';
 /** Seconds iptables waits for the xtables lock. */
 const IPTABLES_WAIT_S = 5;
 
+/** Which rule set: iptables (IPv4) or ip6tables (IPv6). */
+export type IptablesFamily = 4 | 6;
+
+const TOOLS: Readonly<Record<IptablesFamily, { readonly save: string; readonly restore: string }>> = {
+  4: { save: 'iptables-save', restore: 'iptables-restore' },
+  6: { save: 'ip6tables-save', restore: 'ip6tables-restore' },
+};
+
 export interface IptablesRules {
   readonly filter: readonly string[];
   readonly nat: readonly string[];
 }
 
-/** Our rules in `iptables -S` form: chain declarations, the chains' rules, then the jumps into them. */
+/**
+ * Our rules in `iptables -S` form: chain declarations, the chains' rules, then the jumps into them.
+ * `subnet` is the bridge's IPv4 subnet for iptables or its IPv6 subnet for ip6tables.
+ */
 export function desiredIptablesRules(prefix: string, bridge: string, subnet: string): IptablesRules {
   const { forward, postrouting } = iptablesChains(prefix);
   return {
@@ -82,8 +94,8 @@ export function iptablesRemovalInput(table: 'filter' | 'nat', actual: readonly s
   return lines.join('\n') + '\n';
 }
 
-async function iptablesSave(config: ResolvedConfig, table: 'filter' | 'nat', signal?: AbortSignal): Promise<string> {
-  const cmd = commandIn(config.host, 'iptables-save', ['-t', table]);
+async function iptablesSave(config: ResolvedConfig, table: 'filter' | 'nat', family: IptablesFamily, signal?: AbortSignal): Promise<string> {
+  const cmd = commandIn(config.host, TOOLS[family].save, ['-t', table]);
   const r = await runCommand(cmd[0], cmd[1], signal ? { signal } : {});
   if (r.failure || r.code !== 0) {
     throw new CommandFailedError({ kind: 'host', netns: config.hostLabel }, showCommand(cmd), r.failure ?? r.stderr.trim());
@@ -91,15 +103,16 @@ async function iptablesSave(config: ResolvedConfig, table: 'filter' | 'nat', sig
   return r.stdout;
 }
 
-/** Our iptables rules in the host namespace, per table. */
-export async function readIptables(config: ResolvedConfig, signal?: AbortSignal): Promise<IptablesRules> {
+/** Our iptables (or ip6tables) rules in the host namespace, per table. */
+export async function readIptables(config: ResolvedConfig, signal?: AbortSignal, family: IptablesFamily = 4): Promise<IptablesRules> {
   const { forward, postrouting } = iptablesChains(config.prefix);
-  const [filter, nat] = await Promise.all([iptablesSave(config, 'filter', signal), iptablesSave(config, 'nat', signal)]);
+  const [filter, nat] = await Promise.all([iptablesSave(config, 'filter', family, signal), iptablesSave(config, 'nat', family, signal)]);
   return { filter: parseIptablesSave(filter, [forward]), nat: parseIptablesSave(nat, [postrouting]) };
 }
 
-export async function iptablesRestore(config: ResolvedConfig, input: string, object: DataplaneObject): Promise<void> {
-  const cmd = commandIn(config.host, 'iptables-restore', ['-w', String(IPTABLES_WAIT_S), '--noflush']);
+/** Runs `iptables-restore --noflush` (or ip6tables-restore) with `input` in the host namespace. */
+export async function iptablesRestore(config: ResolvedConfig, input: string, object: DataplaneObject, family: IptablesFamily = 4): Promise<void> {
+  const cmd = commandIn(config.host, TOOLS[family].restore, ['-w', String(IPTABLES_WAIT_S), '--noflush']);
   const r = await runCommand(cmd[0], cmd[1], { input });
   if (r.failure || r.code !== 0) {
     throw new CommandFailedError(object, showCommand(cmd), `${r.failure ?? r.stderr.trim()} (input: ${input.trim().replace(/\n/g, ' | ')})`);

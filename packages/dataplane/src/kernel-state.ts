@@ -5,6 +5,7 @@
  */
 
 import { readdir, statfs } from 'node:fs/promises';
+import { canonicalIp, cidrContainsIp, cidrOf, formatCidr, ipToString, parseInterfaceAddress, parseIp, type Cidr } from '@kvnet/netaddr';
 import type { ResolvedConfig } from './config.ts';
 import type {
   ActualFdbEntry,
@@ -17,8 +18,8 @@ import type {
   DesiredState,
   SandboxProbe,
 } from './dataplane.ts';
+import { CommandFailedError } from './errors.ts';
 import { readIptables } from './iptables.ts';
-import { formatNetwork, parseCidr } from './ipv4.ts';
 import { mapConcurrent } from './concurrency.ts';
 import { readJson, readJsonBatch } from './iproute2.ts';
 import { gatewayBridgeMarker, isEgressHostIfname, networkIdOfNetns, VXLAN_IFNAME } from './names.ts';
@@ -29,6 +30,8 @@ export const NETNS_RUN_DIR = '/run/netns';
 export const READ_CONCURRENCY = 4;
 /** statfs(2) f_type of a namespace file (nsfs). */
 const NSFS_MAGIC = 0x6e736673;
+/** IPv6 link-local addresses (fe80::/10): made by the kernel on every interface, never managed here. */
+const LINK_LOCAL_V6: Cidr = cidrOf('fe80::/10')!;
 
 type Json = Record<string, unknown>;
 
@@ -36,7 +39,12 @@ function asArray(value: unknown): Json[] {
   return Array.isArray(value) ? (value.filter((v) => v !== null && typeof v === 'object') as Json[]) : [];
 }
 
-/** `ip -d -json addr show` → links with their IPv4 addresses. */
+function isLinkLocalV6(ip: string): boolean {
+  const a = parseIp(ip);
+  return a !== undefined && cidrContainsIp(LINK_LOCAL_V6, a);
+}
+
+/** `ip -d -json addr show` → links with their IPv4 and (not link-local) IPv6 addresses, canonical. */
 export function parseLinks(json: unknown): ActualLink[] {
   return asArray(json).map((l) => {
     const info = (l.linkinfo ?? {}) as Json;
@@ -44,8 +52,8 @@ export function parseLinks(json: unknown): ActualLink[] {
     const slave = (info.info_slave_data ?? {}) as Json;
     const flags = Array.isArray(l.flags) ? (l.flags as string[]) : [];
     const addresses = asArray(l.addr_info)
-      .filter((a) => a.family === 'inet')
-      .map((a) => `${String(a.local)}/${Number(a.prefixlen)}`);
+      .filter((a) => (a.family === 'inet' || a.family === 'inet6') && typeof a.local === 'string' && !isLinkLocalV6(a.local))
+      .map((a) => `${canonicalIp(a.local as string) ?? String(a.local)}/${Number(a.prefixlen)}`);
     const kind = typeof info.info_kind === 'string' ? info.info_kind : undefined;
     const link: ActualLink = {
       name: String(l.ifname),
@@ -62,7 +70,7 @@ export function parseLinks(json: unknown): ActualLink[] {
             vxlan: {
               vni: Number(data.id),
               port: Number(data.port),
-              ...(typeof data.local === 'string' ? { local: data.local } : {}),
+              ...(typeof data.local === 'string' ? { local: data.local } : typeof data.local6 === 'string' ? { local: canonicalIp(data.local6) ?? data.local6 } : {}),
               learning: data.learning === true,
               proxy: data.proxy === true,
             },
@@ -77,32 +85,36 @@ export function parseLinks(json: unknown): ActualLink[] {
   });
 }
 
-/** `ip -json neigh show` (all devices) → IPv4 entries on `dev`. */
+/** `ip -json neigh show` (all devices, both families) → the entries on `dev`, without IPv6 link-local ones. */
 export function parseNeighbours(json: unknown, dev: string): ActualNeighbour[] {
-  return asArray(json)
-    .filter((n) => n.dev === dev && typeof n.dst === 'string' && n.dst.includes('.'))
-    .map((n) => ({
-      ip: n.dst as string,
-      mac: String(n.lladdr ?? ''),
-      permanent: Array.isArray(n.state) && (n.state as string[]).includes('PERMANENT'),
-    }));
+  const out: ActualNeighbour[] = [];
+  for (const n of asArray(json)) {
+    if (n.dev !== dev || typeof n.dst !== 'string') continue;
+    // parsed once per entry: a read of 10 000 peers parses 10 000 addresses
+    const a = parseIp(n.dst);
+    if (!a || (a.family === 6 && cidrContainsIp(LINK_LOCAL_V6, a))) continue;
+    out.push({ ip: ipToString(a), mac: String(n.lladdr ?? ''), permanent: Array.isArray(n.state) && (n.state as string[]).includes('PERMANENT') });
+  }
+  return out;
 }
 
 /** `bridge -json fdb show` (all devices) → the `self` entries of `dev` that have a remote (`dst`). */
 export function parseFdb(json: unknown, dev: string): ActualFdbEntry[] {
   return asArray(json)
     .filter((e) => e.ifname === dev && typeof e.dst === 'string' && Array.isArray(e.flags) && (e.flags as string[]).includes('self'))
-    .map((e) => ({ mac: String(e.mac), dst: e.dst as string }));
+    .map((e) => ({ mac: String(e.mac), dst: canonicalIp(e.dst as string) ?? (e.dst as string) }));
 }
 
 export function gatewayBridgeOf(links: readonly ActualLink[], name: string, prefix: string): ActualGatewayBridge | undefined {
   const br = links.find((l) => l.name === name && l.kind === 'bridge');
   if (!br) return undefined;
-  const first = br.addresses[0];
-  const cidr = first ? parseCidr(first) : undefined;
+  const parsed = br.addresses.map((a) => parseInterfaceAddress(a)).filter((a) => a !== undefined);
+  const v4 = parsed.find((a) => a.ip.family === 4);
+  const v6 = parsed.find((a) => a.ip.family === 6);
   return {
     name,
-    ...(cidr && first ? { subnet: formatNetwork(cidr), gateway: first.slice(0, first.indexOf('/')) } : {}),
+    ...(v4 ? { subnet: formatCidr(v4.network), gateway: ipToString(v4.ip) } : {}),
+    ...(v6 ? { subnet6: formatCidr(v6.network), gateway6: ipToString(v6.ip) } : {}),
     up: br.up,
     mtu: br.mtu,
     owned: br.alias === gatewayBridgeMarker(prefix),
@@ -147,12 +159,24 @@ export async function readHost(config: ResolvedConfig, options: { iptables: bool
   const all = parseLinks(await readJson('ip', config.host, ['-d', 'addr', 'show'], signalOpt));
   const links = all.filter((l) => isEgressHostIfname(config.prefix, l.name));
   const gatewayBridge = config.gateway ? gatewayBridgeOf(all, config.gateway.name, config.prefix) : undefined;
-  const iptables = options.iptables ? await readIptables(config, options.signal) : undefined;
+  // ip6tables is read whenever iptables is (chains of an earlier run with IPv6 egress are found and
+  // removed), but a host without ip6tables only fails the read where IPv6 egress is asked for.
+  const ipv6Wanted = config.gateway !== undefined && config.gateway.ipv6 !== 'off';
+  const [iptables, ip6tables] = await Promise.all([
+    options.iptables ? readIptables(config, options.signal, 4) : undefined,
+    options.iptables
+      ? readIptables(config, options.signal, 6).catch((err: unknown) => {
+          if (ipv6Wanted || !(err instanceof CommandFailedError)) throw err;
+          return undefined;
+        })
+      : undefined,
+  ]);
   return {
     netns: config.hostLabel,
     links,
     ...(gatewayBridge ? { gatewayBridge } : {}),
     ...(iptables ? { iptables } : {}),
+    ...(ip6tables ? { ip6tables } : {}),
   };
 }
 

@@ -57,7 +57,7 @@ class PlanBuilder {
     for (const op of ops) this.add(stage, tool, netns, op);
   }
 
-  build(errors: Plan['errors']): Plan {
+  build(errors: Plan['errors'], warnings: Plan['warnings']): Plan {
     const stages: PlanStage[] = [];
     let changes = 0;
     for (const name of STAGE_ORDER) {
@@ -66,12 +66,20 @@ class PlanBuilder {
       for (const b of batches) changes += b.ops.length;
       stages.push({ name, batches });
     }
-    return { stages, errors, changes };
+    return { stages, errors, warnings, changes };
   }
 }
 
 function op(line: string, object: DataplaneObject, action: string, key: string, requires: readonly string[] = []): PlanOp {
   return { line, object, action, key, requires };
+}
+
+/**
+ * ` nodad` after an IPv6 address: every address is unique by construction (IPAM), and duplicate address
+ * detection would leave it "tentative" — unusable as a source — for about a second after it is set.
+ */
+function nodad(address: string): string {
+  return address.includes(':') ? ' nodad' : '';
 }
 
 const nsKey = (networkId: string): string => `ns:${networkId}`;
@@ -90,7 +98,7 @@ export function planChanges(desired: DesiredState, actual: ActualState, config: 
   }
   for (const net of resolved.networks) planNetwork(plan, net, actualById.get(net.id), config);
   planEgress(plan, resolved, actual, config);
-  return plan.build(resolved.errors);
+  return plan.build(resolved.errors, resolved.warnings);
 }
 
 function planNetworkRemoval(plan: PlanBuilder, a: ActualNetwork): void {
@@ -144,7 +152,7 @@ function planNetwork(plan: PlanBuilder, net: ResolvedNetwork, a: ActualNetwork |
   }
   for (const addr of net.bridgeAddresses) {
     if (!haveAddresses.includes(addr)) {
-      plan.add('configure', 'ip', ov, op(`addr add ${addr} dev ${BRIDGE_IFNAME}`, brObject, `add gateway address ${addr} to ${BRIDGE_IFNAME}`, bk, [bk]));
+      plan.add('configure', 'ip', ov, op(`addr add ${addr} dev ${BRIDGE_IFNAME}${nodad(addr)}`, brObject, `add gateway address ${addr} to ${BRIDGE_IFNAME}`, bk, [bk]));
     }
   }
   if (!br || br.mtu !== net.mtu || !br.up) {
@@ -235,7 +243,9 @@ function planEndpoints(plan: PlanBuilder, net: ResolvedNetwork, links: readonly 
       const side = ep.side;
       const inSandbox = { ...ep.object, ifname: side.ifname, netns: side.path };
       plan.add('sandbox', 'ip', side.netns, op(`link set dev ${side.ifname} up`, inSandbox, `bring ${side.ifname} up`, key, [key]));
-      plan.add('sandbox', 'ip', side.netns, op(`addr replace ${ep.address} dev ${side.ifname}`, inSandbox, `set address ${ep.address} on ${side.ifname}`, key, [key]));
+      for (const address of ep.addresses) {
+        plan.add('sandbox', 'ip', side.netns, op(`addr replace ${address} dev ${side.ifname}${nodad(address)}`, inSandbox, `set address ${address} on ${side.ifname}`, key, [key]));
+      }
       for (const route of side.routes) {
         plan.add('sandbox', 'ip', side.netns, op(`route replace ${route} dev ${side.ifname}`, inSandbox, `add on-link route ${route} via ${side.ifname}`, key, [key]));
       }
@@ -310,6 +320,10 @@ function planEgress(plan: PlanBuilder, resolved: ResolvedDesiredState, actual: A
     plan.add('sandbox', 'ip', side.netns, op(`link set dev ${eg.ifname} up`, eg.object, `bring ${eg.ifname} up`, key, [key]));
     plan.add('sandbox', 'ip', side.netns, op(`addr replace ${eg.address} dev ${eg.ifname}`, eg.object, `set address ${eg.address} on ${eg.ifname}`, key, [key]));
     plan.add('sandbox', 'ip', side.netns, op(`route replace default via ${eg.gateway} dev ${eg.ifname}`, eg.object, `set default route via ${eg.gateway} dev ${eg.ifname}`, key, [key]));
+    if (eg.address6 !== undefined && eg.gateway6 !== undefined) {
+      plan.add('sandbox', 'ip', side.netns, op(`addr replace ${eg.address6} dev ${eg.ifname} nodad`, eg.object, `set address ${eg.address6} on ${eg.ifname}`, key, [key]));
+      plan.add('sandbox', 'ip', side.netns, op(`route replace default via ${eg.gateway6} dev ${eg.ifname}`, eg.object, `set IPv6 default route via ${eg.gateway6} dev ${eg.ifname}`, key, [key]));
+    }
     plan.add('mark', 'ip', host, op(`link set dev ${eg.hostIfname} alias ${eg.marker}`, eg.object, `mark ${eg.hostIfname} as complete`, key, [key]));
   }
 }

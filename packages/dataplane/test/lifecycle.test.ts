@@ -8,10 +8,11 @@ import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { macFromIpv4, parseIpv4 } from '@kvnet/netaddr';
 import { makeTempDir, startProcess, waitFor, type ManagedProcess } from '../../../test/support/process.ts';
 import { resolveConfig } from '../src/config.ts';
 import { raiseNeighbourThresholds } from '../src/host-tuning.ts';
-import { Dataplane, macFromIpv4, parseIpv4, type DesiredNetwork } from '../src/index.ts';
+import { Dataplane, type DesiredNetwork } from '../src/index.ts';
 import { createSimCluster, IS_ROOT, sh, type SimCluster } from './fixtures/sim-cluster.ts';
 
 const kernelTest = IS_ROOT ? test.serial : test.serial.skip;
@@ -228,11 +229,11 @@ kernelTest('destroyAll removes every object of the prefix and nothing else', asy
 
   await dp1.destroyAll();
   const after = await dp1.readState();
-  t.deepEqual([after.networks, after.host.links, after.host.gatewayBridge, after.host.iptables], [[], [], undefined, { filter: [], nat: [] }]);
+  t.deepEqual([after.networks, after.host.links, after.host.gatewayBridge, after.host.iptables, after.host.ip6tables], [[], [], undefined, { filter: [], nat: [] }, { filter: [], nat: [] }]);
   const survivor = await other.readState();
   t.is(survivor.networks.length, 1, "another prefix's objects are untouched");
   t.is(survivor.host.links.length, 1);
   t.true(await cluster.sim.ping(c.name, '172.18.0.1'));
   await other.destroyAll();
-  t.deepEqual((await other.readState()).host, { netns: hostNs(0), links: [], iptables: { filter: [], nat: [] } });
+  t.deepEqual((await other.readState()).host, { netns: hostNs(0), links: [], iptables: { filter: [], nat: [] }, ip6tables: { filter: [], nat: [] } });
 });

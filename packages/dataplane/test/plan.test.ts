@@ -5,7 +5,8 @@
  */
 
 import test from 'ava';
-import { Dataplane, type DataplaneConfig, type DesiredEndpoint, type DesiredNetwork, type DesiredState, type Plan } from '../src/index.ts';
+import { endpointMac, parseIp } from '@kvnet/netaddr';
+import { Dataplane, checkNetworkMtu, type DataplaneConfig, type DesiredEndpoint, type DesiredNetwork, type DesiredState, type Plan } from '../src/index.ts';
 import { executePlan } from '../src/executor.ts';
 import { FakeKernel } from './fixtures/fake-kernel.ts';
 
@@ -373,7 +374,7 @@ test('names: one namespace per network id (never shared), host-side names fit 15
 test('invalid configs are refused at construction with the field and the reason', (t) => {
   t.throws(() => dataplane({ namePrefix: 'toolong7' }), { code: 'KVNET_DATAPLANE_INVALID_CONFIG', message: /namePrefix="toolong7"/ });
   t.throws(() => dataplane({ namePrefix: 'Ab' }), { message: /lowercase/ });
-  t.throws(() => dataplane({ vtep: '300.1.1.1' }), { message: /vtep="300.1.1.1": is not an IPv4 address/ });
+  t.throws(() => dataplane({ vtep: '300.1.1.1' }), { message: /vtep="300.1.1.1": is not an IPv4 or IPv6 address/ });
   t.throws(() => dataplane({ gatewayBridge: { name: 'a-very-long-bridge-name' } }), { message: /longer than 15 bytes/ });
   t.throws(() => dataplane({ underlayMtu: 100 }), { message: /underlayMtu=100/ });
   t.throws(() => dataplane({ hostNetns: 'rel/path' }), { message: /hostNetns="rel\/path": is not an absolute path/ });
@@ -410,4 +411,169 @@ test('an overlay namespace that cannot be read is recreated', (t) => {
   const plan = dataplane().plan({ networks: [network(NET_A)] }, broken);
   t.deepEqual(lines(plan, 'namespaces'), [`netns del ${PREFIX}-${NET_A}`, `netns add ${PREFIX}-${NET_A}`]);
   t.true(lines(plan, 'create').some((l) => l.includes('type vxlan')));
+});
+
+// ---- IPv6, dual stack, MTU ----
+
+const NET_6 = '6'.repeat(64);
+const V6_SUBNET = { cidr: 'fd00:1::/64', gateway: 'fd00:1::1' };
+
+test('dual stack: br0 holds both gateways (IPv6 without DAD), the endpoint both addresses, the MAC stays IPv4-derived; a peer is an ARP and an NDP entry and one FDB entry', (t) => {
+  const plan = dataplane().plan(
+    {
+      networks: [
+        network(NET_A, {
+          subnets: [{ cidr: '10.0.1.0/24', gateway: '10.0.1.1' }, V6_SUBNET],
+          endpoints: [{ id: EP1, address: '10.0.1.2/24', addressIPv6: 'FD00:1:0::2/64', sandbox: { path: '/run/netns/c1', ifname: 'eth0' } }],
+          peers: [{ ip: '10.0.1.3', ipv6: 'fd00:1::3', mac: '02:42:0a:00:01:03', vtep: '198.18.0.2' }],
+        }),
+      ],
+    },
+    state(kernel()),
+  );
+  t.deepEqual(plan.errors, []);
+  t.deepEqual(lines(plan, 'configure'), [
+    'link add name br0 mtu 1450 type bridge',
+    'addr add 10.0.1.1/24 dev br0',
+    'addr add fd00:1::1/64 dev br0 nodad',
+    'link set dev br0 mtu 1450 up',
+    'link set dev vxlan0 mtu 1450 master br0 up',
+    'link set dev ve111111111111 master br0 up',
+    'neigh replace 10.0.1.3 lladdr 02:42:0a:00:01:03 dev vxlan0 nud permanent',
+    'neigh replace fd00:1::3 lladdr 02:42:0a:00:01:03 dev vxlan0 nud permanent',
+    'fdb replace 02:42:0a:00:01:03 dev vxlan0 dst 198.18.0.2 self permanent',
+  ]);
+  t.regex(lines(plan, 'create')[1]!, / address 02:42:0a:00:01:02 netns \/run\/netns\/c1$/, 'dual stack keeps the IPv4-derived MAC');
+  t.deepEqual(lines(plan, 'sandbox'), ['link set dev eth0 up', 'addr replace 10.0.1.2/24 dev eth0', 'addr replace fd00:1::2/64 dev eth0 nodad']);
+});
+
+test('an IPv6-only network: hashed 06: MAC, NDP entries only, on-link route to a second IPv6 subnet; applying then planning again changes nothing', async (t) => {
+  const k = kernel();
+  const dp = dataplane();
+  const peerMac = endpointMac({ ipv6: parseIp('fd00:1::3')! })!;
+  const desired: DesiredState = {
+    networks: [
+      network(NET_6, {
+        vni: 4600,
+        subnets: [V6_SUBNET, { cidr: 'fd00:2::/64', gateway: 'fd00:2::1' }],
+        endpoints: [{ id: EP1, addressIPv6: 'fd00:1::2/64', sandbox: { path: '/run/netns/c1', ifname: 'eth0' } }],
+        peers: [{ ipv6: 'fd00:1::3', mac: peerMac, vtep: '198.18.0.2' }],
+      }),
+    ],
+  };
+  const plan = await apply(k, dp, desired);
+  const ownMac = endpointMac({ ipv6: parseIp('fd00:1::2')! })!;
+  t.regex(ownMac, /^06:/);
+  t.regex(lines(plan, 'create')[1]!, new RegExp(` address ${ownMac} netns /run/netns/c1$`));
+  t.deepEqual(lines(plan, 'sandbox'), ['link set dev eth0 up', 'addr replace fd00:1::2/64 dev eth0 nodad', 'route replace fd00:2::/64 dev eth0']);
+  t.deepEqual(lines(plan).filter((l) => l.startsWith('neigh') || l.startsWith('fdb')), [
+    `neigh replace fd00:1::3 lladdr ${peerMac} dev vxlan0 nud permanent`,
+    `fdb replace ${peerMac} dev vxlan0 dst 198.18.0.2 self permanent`,
+  ]);
+  t.false(lines(plan).some((l) => /\b10\.\d+\.\d+\.\d+/.test(l)), 'no IPv4 line');
+  const again = dp.plan(desired, state(k));
+  t.deepEqual([lines(again), again.errors], [[], []]);
+  // a peer moving to another host and one leaving are one replace and one delete
+  const moved = dp.plan({ networks: [{ ...desired.networks[0]!, peers: [{ ipv6: 'fd00:1::3', mac: peerMac, vtep: '198.18.0.7' }] }] }, state(k));
+  t.deepEqual(lines(moved), [`fdb replace ${peerMac} dev vxlan0 dst 198.18.0.7 self permanent`]);
+  const gone = dp.plan({ networks: [{ ...desired.networks[0]!, peers: [] }] }, state(k));
+  t.deepEqual(lines(gone), ['neigh del fd00:1::3 dev vxlan0', `fdb del ${peerMac} dev vxlan0 self`]);
+});
+
+test('an IPv6 VTEP: vxlan0 sends from it, FDB entries point at IPv6 VTEPs, the default MTU is underlay − 70; an IPv4 VTEP among them is refused', (t) => {
+  const dp = dataplane({ vtep: '2001:2::1', underlayMtu: 1400 });
+  t.is(dp.overlayMtu, 1330);
+  const plan = dp.plan(
+    {
+      networks: [
+        network(NET_A, {
+          peers: [
+            { ip: '10.0.1.3', mac: '02:42:0a:00:01:03', vtep: '2001:2:0::2' },
+            { ip: '10.0.1.4', mac: '02:42:0a:00:01:04', vtep: '198.18.0.2' },
+          ],
+        }),
+      ],
+    },
+    state(kernel()),
+  );
+  t.is(lines(plan, 'create')[0], `link add name vxlan0 mtu 1330 netns ${PREFIX}-${NET_A} type vxlan id 4097 local 2001:2::1 dstport 4789 nolearning proxy`);
+  t.true(lines(plan, 'configure').includes('fdb replace 02:42:0a:00:01:03 dev vxlan0 dst 2001:2::2 self permanent'));
+  t.false(lines(plan).some((l) => l.includes('10.0.1.4')));
+  t.deepEqual(plan.errors.map((e) => e.message), [
+    'peer 10.0.1.4 of network aaaaaaaaaaaa: vtep "198.18.0.2" is not an IPv6 address (this host\'s VTEP 2001:2::1 is IPv6; one VXLAN device sends over one family)',
+  ]);
+});
+
+test('MTU: underlay − 50 by default; below 68, or below 1280 with an IPv6 subnet, refused; above what the underlay carries planned with a warning', (t) => {
+  const onSmall = dataplane({ underlayMtu: 1400 });
+  t.is(onSmall.overlayMtu, 1350);
+  const dflt = onSmall.plan({ networks: [network(NET_A)] }, state(kernel()));
+  t.true(lines(dflt, 'create').every((l) => l.includes(' mtu 1350 ')));
+  t.deepEqual([dflt.errors, dflt.warnings], [[], []]);
+
+  const tooSmall6 = onSmall.plan({ networks: [network(NET_6, { mtu: 1279, subnets: [V6_SUBNET], endpoints: [{ id: EP1, addressIPv6: 'fd00:1::2/64', sandbox: { path: '/run/netns/c1', ifname: 'eth0' } }], peers: [] })] }, state(kernel()));
+  t.deepEqual(tooSmall6.errors.map((e) => [e.code, e.message]), [['KVNET_DATAPLANE_INVALID_DESIRED_STATE', 'network 666666666666: mtu 1279 is below 1280, the minimum for a network with an IPv6 subnet']]);
+  t.deepEqual(lines(tooSmall6), []);
+  const tooSmall4 = onSmall.plan({ networks: [network(NET_A, { mtu: 67 })] }, state(kernel()));
+  t.regex(tooSmall4.errors[0]!.message, /mtu 67 is below 68, the IPv4 minimum/);
+  t.is(onSmall.plan({ networks: [network(NET_A, { mtu: 68 })] }, state(kernel())).errors.length, 0, 'an IPv4-only network may go down to 68');
+
+  const tooBig = onSmall.plan({ networks: [network(NET_A, { mtu: 1450 })] }, state(kernel()));
+  t.deepEqual(tooBig.errors, []);
+  t.true(lines(tooBig, 'create').every((l) => l.includes(' mtu 1450 ')), 'applied as asked: the MTU is the network\'s, the same on every host');
+  t.deepEqual(tooBig.warnings.map((w) => [w.code, w.message]), [
+    ['KVNET_DATAPLANE_MTU_EXCEEDS_UNDERLAY', `network aaaaaaaaaaaa: MTU 1450 is above 1350, what the underlay carries (MTU 1400 − 50 bytes of VXLAN over IPv4); packets larger than 1350 bytes may be fragmented or dropped on the underlay`],
+  ]);
+});
+
+test('checkNetworkMtu: the agent\'s check at creation names the limit and the underlay', (t) => {
+  t.is(checkNetworkMtu(1350, { hasIpv6: true, underlayMtu: 1400 }), undefined);
+  t.like(checkNetworkMtu(1351, { hasIpv6: false, underlayMtu: 1400, underlayIfname: 'eth0' }), { kind: 'too-large', limit: 1350, reason: 'is above 1350, what underlay eth0 carries (MTU 1400 − 50 bytes of VXLAN over IPv4)' });
+  t.like(checkNetworkMtu(1331, { hasIpv6: false, underlayMtu: 1400, underlayFamily: 6 }), { kind: 'too-large', limit: 1330 });
+  t.like(checkNetworkMtu(1279, { hasIpv6: true }), { kind: 'too-small', limit: 1280 });
+  t.is(checkNetworkMtu(1279, { hasIpv6: false }), undefined);
+  t.like(checkNetworkMtu(65536, { hasIpv6: false }), { kind: 'too-large', limit: 65535 });
+  t.like(checkNetworkMtu('1400', { hasIpv6: false }), { kind: 'invalid' });
+  t.like(checkNetworkMtu(1400.5, { hasIpv6: false }), { kind: 'invalid' });
+});
+
+test('IPv6 egress: an address on the gateway bridge\'s IPv6 subnet and an IPv6 default route; refused while the bridge has no IPv6', (t) => {
+  const k = kernel();
+  const egress = { path: '/run/netns/c1', ifname: 'eth0', egress: { ifname: 'eth1', address: '172.18.0.2/16', addressIPv6: 'fd6b:766e:6777::2/64' } };
+  const desired: DesiredState = { networks: [network(NET_A, { subnets: [{ cidr: '10.0.1.0/24', gateway: '10.0.1.1' }, V6_SUBNET], endpoints: [{ id: EP1, address: '10.0.1.2/24', addressIPv6: 'fd00:1::2/64', sandbox: egress }] })] };
+  const without = dataplane().plan(desired, state(k));
+  t.regex(without.errors[0]!.message, /sandbox\.egress\.addressIPv6 "fd6b:766e:6777::2\/64" cannot be attached: the gateway bridge docker_gwbridge has no IPv6 subnet/);
+  t.false(lines(without).some((l) => l.includes('eth1')), 'no half egress');
+
+  k.ns(HOST).links.get(GW)!.addresses.push('fd6b:766e:6777::1/64');
+  const plan = dataplane().plan(desired, state(k));
+  t.deepEqual(plan.errors, []);
+  t.deepEqual(lines(plan, 'sandbox').slice(-5), [
+    'link set dev eth1 up',
+    'addr replace 172.18.0.2/16 dev eth1',
+    'route replace default via 172.18.0.1 dev eth1',
+    'addr replace fd6b:766e:6777::2/64 dev eth1 nodad',
+    'route replace default via fd6b:766e:6777::1 dev eth1',
+  ]);
+  const wrong = dataplane().plan({ networks: [network(NET_A, { endpoints: [{ id: EP1, address: '10.0.1.2/24', sandbox: { ...egress, egress: { ...egress.egress, addressIPv6: 'fd6b:766e:6777::1/64' } } }] })] }, state(k));
+  t.regex(wrong.errors[0]!.message, /addressIPv6 "fd6b:766e:6777::1\/64" is not a host address in the gateway bridge's IPv6 subnet fd6b:766e:6777::\/64 \(gateway fd6b:766e:6777::1\)/);
+});
+
+test('IPv6 input the kernel would refuse is refused up front, naming the field and the value', (t) => {
+  const six = (extra: Partial<DesiredNetwork>): DesiredNetwork => network(NET_6, { subnets: [V6_SUBNET], endpoints: [], peers: [], ...extra });
+  const cases: [string, DesiredNetwork, RegExp][] = [
+    ['/127 subnet', six({ subnets: [{ cidr: 'fd00:1::/127', gateway: 'fd00:1::1' }] }), /subnet "fd00:1::\/127" is not an IPv4 CIDR of \/30 or larger or an IPv6 CIDR of \/126 or larger/],
+    ['gateway of the other family', six({ subnets: [{ cidr: 'fd00:1::/64', gateway: '10.0.1.1' }] }), /gateway "10\.0\.1\.1" is not a host address of subnet fd00:1::\/64/],
+    ['IPv6 in address', six({ endpoints: [{ id: EP1, address: 'fd00:1::2/64', sandbox: { path: '/run/netns/c1', ifname: 'eth0' } }] }), /address "fd00:1::2\/64" is not an IPv4 address with a prefix length \(e\.g\. 10\.0\.1\.2\/24; an IPv6 address goes in addressIPv6\)/],
+    ['outside', six({ endpoints: [{ id: EP1, addressIPv6: 'fd00:9::2/64', sandbox: { path: '/run/netns/c1', ifname: 'eth0' } }] }), /addressIPv6 "fd00:9::2\/64" is in none of the network's subnets fd00:1::\/64/],
+    ['anycast', six({ endpoints: [{ id: EP1, addressIPv6: 'fd00:1::/64', sandbox: { path: '/run/netns/c1', ifname: 'eth0' } }] }), /addressIPv6 "fd00:1::\/64" is the gateway or the network \(Subnet-Router anycast\) address of its subnet/],
+    ['no address', six({ endpoints: [{ id: EP1, sandbox: { path: '/run/netns/c1', ifname: 'eth0' } }] }), /address undefined is missing: an endpoint needs an IPv4 address \(address\), an IPv6 address \(addressIPv6\) or both/],
+    ['peer ipv6', six({ peers: [{ ipv6: 'fd00:1::zz', mac: '06:00:00:00:00:01', vtep: '198.18.0.2' }] }), /peer fd00:1::zz of network 666666666666: ipv6 "fd00:1::zz" is not an IPv6 address/],
+    ['peer without address', six({ peers: [{ mac: '06:00:00:00:00:01', vtep: '198.18.0.2' }] }), /ip undefined is missing: a peer needs an IPv4 address \(ip\), an IPv6 address \(ipv6\) or both/],
+  ];
+  for (const [what, bad, message] of cases) {
+    const plan = dataplane().plan({ networks: [bad] }, state(kernel()));
+    t.is(plan.errors.length, 1, what);
+    t.regex(plan.errors[0]!.message, message, what);
+  }
 });

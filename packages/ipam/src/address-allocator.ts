@@ -7,9 +7,9 @@
 
 import type { KVEntry, KVStore, Revision, TxnOp } from '@kvnet/store';
 import type { Logger } from 'pino';
+import { parseIp } from '@kvnet/netaddr';
 import { AddressBitmap } from './address-bitmap.ts';
 import { casLoop, type Attempt } from './cas-loop.ts';
-import { parseIp } from './cidr.ts';
 import { AddressInUseError, InvalidRequestError, PoolExhaustedError, PoolNotFoundError } from './errors.ts';
 import {
   decodeRecord,

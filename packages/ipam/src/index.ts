@@ -15,7 +15,9 @@ export { Ipam } from './ipam.ts';
 export {
   DEFAULT_ADDRESS_SPACE,
   DEFAULT_MAX_ATTEMPTS,
+  DEFAULT_POOL6_SIZE,
   DEFAULT_POOLS,
+  IPV6_MAX_SUBNET_PREFIX,
   VNI_MAX,
   VNI_MIN,
   type AddressAllocation,

@@ -38,8 +38,8 @@ export class Ipam {
   private readonly vnis: VniAllocator;
 
   /**
-   * Throws {@link InvalidRequestError} for unusable options (a default pool that is not an IPv4
-   * CIDR, a size outside base…32, maxAttempts < 1). Does not contact the store.
+   * Throws {@link InvalidRequestError} for unusable options (a default pool of the wrong family or not a
+   * CIDR, a size outside base…32 or 64…126 for IPv6, maxAttempts < 1). Does not contact the store.
    */
   constructor(opts: IpamOptions) {
     if (!opts?.store) throw new InvalidRequestError('store', opts?.store, 'a KVStore is required');
@@ -48,12 +48,13 @@ export class Ipam {
     const maxAttempts = opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
     if (!Number.isInteger(maxAttempts) || maxAttempts < 1) throw new InvalidRequestError('maxAttempts', maxAttempts, 'must be an integer ≥ 1');
     this.maxAttempts = maxAttempts;
-    const defaultPools = parseDefaultPools(opts.defaultPools ?? DEFAULT_POOLS);
+    const defaultPools = parseDefaultPools(opts.defaultPools ?? DEFAULT_POOLS, 4);
+    const defaultPools6 = opts.defaultPools6 ? parseDefaultPools(opts.defaultPools6, 6) : undefined;
     const onRetry = (): void => {
       this.counters.casRetries++;
     };
     const base = { store: this.store, log: this.log, maxAttempts, onRetry };
-    this.pools = new PoolTable({ ...base, defaultPools });
+    this.pools = new PoolTable({ ...base, defaultPools, ...(defaultPools6 ? { defaultPools6 } : {}) });
     this.addresses = new AddressAllocator({
       ...base,
       onAllocated: (n) => {
@@ -64,11 +65,14 @@ export class Ipam {
   }
 
   /**
-   * Reserves a pool: the requested subnet, or (without one) the first subnet of the default pools that
-   * overlaps no pool of the address space. Idempotent per (addressSpace, owner): a retried request
-   * (same owner, same subnet or again none, same options) returns the pool already created.
+   * Reserves a pool: the requested subnet, or (without one) the first subnet of the default pools (with
+   * `v6: true` the default IPv6 pools: the cluster's ULA /48 in /64s) that overlaps no pool of the
+   * address space. Idempotent per (addressSpace, owner): a retried request (same owner, same subnet or
+   * again none, same family and options) returns the pool already created. Nothing is stored when it
+   * throws.
    *
-   * @throws InvalidRequestError a field is malformed or inconsistent (names field and value)
+   * @throws InvalidRequestError a field is malformed or inconsistent, or an IPv6 subnet is larger than
+   *   /64 without an ip-range of /64 or smaller (names field and value)
    * @throws PoolOverlapError the subnet overlaps a pool of the address space (names its subnet and owner)
    * @throws PoolExhaustedError no default subnet is free
    * @throws CasGaveUpError lost `maxAttempts` races in a row

@@ -4,6 +4,7 @@
  *
  * ```
  * ipam/pool-table/version                  {"n":…}          bumped by every pool create/delete (CAS)
+ * ipam/pool-table/ula6                     {"b":"fdxx:xxxx:xxxx::/48"}  the cluster's default IPv6 base (create-only)
  * ipam/pool-table/pools/<poolId>           PoolRecord
  * ipam/addrs/<poolId>/cursor               {"s":"<shard>"}  shard of the last dynamic allocation
  * ipam/addrs/<poolId>/shards/<shard>       {"b":base64,"l":n} 256-address bitmap + last offset used
@@ -22,6 +23,8 @@ export const ROOT = 'ipam';
 export const POOL_TABLE = `${ROOT}/pool-table`;
 export const POOL_TABLE_VERSION = `${POOL_TABLE}/version`;
 export const POOL_TABLE_POOLS = `${POOL_TABLE}/pools`;
+/** The cluster's random ULA /48 that default IPv6 pools come from (written once, with the first such pool). */
+export const POOL_TABLE_ULA6 = `${POOL_TABLE}/ula6`;
 export const VNI_ROOT = `${ROOT}/vni`;
 export const VNI_CURSOR = `${VNI_ROOT}/cursor`;
 export const VNI_IDS = `${VNI_ROOT}/ids`;
@@ -62,6 +65,11 @@ export interface PoolRecord {
 
 export interface VersionRecord {
   n: number;
+}
+/** The cluster's default IPv6 base. */
+export interface UlaRecord {
+  /** A /48 of fd00::/8, e.g. `fd3c:9a1e:77b0::/48`. */
+  b: string;
 }
 export interface ShardRecord {
   /** base64 bitmap */
@@ -123,6 +131,7 @@ export const validPool = (x: any): boolean =>
   typeof x.auto === 'boolean' &&
   (x.state === 'active' || x.state === 'releasing');
 export const validVersion = (x: any): boolean => Number.isSafeInteger(x.n);
+export const validUla = (x: any): boolean => isStr(x.b);
 export const validShard = (x: any): boolean => isStr(x.b) && (x.l === undefined || Number.isInteger(x.l));
 export const validCursor = (x: any): boolean => isStr(x.s) && /^[0-9]+$/.test(x.s);
 export const validIp = (x: any): boolean => isStr(x.o);

@@ -8,34 +8,53 @@
 import { randomBytes } from 'node:crypto';
 import type { KVStore, Revision, TxnOp } from '@kvnet/store';
 import type { Logger } from 'pino';
+import { cidrOverlaps, formatCidr, formatIp, parseCidr, type Cidr } from '@kvnet/netaddr';
 import { casLoop, type Attempt } from './cas-loop.ts';
-import { cidrOverlaps, formatIp, parseCidr, type Cidr } from './cidr.ts';
 import { InvalidRequestError, PoolExhaustedError, PoolOverlapError, PoolOwnerMismatchError } from './errors.ts';
 import {
   POOL_TABLE,
   POOL_TABLE_POOLS,
+  POOL_TABLE_ULA6,
   POOL_TABLE_VERSION,
   decodeRecord,
   encode,
   keys,
   validPool,
+  validUla,
   validVersion,
   type PoolRecord,
+  type UlaRecord,
   type VersionRecord,
 } from './layout.ts';
 import { buildPoolRecord, firstFreeSubnet, mergedIntervals, normalizePoolRequest, requireId, sameRequest } from './pool.ts';
-import type { PoolInfo, PoolRequest } from './types.ts';
+import { DEFAULT_POOL6_SIZE, IPV6_MAX_SUBNET_PREFIX, type PoolInfo, type PoolRequest } from './types.ts';
+
+/** RFC 4193 local IPv6 addresses: fd00::/8 plus a 40-bit random global id make one site /48. */
+const ULA_GLOBAL_ID_BYTES = 5;
+const ULA_SITE_PREFIX = 48;
+/** Longest default IPv6 pool prefix: room for the network (anycast) address, a gateway and one more. */
+const POOL6_MAX_SIZE = 126;
+
+/** A default pool: `base` cut into subnets of prefix length `size`. */
+export interface DefaultPool {
+  readonly base: Cidr;
+  readonly size: number;
+}
 
 export interface PoolTableContext {
   readonly store: KVStore;
   readonly log: Logger;
   readonly maxAttempts: number;
-  readonly defaultPools: ReadonlyArray<{ readonly base: Cidr; readonly size: number }>;
+  readonly defaultPools: readonly DefaultPool[];
+  /** Configured default IPv6 pools; undefined: the cluster's ULA /48 in /64s. */
+  readonly defaultPools6?: readonly DefaultPool[];
   onRetry(): void;
 }
 
 interface Table {
   version?: { n: number; rev: Revision };
+  /** The cluster's default IPv6 base, once a default IPv6 pool was taken. */
+  ula6?: Cidr;
   pools: Array<{ record: PoolRecord; rev: Revision }>;
 }
 
@@ -53,18 +72,31 @@ export function toPoolInfo(r: PoolRecord): PoolInfo {
   };
 }
 
-/** Validates `defaultPools` options into CIDRs (IPv4 only). */
-export function parseDefaultPools(pools: ReadonlyArray<{ base: string; size: number }>): Array<{ base: Cidr; size: number }> {
+/**
+ * Validates `defaultPools` (family 4) or `defaultPools6` (family 6) options into CIDRs. IPv6 sizes are
+ * /64 … /126: a default pool is a network's subnet, and IPv6 subnets larger than /64 are refused.
+ */
+export function parseDefaultPools(pools: ReadonlyArray<{ base: string; size: number }>, family: 4 | 6 = 4): DefaultPool[] {
+  const option = family === 4 ? 'defaultPools' : 'defaultPools6';
   return pools.map((p, i) => {
-    const field = `defaultPools[${i}].base`;
+    const field = `${option}[${i}].base`;
     const r = parseCidr(p.base);
     if (!r.ok) throw new InvalidRequestError(field, p.base, r.reason);
-    if (r.cidr.family !== 4) throw new InvalidRequestError(field, p.base, 'default pools are IPv4 only');
-    if (!Number.isInteger(p.size) || p.size < r.cidr.prefix || p.size > 32) {
-      throw new InvalidRequestError(`defaultPools[${i}].size`, p.size, `must be an integer between ${r.cidr.prefix} and 32`);
+    if (r.cidr.family !== family) throw new InvalidRequestError(field, p.base, family === 4 ? 'defaultPools are IPv4 (IPv6 ones go in defaultPools6)' : 'defaultPools6 are IPv6');
+    const min = family === 4 ? r.cidr.prefix : Math.max(r.cidr.prefix, IPV6_MAX_SUBNET_PREFIX);
+    const max = family === 4 ? 32 : POOL6_MAX_SIZE;
+    if (!Number.isInteger(p.size) || p.size < min || p.size > max) {
+      throw new InvalidRequestError(`${option}[${i}].size`, p.size, `must be an integer between ${min} and ${max}`);
     }
     return { base: r.cidr, size: p.size };
   });
+}
+
+/** A fresh RFC 4193 site prefix: fd00::/8 and 40 random bits, a /48. */
+export function randomUla48(): Cidr {
+  let value = 0xfdn;
+  for (const b of randomBytes(ULA_GLOBAL_ID_BYTES)) value = (value << 8n) | BigInt(b);
+  return { family: 6, base: value << BigInt(128 - ULA_SITE_PREFIX), prefix: ULA_SITE_PREFIX };
 }
 
 /** `10.0.1.0-24-3fa9c21e07b4`: readable, unique per request, a valid store key segment. */
@@ -82,6 +114,11 @@ export class PoolTable {
     for (const e of listing.entries) {
       if (e.key === POOL_TABLE_VERSION) {
         table.version = { n: decodeRecord<VersionRecord>(e, validVersion).n, rev: e.revision };
+      } else if (e.key === POOL_TABLE_ULA6) {
+        const text = decodeRecord<UlaRecord>(e, validUla).b;
+        const r = parseCidr(text);
+        if (!r.ok || r.cidr.family !== 6 || r.cidr.prefix !== ULA_SITE_PREFIX) throw new InvalidRequestError(POOL_TABLE_ULA6, text, 'is not an IPv6 /48');
+        table.ula6 = r.cidr;
       } else if (e.key.startsWith(poolPrefix)) {
         table.pools.push({ record: decodeRecord<PoolRecord>(e, validPool), rev: e.revision });
       }
@@ -115,6 +152,7 @@ export class PoolTable {
       );
       if (mine && sameRequest(mine.record, norm)) return { done: toPoolInfo(mine.record) };
       let subnet: Cidr;
+      let newUla: Cidr | undefined;
       if (norm.subnet) {
         subnet = norm.subnet;
         for (const p of space) {
@@ -127,26 +165,40 @@ export class PoolTable {
         const taken = mergedIntervals(
           space.flatMap((p) => {
             const c = parseCidr(p.record.subnet);
-            return c.ok && c.cidr.family === 4 ? [c.cidr] : [];
+            return c.ok && c.cidr.family === norm.family ? [c.cidr] : [];
           }),
         );
+        const defaults = this.defaultsFor(norm.family, table);
         let found: Cidr | undefined;
-        for (const d of this.ctx.defaultPools) {
+        for (const d of defaults.pools) {
           found = firstFreeSubnet(d.base, d.size, taken);
           if (found) break;
         }
         if (!found) {
-          const bases = this.ctx.defaultPools.map((d) => `${formatIp(4, d.base.base)}/${d.base.prefix} (/${d.size}s)`).join(', ');
-          throw new PoolExhaustedError(bases, undefined, `non-overlapping subnet in address space ${norm.addressSpace} among the default pools`);
+          const bases = defaults.pools.map((d) => `${formatCidr(d.base)} (/${d.size}s)`).join(', ');
+          throw new PoolExhaustedError(bases, undefined, `non-overlapping subnet in address space ${norm.addressSpace} among the default ${norm.family === 6 ? 'IPv6 ' : ''}pools`);
         }
         subnet = found;
+        newUla = defaults.newUla;
       }
       const record = buildPoolRecord(norm, subnet, makePoolId(subnet), norm.subnet === undefined);
-      const result = await this.ctx.store.txn([this.versionOp(table), { op: 'put', key: keys.pool(record.id), value: encode(record), if: { absent: true } }]);
+      const ops: TxnOp[] = [this.versionOp(table), { op: 'put', key: keys.pool(record.id), value: encode(record), if: { absent: true } }];
+      // The cluster's ULA is recorded with the first pool taken from it; the version check makes it one.
+      if (newUla) ops.push({ op: 'put', key: POOL_TABLE_ULA6, value: encode({ b: formatCidr(newUla) } satisfies UlaRecord), if: { absent: true } });
+      const result = await this.ctx.store.txn(ops);
       if (!result.ok) return 'retry';
       this.ctx.log.info({ nid: norm.owner, pool: record.id, subnet: record.subnet, addressSpace: record.addressSpace }, 'pool created');
       return { done: toPoolInfo(record) };
     });
+  }
+
+  /** The default pools of a family; for IPv6 without configured ones, the cluster's ULA (a new one if none yet). */
+  private defaultsFor(family: 4 | 6, table: Table): { pools: readonly DefaultPool[]; newUla?: Cidr } {
+    if (family === 4) return { pools: this.ctx.defaultPools };
+    if (this.ctx.defaultPools6) return { pools: this.ctx.defaultPools6 };
+    if (table.ula6) return { pools: [{ base: table.ula6, size: DEFAULT_POOL6_SIZE }] };
+    const ula = randomUla48();
+    return { pools: [{ base: ula, size: DEFAULT_POOL6_SIZE }], newUla: ula };
   }
 
   async get(poolId: string): Promise<PoolInfo | undefined> {

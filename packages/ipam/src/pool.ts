@@ -4,7 +4,6 @@
  */
 
 import { encodeSegment } from '@kvnet/store';
-import { SHARD_ADDRESSES } from './address-bitmap.ts';
 import {
   cidrContains,
   cidrContainsIp,
@@ -20,11 +19,12 @@ import {
   type Cidr,
   type Family,
   type IpAddress,
-} from './cidr.ts';
+} from '@kvnet/netaddr';
+import { SHARD_ADDRESSES } from './address-bitmap.ts';
 import { InvalidRequestError } from './errors.ts';
 import { RECORD_VERSION, type PoolRecord } from './layout.ts';
 import type { SearchSpace } from './serial-search.ts';
-import { DEFAULT_ADDRESS_SPACE, type PoolRequest } from './types.ts';
+import { DEFAULT_ADDRESS_SPACE, IPV6_MAX_SUBNET_PREFIX, type PoolRequest } from './types.ts';
 
 /** Longest store key segment (`@kvnet/store` keys.ts): owner and network ids become one segment. */
 const MAX_SEGMENT_BYTES = 255;
@@ -93,7 +93,6 @@ export function normalizePoolRequest(req: PoolRequest): NormalizedPoolRequest {
   const addressSpace = req.addressSpace === undefined ? DEFAULT_ADDRESS_SPACE : requireId('addressSpace', req.addressSpace);
   if (req.v6 !== undefined && typeof req.v6 !== 'boolean') throw new InvalidRequestError('v6', req.v6, 'must be a boolean');
   if (req.subnet === undefined || req.subnet === '') {
-    if (req.v6) throw new InvalidRequestError('subnet', req.subnet, 'an IPv6 pool needs a subnet (there are no default IPv6 pools)');
     for (const field of ['ipRange', 'gateway'] as const) {
       if (req[field] !== undefined && req[field] !== '') {
         throw new InvalidRequestError(field, req[field], 'needs a subnet to be given as well');
@@ -102,7 +101,7 @@ export function normalizePoolRequest(req: PoolRequest): NormalizedPoolRequest {
     if (req.auxAddresses && Object.keys(req.auxAddresses).length > 0) {
       throw new InvalidRequestError('auxAddresses', req.auxAddresses, 'need a subnet to be given as well');
     }
-    return { owner, addressSpace, family: 4, auxAddresses: {} };
+    return { owner, addressSpace, family: req.v6 ? 6 : 4, auxAddresses: {} };
   }
   const subnet = cidrField('subnet', req.subnet);
   if (req.v6 === true && subnet.family !== 6) throw new InvalidRequestError('subnet', req.subnet, 'is IPv4 but an IPv6 pool (v6) was requested');
@@ -111,6 +110,15 @@ export function normalizePoolRequest(req: PoolRequest): NormalizedPoolRequest {
   if (req.ipRange !== undefined && req.ipRange !== '') {
     ipRange = cidrField('ipRange', req.ipRange);
     if (!cidrContains(subnet, ipRange)) throw new InvalidRequestError('ipRange', req.ipRange, `is not inside subnet ${formatCidr(subnet)}`);
+  }
+  if (subnet.family === 6 && subnet.prefix < IPV6_MAX_SUBNET_PREFIX && (!ipRange || ipRange.prefix < IPV6_MAX_SUBNET_PREFIX)) {
+    throw ipRange
+      ? new InvalidRequestError('ipRange', req.ipRange, `is larger than /${IPV6_MAX_SUBNET_PREFIX}: dynamic IPv6 addresses come from a /${IPV6_MAX_SUBNET_PREFIX} or smaller range`)
+      : new InvalidRequestError(
+          'subnet',
+          req.subnet,
+          `is larger than /${IPV6_MAX_SUBNET_PREFIX}: use a /${IPV6_MAX_SUBNET_PREFIX} (or smaller) IPv6 subnet, or bound dynamic addresses with an ip-range of /${IPV6_MAX_SUBNET_PREFIX} or smaller inside it`,
+        );
   }
   let gateway: string | undefined;
   if (req.gateway !== undefined && req.gateway !== '') {
@@ -167,7 +175,7 @@ export function buildPoolRecord(req: NormalizedPoolRequest, subnet: Cidr, id: st
 
 /** True when an existing record is what `req` would have produced (a retried request). */
 export function sameRequest(record: PoolRecord, req: NormalizedPoolRequest): boolean {
-  if (req.subnet === undefined) return record.auto && record.family === 4;
+  if (req.subnet === undefined) return record.auto && record.family === req.family;
   const want = buildPoolRecord(req, req.subnet, record.id, record.auto);
   return (
     record.subnet === want.subnet &&

@@ -13,11 +13,18 @@ export interface IpamOptions {
   /** pino logger; a child `{component: 'ipam'}` is used. Silent when omitted. */
   logger?: Logger;
   /**
-   * Where pools requested without a subnet come from: each `base` cut into subnets of prefix length
+   * Where IPv4 pools requested without a subnet come from: each `base` cut into subnets of prefix length
    * `size`, taken in order, skipping any that overlaps a pool of the same address space.
    * Default `[{ base: '10.0.0.0/8', size: 24 }]` (Docker's global default). IPv4 only.
    */
   defaultPools?: Array<{ base: string; size: number }>;
+  /**
+   * Where IPv6 pools requested without a subnet (`v6: true`) come from, like `defaultPools`; `size` must
+   * be 64 … 126 (see {@link IPV6_MAX_SUBNET_PREFIX}). Default: one ULA /48 per cluster (RFC 4193: `fd` +
+   * a random 40-bit global id, chosen by the first such request and recorded in the store, so every
+   * agent uses the same one) cut into /64s — 65 536 networks.
+   */
+  defaultPools6?: Array<{ base: string; size: number }>;
   /**
    * Attempts of one compare-and-swap loop before it fails with `CasGaveUpError`. Each lost race is
    * followed by a full-jitter exponential backoff. Default {@link DEFAULT_MAX_ATTEMPTS}.
@@ -29,6 +36,15 @@ export interface IpamOptions {
 export const DEFAULT_MAX_ATTEMPTS = 64;
 export const DEFAULT_ADDRESS_SPACE = 'global';
 export const DEFAULT_POOLS: ReadonlyArray<{ base: string; size: number }> = [{ base: '10.0.0.0/8', size: 24 }];
+/** Prefix length of each default IPv6 pool cut from the cluster's ULA /48. */
+export const DEFAULT_POOL6_SIZE = 64;
+/**
+ * The shortest prefix an IPv6 pool may have without an ip-range: /64, the subnet size every IPv6 host
+ * stack expects. A larger subnet (say a /48 typed where a pool base was meant) is refused unless an
+ * ip-range of /64 or smaller bounds where dynamic addresses come from; specific addresses may then lie
+ * anywhere in the subnet (the address shards are sparse, so the subnet's size costs nothing).
+ */
+export const IPV6_MAX_SUBNET_PREFIX = 64;
 /** VXLAN ids below 256 are left alone (Docker's overlay starts at 256 too). */
 export const VNI_MIN = 256;
 export const VNI_MAX = 16_777_215;
@@ -38,7 +54,11 @@ export interface PoolRequest {
   owner: string;
   /** Default `'global'`. Pools only overlap-check against pools of the same address space. */
   addressSpace?: string;
-  /** CIDR. Omitted: the next free subnet of the default pools (IPv4 only). */
+  /**
+   * CIDR. Omitted: the next free subnet of the default pools (IPv4), or with `v6: true` of the default
+   * IPv6 pools (the cluster's ULA /48 in /64s). An IPv6 subnet larger than /64 needs an `ipRange` of /64
+   * or smaller.
+   */
   subnet?: string;
   /** CIDR inside `subnet` that dynamic addresses come from. */
   ipRange?: string;
@@ -46,7 +66,7 @@ export interface PoolRequest {
   gateway?: string;
   /** Named addresses inside the subnet reserved for other hosts; never handed out. */
   auxAddresses?: Record<string, string>;
-  /** Must be true for an IPv6 subnet; a v6 request without a subnet is refused. */
+  /** Must be true for an IPv6 subnet; without a subnet it asks for a default IPv6 pool. */
   v6?: boolean;
 }
 

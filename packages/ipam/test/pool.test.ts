@@ -1,8 +1,8 @@
 import test from 'ava';
-import { parseCidr, type Cidr } from '../src/cidr.ts';
+import { parseCidr, type Cidr } from '@kvnet/netaddr';
 import { Ipam, InvalidRequestError, VNI_MAX, VNI_MIN } from '../src/index.ts';
 import { buildPoolRecord, firstFreeSubnet, mergedIntervals, normalizePoolRequest, poolGeometry, sameRequest } from '../src/pool.ts';
-import { makePoolId, parseDefaultPools } from '../src/pool-table.ts';
+import { makePoolId, parseDefaultPools, randomUla48 } from '../src/pool-table.ts';
 import { nextFreeVni } from '../src/vni-allocator.ts';
 import type { PoolRequest } from '../src/types.ts';
 import type { KVStore } from '@kvnet/store';
@@ -32,7 +32,14 @@ test('invalid pool requests are refused naming the field and the value', (t) => 
     [{ owner: 'n', subnet: '10.0.0.0/24', auxAddresses: { a: '10.0.0.5', b: '10.0.0.5' } }, 'auxAddresses.b', /also aux address "a"/],
     [{ owner: 'n', ipRange: '10.0.0.0/25' }, 'ipRange', /needs a subnet/],
     [{ owner: 'n', gateway: '10.0.0.1' }, 'gateway', /needs a subnet/],
-    [{ owner: 'n', v6: true }, 'subnet', /IPv6 pool needs a subnet/],
+    [{ owner: 'n', subnet: 'fd00::/48', v6: true }, 'subnet', /is larger than \/64: use a \/64 \(or smaller\) IPv6 subnet, or bound dynamic addresses with an ip-range of \/64 or smaller inside it/],
+    [{ owner: 'n', subnet: 'fd00::/48', ipRange: 'fd00::/56' }, 'ipRange', /is larger than \/64: dynamic IPv6 addresses come from a \/64 or smaller range/],
+    [{ owner: 'n', subnet: 'fd00:1::/64', ipRange: 'fd00:2::/80' }, 'ipRange', /not inside subnet fd00:1::\/64/],
+    [{ owner: 'n', subnet: 'fd00:1::/64', gateway: 'fd00:2::1' }, 'gateway', /not inside subnet fd00:1::\/64/],
+    [{ owner: 'n', subnet: 'fd00:1::/64', gateway: 'fd00:1::' }, 'gateway', /network address of fd00:1::\/64/],
+    [{ owner: 'n', subnet: 'fd00:1::/64', auxAddresses: { r: 'fd00:9::5' } }, 'auxAddresses.r', /not inside subnet fd00:1::\/64/],
+    [{ owner: 'n', subnet: 'fd00:1::/64', gateway: 'fd00:1::1', auxAddresses: { r: 'FD00:1::1' } }, 'auxAddresses.r', /is the gateway address/],
+    [{ owner: 'n', subnet: 'fd00:1::1/64' }, 'subnet', /host bits are set \(the network is fd00:1::\/64\)/],
     [{ owner: 'n', subnet: '10.0.0.0/24', v6: true }, 'subnet', /IPv4 but an IPv6/],
     [{ owner: 'n', subnet: 'fd00::/64', v6: false }, 'subnet', /IPv6 but v6 is false/],
   ];
@@ -65,6 +72,15 @@ test('a pool record: default gateway is the first usable address (also for /31 a
   t.true(sameRequest(r, normalizePoolRequest({ owner: 'n', subnet: 'fd00::/64', auxAddresses: { x: 'fd00::ab' }, ipRange: 'fd00::100/120' })));
   t.false(sameRequest(r, normalizePoolRequest({ owner: 'n', subnet: 'fd00::/64' })));
   t.true(JSON.stringify(rec({ owner: 'f'.repeat(64), subnet: '10.255.255.0/24' })).length < 400, 'a pool record is a few hundred bytes');
+});
+
+test('an IPv6 subnet larger than /64 is accepted with an ip-range of /64 or smaller, which bounds dynamic addresses; a default IPv6 request has no subnet', (t) => {
+  const n = normalizePoolRequest({ owner: 'n', subnet: 'fd00::/48', ipRange: 'fd00:0:0:7::/64', v6: true });
+  const g = poolGeometry(buildPoolRecord(n, n.subnet!, 'id', false));
+  t.is(g.space.lo, 7n << 64n);
+  t.is(g.space.hi, (8n << 64n) - 1n);
+  t.deepEqual(normalizePoolRequest({ owner: 'n', v6: true }), { owner: 'n', addressSpace: 'global', family: 6, auxAddresses: {} });
+  t.is(normalizePoolRequest({ owner: 'n', subnet: 'fd00::/80' }).family, 6, 'longer prefixes are fine');
 });
 
 test('pool geometry: reserved ordinals with labels, ranges, shard sizes for /8 … /32', (t) => {
@@ -116,10 +132,31 @@ test('default pool options are validated', (t) => {
   ]) {
     t.throws(() => parseDefaultPools([bad]), { instanceOf: InvalidRequestError }, JSON.stringify(bad));
   }
+  t.deepEqual(parseDefaultPools([{ base: 'fd00:aa::/48', size: 64 }], 6), [{ base: c('fd00:aa::/48'), size: 64 }]);
+  for (const [bad, reason] of [
+    [{ base: 'fd00::/48', size: 56 }, /defaultPools6\[0\]\.size 56: must be an integer between 64 and 126/],
+    [{ base: 'fd00::/48', size: 127 }, /between 64 and 126/],
+    [{ base: '10.0.0.0/8', size: 24 }, /defaultPools6\[0\]\.base "10\.0\.0\.0\/8": defaultPools6 are IPv6/],
+  ] as const) {
+    t.throws(() => parseDefaultPools([bad], 6), { instanceOf: InvalidRequestError, message: reason }, JSON.stringify(bad));
+  }
   const store = { capabilities: { maxTxnOps: 64, maxValueBytes: 1 << 20, exactHistory: true } } as unknown as KVStore;
   t.throws(() => new Ipam({ store, maxAttempts: 0 }), { instanceOf: InvalidRequestError });
   t.throws(() => new Ipam({ store, defaultPools: [{ base: 'nope', size: 24 }] }), { message: /defaultPools\[0\]\.base/ });
+  t.throws(() => new Ipam({ store, defaultPools6: [{ base: 'fd00::/48', size: 48 }] }), { message: /defaultPools6\[0\]\.size/ });
   t.notThrows(() => new Ipam({ store }));
+});
+
+test('the cluster ULA: fd00::/8 and 40 random bits, a /48', (t) => {
+  const seen = new Set<bigint>();
+  for (let i = 0; i < 50; i++) {
+    const u = randomUla48();
+    t.is(u.prefix, 48);
+    t.is(u.base >> 120n, 0xfdn);
+    t.is(u.base & ((1n << 80n) - 1n), 0n);
+    seen.add(u.base);
+  }
+  t.true(seen.size > 45, 'random');
 });
 
 test('next free VNI: serial from the cursor, wrapping, skipping used ids', (t) => {

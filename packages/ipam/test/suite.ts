@@ -9,14 +9,15 @@ import type { ExecutionContext, TestFn } from 'ava';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import {
+  decodeJson,
   StoreUnavailableError,
   type KVStore,
   type StoreBackendName,
   type TxnOp,
   type TxnResult,
 } from '@kvnet/store';
+import { cidrContains, cidrContainsIp, cidrOverlaps, formatIp, parseCidr, parseIp, type Cidr } from '@kvnet/netaddr';
 import { Ipam, VNI_MIN, isIpamError, type IpamOptions, type PoolInfo } from '../src/index.ts';
-import { cidrOverlaps, parseCidr, parseIp, type Cidr } from '../src/cidr.ts';
 
 export interface IpamTarget {
   readonly backend: StoreBackendName;
@@ -494,13 +495,99 @@ export function runIpamSuite(test: TestFn, target: () => IpamTarget): void {
     const stat = await ipam.allocateAddress(pool.id, { owner: 's', address: 'FD00:0000:0:1:ffff:ffff:ffff:ffff' });
     t.is(stat.ip, 'fd00::1:ffff:ffff:ffff:ffff', 'canonical form (RFC 5952)');
     t.is(code(await t.throwsAsync(ipam.allocateAddress(pool.id, { owner: 'x', address: 'fd00:0:0:1::4' }))), 'KVNET_IPAM_ADDRESS_IN_USE');
-    t.is(code(await t.throwsAsync(ipam.requestPool({ owner: 'm', subnet: 'fd00::/48', v6: true }))), 'KVNET_IPAM_POOL_OVERLAP');
-    t.is(code(await t.throwsAsync(ipam.requestPool({ owner: 'm', v6: true }))), 'KVNET_IPAM_INVALID_REQUEST');
+    t.is(code(await t.throwsAsync(ipam.requestPool({ owner: 'm', subnet: 'fd00::/48', ipRange: 'fd00:0:0:2::/64', v6: true }))), 'KVNET_IPAM_POOL_OVERLAP');
+    t.is(code(await t.throwsAsync(ipam.requestPool({ owner: 'm', subnet: 'fd00:0:0:1:8000::/80', v6: true }))), 'KVNET_IPAM_POOL_OVERLAP');
     t.true(await ipam.releaseAddress(pool.id, 'fd00:0:0:1::3/64', 'e0'));
     t.deepEqual(await ipam.checkPool(pool.id), { allocated: 3, problems: [] });
     const entries = (await store.list('ipam')).entries;
     t.true(entries.every((e) => e.value.length < 512), 'every stored value is small');
     t.is(entries.filter((e) => e.key.includes('/shards/')).length, 2, 'only the shards that hold addresses exist');
+  });
+
+  test('IPv6 default pools: /64s of the cluster\'s ULA /48, chosen once and shared by every client; concurrent requests get distinct /64s; defaultPools6 overrides', async (t) => {
+    const { url, ipam, store } = await fresh(t);
+    const many = await clients(url, 8);
+    const pools = await Promise.all(many.map((m, i) => m.requestPool({ owner: `n6-${i}`, v6: true })));
+    const ula = decodeJson<{ b: string }>((await store.get('ipam/pool-table/ula6'))!.value);
+    t.regex(ula.b, /^fd[0-9a-f]{2}:[0-9a-f]{1,4}:[0-9a-f]{1,4}::\/48$/, 'fd00::/8 plus a 40-bit global id');
+    const base = cidr(ula.b);
+    t.is(new Set(pools.map((p) => p.subnet)).size, 8, 'distinct');
+    for (const p of pools) {
+      const sub = cidr(p.subnet);
+      t.like(p, { family: 6, auxAddresses: {} });
+      t.is(sub.prefix, 64, p.subnet);
+      t.true(cidrContains(base, sub), `${p.subnet} inside ${ula.b}`);
+      t.is(p.gateway, `${formatIp(6, sub.base + 1n)}/64`);
+    }
+    t.deepEqual([...pools.map((p) => cidr(p.subnet).base - base.base)].sort((a, b) => (a < b ? -1 : 1)), Array.from({ length: 8 }, (_, i) => BigInt(i) << 64n), 'the first eight /64s');
+    t.deepEqual(await many[3]!.requestPool({ owner: 'n6-3', v6: true }), pools[3], 'a retry returns the same pool');
+    t.is((await ipam.requestPool({ owner: 'n4' })).subnet, '10.0.0.0/24', 'IPv4 defaults are their own');
+    const next = await (await clients(url, 1))[0]!.requestPool({ owner: 'n6-late', v6: true });
+    t.is(cidr(next.subnet).base - base.base, 8n << 64n, 'a later client finds the recorded ULA');
+    const own = new Ipam({ store, defaultPools6: [{ base: 'fd00:beef::/48', size: 64 }] });
+    t.is((await own.requestPool({ owner: 'n6-own', v6: true })).subnet, 'fd00:beef::/64');
+    t.deepEqual(decodeJson<{ b: string }>((await store.get('ipam/pool-table/ula6'))!.value), ula, 'the ULA record never changes');
+  });
+
+  test('IPv6 bad input: a subnet larger than /64, an overlapping pool, an address outside the subnet, aux or range outside — clear errors naming the value, nothing stored', async (t) => {
+    const { ipam, store } = await fresh(t);
+    const pool = await ipam.requestPool({ owner: 'n', subnet: 'fd00:77:1::/64', v6: true });
+    const snapshot = async (): Promise<string[]> => (await store.list('ipam')).entries.map((e) => `${e.key}@${e.revision}`);
+    const before = await snapshot();
+    const cases: Array<[string, () => Promise<unknown>, string, RegExp]> = [
+      ['/48', () => ipam.requestPool({ owner: 'm', subnet: 'fd00:78::/48', v6: true }), 'KVNET_IPAM_INVALID_REQUEST', /invalid subnet "fd00:78::\/48": is larger than \/64/],
+      ['/48 with a /56 range', () => ipam.requestPool({ owner: 'm', subnet: 'fd00:78::/48', ipRange: 'fd00:78::/56', v6: true }), 'KVNET_IPAM_INVALID_REQUEST', /invalid ipRange "fd00:78::\/56": is larger than \/64/],
+      ['same /64', () => ipam.requestPool({ owner: 'm', subnet: 'fd00:77:1::/64', v6: true }), 'KVNET_IPAM_POOL_OVERLAP', /subnet fd00:77:1::\/64 overlaps pool fd00:77:1::\/64 \(network n\)/],
+      ['a /48 holding it', () => ipam.requestPool({ owner: 'm', subnet: 'fd00:77:1::/48', ipRange: 'fd00:77:1:9::/64', v6: true }), 'KVNET_IPAM_POOL_OVERLAP', /subnet fd00:77:1::\/48 overlaps pool fd00:77:1::\/64 \(network n\)/],
+      ['a /96 inside it', () => ipam.requestPool({ owner: 'm', subnet: 'fd00:77:1::aa:0:0/96', v6: true }), 'KVNET_IPAM_POOL_OVERLAP', /overlaps pool fd00:77:1::\/64/],
+      ['aux outside', () => ipam.requestPool({ owner: 'm', subnet: 'fd00:79::/64', auxAddresses: { r: 'fd00:7a::1' } }), 'KVNET_IPAM_INVALID_REQUEST', /invalid auxAddresses\.r "fd00:7a::1": is not inside subnet fd00:79::\/64/],
+      ['range outside', () => ipam.requestPool({ owner: 'm', subnet: 'fd00:79::/64', ipRange: 'fd00:7a::/80' }), 'KVNET_IPAM_INVALID_REQUEST', /invalid ipRange "fd00:7a::\/80": is not inside subnet fd00:79::\/64/],
+      ['--ip6 outside', () => ipam.allocateAddress(pool.id, { owner: 'e', address: 'fd00:77:2::5' }), 'KVNET_IPAM_INVALID_REQUEST', new RegExp(`invalid address "fd00:77:2::5": is not inside pool fd00:77:1::/64 \\(${pool.id}\\)`)],
+      ['--ip6 of the other family', () => ipam.allocateAddress(pool.id, { owner: 'e', address: '10.77.1.5' }), 'KVNET_IPAM_INVALID_REQUEST', /"10\.77\.1\.5": is not inside pool fd00:77:1::\/64/],
+      ['--ip6 with another length', () => ipam.allocateAddress(pool.id, { owner: 'e', address: 'fd00:77:1::5/80' }), 'KVNET_IPAM_INVALID_REQUEST', /prefix length 80 differs from the pool's \/64/],
+      ['--ip6 the gateway', () => ipam.allocateAddress(pool.id, { owner: 'e', address: 'fd00:77:1::1' }), 'KVNET_IPAM_ADDRESS_IN_USE', /fd00:77:1::1.*\(gateway\)/],
+    ];
+    for (const [what, p, want, message] of cases) {
+      const err = await t.throwsAsync(p as () => Promise<never>, undefined, what);
+      t.is(code(err), want, `${what}: ${String(err)}`);
+      t.regex(err!.message, message, what);
+    }
+    t.deepEqual(await snapshot(), before, 'nothing was stored by any of them');
+    t.is((await ipam.listPools()).length, 1);
+
+    // bounded: a /48 with a /64 ip-range hands out dynamic addresses only from the range, specific ones from anywhere
+    const wide = await ipam.requestPool({ owner: 'w', subnet: 'fd00:7b::/48', ipRange: 'fd00:7b:0:5::/64', v6: true });
+    const dyn = await Promise.all([0, 1, 2].map((i) => ipam.allocateAddress(wide.id, { owner: `w${i}` })));
+    t.deepEqual(dyn.map((a) => a.address), ['fd00:7b:0:5::/48', 'fd00:7b:0:5::1/48', 'fd00:7b:0:5::2/48']);
+    t.is((await ipam.allocateAddress(wide.id, { owner: 'ws', address: 'fd00:7b:0:ffff::9' })).address, 'fd00:7b:0:ffff::9/48');
+    t.deepEqual(await ipam.checkPool(wide.id), { allocated: 4, problems: [] });
+  });
+
+  test('60 concurrent IPv6 allocations from 4 agents in a default /64 and from one agent in an ip-range with an aux address: distinct, inside, none reserved; all released', async (t) => {
+    const { url, ipam } = await fresh(t);
+    const agents = await clients(url, 4);
+    const pool = await ipam.requestPool({ owner: 'n60', v6: true });
+    const net = cidr(pool.subnet);
+    const got = await Promise.all(Array.from({ length: 60 }, (_, i) => agents[i % 4]!.allocateAddress(pool.id, { owner: `ep-${i}` })));
+    t.is(new Set(got.map((a) => a.ip)).size, 60, 'every address distinct');
+    t.true(got.every((a) => cidrContainsIp(net, parseIp(a.ip)!) && a.address.endsWith('/64')));
+    t.false(got.some((a) => a.ip === formatIp(6, net.base) || `${a.ip}/64` === pool.gateway), 'neither the anycast nor the gateway address');
+    t.deepEqual(await ipam.checkPool(pool.id), { allocated: 60, problems: [] });
+    const released = await Promise.all(got.map((a, i) => agents[(i + 1) % 4]!.releaseAddress(pool.id, a.address, a.owner)));
+    t.true(released.every(Boolean));
+    t.deepEqual(await ipam.checkPool(pool.id), { allocated: 0, problems: [] });
+    t.deepEqual(await ipam.listAllocations(pool.id), []);
+
+    const ranged = await ipam.requestPool({ owner: 'r60', subnet: 'fd00:88::/64', ipRange: 'fd00:88::100/120', auxAddresses: { router: 'fd00:88::105' }, v6: true });
+    const range = cidr('fd00:88::100/120');
+    const inRange = await Promise.all(Array.from({ length: 60 }, (_, i) => ipam.allocateAddress(ranged.id, { owner: `r-${i}` })));
+    t.is(new Set(inRange.map((a) => a.ip)).size, 60);
+    t.true(inRange.every((a) => cidrContainsIp(range, parseIp(a.ip)!)), 'only from the ip-range');
+    t.false(inRange.some((a) => a.ip === 'fd00:88::105'), 'never the aux address');
+    const aux = await t.throwsAsync(ipam.allocateAddress(ranged.id, { owner: 'x', address: 'fd00:88::105' }));
+    t.regex(aux!.message, /fd00:88::105.*\(aux:router\)/);
+    t.deepEqual((await Promise.all(inRange.map((a) => ipam.releaseOwner(ranged.id, a.owner)))).flat().sort(), inRange.map((a) => a.ip).sort());
+    t.deepEqual(await ipam.checkPool(ranged.id), { allocated: 0, problems: [] });
   });
 
   test('write amplification stays small in a /16: one allocation writes a few small keys; every value fits every backend', async (t) => {

@@ -14,7 +14,7 @@ import {
   structuralReserved,
   subnetsOf,
   type Cidr,
-} from '../src/cidr.ts';
+} from '../src/index.ts';
 
 const c = (text: string): Cidr => {
   const r = parseCidr(text);
