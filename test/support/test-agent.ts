@@ -19,7 +19,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import type { DataplaneError, DesiredState, GatewayBridgeInfo } from '@kvnet/dataplane';
+import type { ApplyReport, DataplaneError, DesiredState, GatewayBridgeInfo } from '@kvnet/dataplane';
 import { Agent } from '../../packages/agent/src/agent.ts';
 import type { AgentContext } from '../../packages/agent/src/context.ts';
 import type { DockerFace } from '../../packages/agent/src/docker/index.ts';
@@ -32,9 +32,9 @@ export class RecordingDataplane implements DataplanePort {
   /** The errors the next applies report (a test sets it to make plumbing fail). */
   errors: (state: DesiredState) => DataplaneError[] = () => [];
 
-  async apply(state: DesiredState): Promise<{ changes: number; rounds: number; errors: DataplaneError[]; durationMs: number }> {
+  async apply(state: DesiredState): Promise<ApplyReport> {
     this.applied.push(state);
-    return { changes: 0, rounds: 1, errors: this.errors(state), durationMs: 0 };
+    return { changes: 0, rounds: 1, errors: this.errors(state), warnings: [], durationMs: 0 };
   }
 
   async ensureGatewayBridge(): Promise<GatewayBridgeInfo> {
