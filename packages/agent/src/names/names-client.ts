@@ -132,8 +132,9 @@ class NamesClient implements Names {
     }
     const deadline = Date.now() + (this.ctx.startTimeoutMs ?? START_TIMEOUT_MS);
     for (;;) {
-      // Exit 3: another resolver won the socket meanwhile; keep trying to connect to it.
-      if (exit !== undefined && exit !== EXIT_ALREADY_RUNNING) {
+      // Exit 3: another resolver won the socket meanwhile; exit 0: a launcher that returns once it has
+      // started the resolver elsewhere (`systemd-run …`). Either way, keep trying to connect.
+      if (exit !== undefined && exit !== 0 && exit !== EXIT_ALREADY_RUNNING) {
         throw new ResolverUnavailableError(`the kvnet resolver (${command.join(' ')}) exited ${exit} at start; see ${logPath}`);
       }
       if (await this.attach()) {

@@ -145,7 +145,9 @@ export interface NamesContext {
   /**
    * How to start the resolver process when none answers on the socket: argv, the socket path is
    * appended as `--socket <path>`. Default: this Node binary running `resolver-main.ts` through tsx
-   * when running from sources, or `kvnet-resolver.mjs` next to the bundle.
+   * when running from sources, or `kvnet-resolver.mjs` next to the bundle. It may also be a launcher
+   * that exits 0 once it has started the resolver elsewhere (e.g. `systemd-run --unit kvnet-resolver …`,
+   * so that the resolver is outside the agent's cgroup and survives `systemctl restart`).
    */
   readonly resolverCommand?: readonly string[];
   /** Where the started resolver process writes its log (JSON lines). Default: next to the socket, `resolver.log`. */

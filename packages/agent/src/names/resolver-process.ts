@@ -102,7 +102,7 @@ export class ResolverProcess {
     this.timer = setInterval(() => {
       void this.listeners.recheck().catch((err: Error) => this.opts.logger.warn({ err: err.message }, 'listener recheck failed'));
     }, RECHECK_INTERVAL_MS);
-    this.opts.logger.info({ socket: path, pid: process.pid }, 'kvnet resolver ready');
+    this.opts.logger.info({ socket: path }, 'kvnet resolver ready');
   }
 
   /** Closes the feed and every listener; `cleanup` also removes the addresses it added. */
