@@ -175,7 +175,7 @@ export class ListenerSet {
       const origin: QueryOrigin = { listener, source: rinfo.address, transport: 'udp' };
       void this.responder.handle(packet, origin).then((reply) => {
         if (reply) udp.send(reply, rinfo.port, rinfo.address, () => {});
-      });
+      }, () => undefined);
     });
     tcp.maxConnections = TCP_MAX_CONNECTIONS;
     tcp.on('error', (err) => this.logger.warn({ netns: o.spec.key, err: err.message }, 'DNS TCP listener error'));
@@ -212,7 +212,7 @@ export class ListenerSet {
           const head = Buffer.alloc(2);
           head.writeUInt16BE(reply.length, 0);
           sock.write(Buffer.concat([head, reply]));
-        });
+        }, () => undefined);
       }
     });
   }

@@ -9,7 +9,7 @@
  * Docker's.
  */
 
-import { ipv4Bytes, ipv6Bytes, ipv6Text, QTYPE, type DnsAnswer, type DnsQuestion } from './dns-codec.ts';
+import { encodeName, ipv4Bytes, ipv6Bytes, ipv6Text, QTYPE, type DnsAnswer, type DnsQuestion } from './dns-codec.ts';
 import { NAME_TTL_S, type NameTable } from './names.ts';
 
 interface Addresses {
@@ -62,6 +62,15 @@ export function canonicalIp(ip: string): string | undefined {
   }
 }
 
+function encodable(name: string): boolean {
+  try {
+    encodeName(name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function add(map: Map<string, Addresses>, name: string, ip: string, ip6: string | undefined): void {
   const key = name.toLowerCase();
   let a = map.get(key);
@@ -84,7 +93,9 @@ export function compileTable(table: NameTable): CompiledTable {
       const ip6 = r.ip6 !== undefined ? canonicalIp(r.ip6) : undefined;
       add(names, r.name, ip, ip6);
       for (const alias of r.aliases) add(aliases, alias, ip, ip6);
+      // A name that cannot go on the wire (a label over 63 bytes: names may be 64 characters) gets no PTR.
       const target = `${r.name.toLowerCase()}.${netName}.`;
+      if (!encodable(target)) continue;
       if (!ptr.has(ip)) ptr.set(ip, target);
       if (ip6 && !ptr.has(ip6)) ptr.set(ip6, target);
     }

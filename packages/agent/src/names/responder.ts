@@ -96,8 +96,18 @@ export class Responder {
     return { ...this.counts };
   }
 
-  /** The reply to send back, or undefined for none. Never rejects. */
+  /** The reply to send back, or undefined for none. Never rejects: an unexpected error is answered SERVFAIL. */
   async handle(packet: Buffer, origin: QueryOrigin): Promise<Buffer | undefined> {
+    try {
+      return await this.handleOrThrow(packet, origin);
+    } catch {
+      this.counts.servfail++;
+      const h = readHeader(packet);
+      return h && !h.qr ? encodeBareReply(h, RCODE.SERVFAIL) : undefined;
+    }
+  }
+
+  private async handleOrThrow(packet: Buffer, origin: QueryOrigin): Promise<Buffer | undefined> {
     const plan = planReply(this.table, packet, origin, shuffled);
     if (plan.kind === 'drop') {
       this.counts.dropped++;

@@ -170,3 +170,13 @@ test('validateNameTable names the first bad field', (t) => {
   t.throws(() => validateNameTable({ format: 1, networks: [], sandboxes: [{ key: 'k', networks: [], sources: [{ network: 1 }], hostSources: [], forward: true }] }), { message: /sandboxes\[0\]\.sources\[0\]/ });
   t.throws(() => validateNameTable(null), { message: /not an object/ });
 });
+
+test('a 64-character endpoint name (allowed) resolves by A; its PTR, which cannot go on the wire, is not answered, and nothing throws', (t) => {
+  const long = 'x'.repeat(64);
+  const v = view();
+  (v.endpoints.get('A') as Map<string, EndpointRecord>).set('e-long', ep('e-long', 'A', long, '10.1.0.77', 'h2'));
+  const compiled = compileTable(buildNameTable(v, localSandboxes(v, 'h1')));
+  const plan = planReply(compiled, encodeQuery(1, '77.0.1.10.in-addr.arpa', QTYPE.PTR), { listener: A, source: '10.1.0.2', transport: 'udp' });
+  t.is(plan.kind, 'forward');
+  t.deepEqual(lookup(scopeFor(compiled, A, '10.1.0.2'), q('c2')).kind, 'records');
+});

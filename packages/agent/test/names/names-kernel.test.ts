@@ -276,7 +276,7 @@ test.serial('bad framing and bad packets over TCP: the connection is closed or a
   t.deepEqual(addrs(await p.query('r1', QTYPE.A, 'tcp')), ['10.61.0.10']);
 });
 
-test.serial('a namespace that appears after the update gets its listener within seconds; one that goes is closed', async (t) => {
+test.serial('a namespace that appears after the update gets its listener within seconds, a re-created one gets a new one, one that goes is closed', async (t) => {
   const late = `/run/netns/${fx.prefix}ovz`;
   const report = await names.update(tableOf(fx.view()), [...fx.listeners, { network: NET.multi.id, netns: late }]);
   const r = report.listeners.find((l) => l.netns === late)!;
@@ -286,6 +286,12 @@ test.serial('a namespace that appears after the update gets its listener within 
   await waitFor('a listener in the new namespace', async () => (await names.status()).listeners.find((l) => l.netns === late)?.state === 'listening', 15_000, 200);
   const ss = await run('nsenter', [`--net=${late}`, 'ss', '-Hlnu'], {});
   t.true(ss.stdout.includes(`${RESOLVER}:53`));
+  // Deleted and made again at the same path (as the data plane does with an unreadable namespace): the
+  // old sockets are closed and new ones opened in the new namespace.
+  await run('ip', ['netns', 'del', `${fx.prefix}ovz`]);
+  await run('ip', ['netns', 'add', `${fx.prefix}ovz`]);
+  await waitFor('a listener in the re-created namespace', async () => (await run('nsenter', [`--net=${late}`, 'ss', '-Hlnu'], {})).stdout.includes(`${RESOLVER}:53`), 15_000, 200);
+  t.is((await names.status()).listeners.find((l) => l.netns === late)?.state, 'listening');
   await run('ip', ['netns', 'del', `${fx.prefix}ovz`]);
   await names.update(tableOf(fx.view()), fx.listeners);
   t.false((await names.status()).listeners.some((l) => l.netns === late));
