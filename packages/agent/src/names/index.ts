@@ -5,7 +5,7 @@
  */
 
 export * from './names.ts';
-export { buildNameTable, localSandboxes, routeHolder } from './name-table.ts';
+export { buildNameTable, listenersFor, localSandboxes, routeHolder } from './name-table.ts';
 export { startNames, defaultResolverCommand } from './names-client.ts';
 export { ensureSandboxRoute, joinStaticRoutes } from './resolver-address.ts';
 export { InvalidNameTableError, ListenerError, ResolverUnavailableError } from './errors.ts';

@@ -6,7 +6,7 @@
 import type { ClusterView } from '../cluster-view.ts';
 import type { EndpointRecord } from '../layout.ts';
 import { InvalidNameTableError } from './errors.ts';
-import { NAME_TABLE_FORMAT, type LocalSandbox, type NameRecord, type NameTable, type TableNetwork, type TableSandbox } from './names.ts';
+import { NAME_TABLE_FORMAT, type LocalSandbox, type NameRecord, type NamespaceListener, type NameTable, type TableNetwork, type TableSandbox } from './names.ts';
 
 /** Fields the endpoint record will carry (aliases, IPv6); read when present. */
 type NamedEndpoint = EndpointRecord & { aliases?: unknown; ip6?: unknown };
@@ -83,6 +83,14 @@ export function buildNameTable(view: ClusterView, sandboxes: readonly LocalSandb
   }
   networks.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : 1));
   return { format: NAME_TABLE_FORMAT, networks, sandboxes: tableSandboxes };
+}
+
+/**
+ * One listener per network of the table (each has a local endpoint, hence an overlay namespace here),
+ * at the path `netnsOf(network id)` gives (the agent: `/run/netns/` + the data plane's `overlayNetnsName`).
+ */
+export function listenersFor(table: NameTable, netnsOf: (networkId: string) => string): NamespaceListener[] {
+  return table.networks.map((n) => ({ network: n.id, netns: netnsOf(n.id) }));
 }
 
 /**

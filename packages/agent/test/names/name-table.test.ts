@@ -4,7 +4,7 @@ import type { EndpointRecord, NetworkRecord } from '../../src/layout.ts';
 import { decodeMessage, encodeQuery, QTYPE, RCODE } from '../../src/names/dns-codec.ts';
 import { InvalidNameTableError } from '../../src/names/errors.ts';
 import { addressOfPtrName, compileTable, lookup, scopeFor, type ListenerRef } from '../../src/names/name-lookup.ts';
-import { buildNameTable, localSandboxes, routeHolder, validateNameTable } from '../../src/names/name-table.ts';
+import { buildNameTable, listenersFor, localSandboxes, routeHolder, validateNameTable } from '../../src/names/name-table.ts';
 import { NAME_TTL_S } from '../../src/names/names.ts';
 import { planReply } from '../../src/names/responder.ts';
 
@@ -179,4 +179,12 @@ test('a 64-character endpoint name (allowed) resolves by A; its PTR, which canno
   const plan = planReply(compiled, encodeQuery(1, '77.0.1.10.in-addr.arpa', QTYPE.PTR), { listener: A, source: '10.1.0.2', transport: 'udp' });
   t.is(plan.kind, 'forward');
   t.deepEqual(lookup(scopeFor(compiled, A, '10.1.0.2'), q('c2')).kind, 'records');
+});
+
+test('listenersFor: one per table network, at the path given for it', (t) => {
+  t.deepEqual(listenersFor(table(), (nid) => `/run/netns/kvnet-${nid}`), [
+    { network: 'A', netns: '/run/netns/kvnet-A' },
+    { network: 'B', netns: '/run/netns/kvnet-B' },
+    { network: 'I', netns: '/run/netns/kvnet-I' },
+  ]);
 });
