@@ -21,6 +21,8 @@ import { ListenerError } from './errors.ts';
 
 /** Starting the child (a fresh Node: ~40 ms idle, a few hundred under load) and binding. */
 export const BIND_TIMEOUT_MS = 15_000;
+/** After the helper exits with an error, how long its error message may still take to arrive. */
+const EXIT_GRACE_MS = 200;
 /** Pending TCP connections the kernel queues per listener. */
 export const TCP_BACKLOG = 128;
 
@@ -113,14 +115,23 @@ export function bindInNamespace(netnsPath: string, address: string, port: number
     });
     child.on('error', (err) => finish(new ListenerError(`cannot listen on ${where}: cannot run nsenter: ${err.message}`, { cause: err })));
     child.on('message', (message: { kind?: string; message?: string }, handle: unknown) => {
+      if (settled) {
+        // Too late (timed out or failed): nobody will serve on it.
+        if (message?.kind === 'udp' && handle) closeQuietly({ udp: handle as UdpSocket });
+        if (message?.kind === 'tcp' && handle) closeQuietly({ tcp: handle as Server });
+        return;
+      }
       if (message?.kind === 'udp' && handle) got.udp = handle as UdpSocket;
       else if (message?.kind === 'tcp' && handle) got.tcp = handle as Server;
       else if (message?.kind === 'error') finish(new ListenerError(`cannot listen on ${where}: ${message.message ?? 'unknown error'}`));
       if (got.udp && got.tcp) finish();
     });
     child.on('exit', (code, signal) => {
-      // Both handles normally arrive before the exit; give a last message a turn of the loop.
-      setImmediate(() => finish(got.udp && got.tcp ? undefined : new ListenerError(`cannot listen on ${where}: the helper exited ${code ?? signal}${stderr.trim() ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`)));
+      // Exit 0 comes only after both handles were written, but the exit can be seen before the last
+      // message is read (and a dgram handle is re-wrapped asynchronously): wait for them, up to the
+      // timeout. Any other exit is a failure; a moment's grace lets its error message arrive first.
+      if (code === 0) return;
+      setTimeout(() => finish(new ListenerError(`cannot listen on ${where}: the helper exited ${code ?? signal}${stderr.trim() ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`)), EXIT_GRACE_MS);
     });
   });
 }
