@@ -25,6 +25,12 @@ export const TCP_IDLE_TIMEOUT_MS = 10_000;
 export const TCP_MAX_CONNECTIONS = 256;
 /** Queries of one TCP connection being answered at once; reading pauses beyond that. */
 export const TCP_MAX_PENDING = 16;
+/**
+ * A listener that failed is retried by {@link ListenerSet.recheck} after this, doubling per failure up to
+ * the cap (an update retries at once; a namespace that does not exist is retried every RETRY_FIRST_MS).
+ */
+export const RETRY_FIRST_MS = 2_000;
+export const RETRY_MAX_MS = 60_000;
 /** The key of the host namespace's listener. */
 export const HOST_KEY = 'host';
 
@@ -58,7 +64,7 @@ async function inBatches<T>(items: readonly T[], size: number, fn: (item: T) => 
 
 export class ListenerSet {
   private readonly open = new Map<string, OpenListener>();
-  private readonly failed = new Map<string, { spec: ListenerSpec; error: string }>();
+  private readonly failed = new Map<string, { spec: ListenerSpec; error: string; retryMs: number; nextAt: number }>();
   private wanted: readonly ListenerSpec[] = [];
   private running: Promise<ListenerReport[]> = Promise.resolve([]);
 
@@ -67,20 +73,29 @@ export class ListenerSet {
     private readonly logger: Logger,
   ) {}
 
-  /** Reconciles to `wanted`; calls are serialised. Resolves with one report per wanted listener. */
+  /** Reconciles to `wanted`, retrying failed listeners at once; calls are serialised. Resolves with one report per wanted listener. */
   reconcile(wanted: readonly ListenerSpec[]): Promise<ListenerReport[]> {
     this.wanted = wanted;
-    this.running = this.running.catch(() => []).then(() => this.reconcileNow());
-    return this.running;
+    return this.enqueue(true);
   }
 
-  /** Re-runs the last reconcile: re-opens failed listeners and those whose namespace changed. Cheap when nothing did. */
+  /**
+   * Re-runs the last reconcile when something changed: a namespace gone or re-created, or a failed
+   * listener due for another try (backing off). Cheap when nothing did.
+   */
   recheck(): Promise<ListenerReport[]> {
+    const now = Date.now();
     const changed = this.wanted.some((s) => {
       const o = this.open.get(s.key);
-      return !o || (s.key !== HOST_KEY && netnsIdentity(s.key) !== o.identity);
+      if (o) return s.key !== HOST_KEY && netnsIdentity(s.key) !== o.identity;
+      return (this.failed.get(s.key)?.nextAt ?? 0) <= now;
     });
-    return changed ? this.reconcile(this.wanted) : Promise.resolve(this.reports(new Map()));
+    return changed ? this.enqueue(false) : Promise.resolve(this.reports(new Map()));
+  }
+
+  private enqueue(retryNow: boolean): Promise<ListenerReport[]> {
+    this.running = this.running.catch(() => []).then(() => this.reconcileNow(retryNow));
+    return this.running;
   }
 
   reports(openedMs: ReadonlyMap<string, number>): ListenerReport[] {
@@ -100,7 +115,7 @@ export class ListenerSet {
     for (const o of all) await this.close(o, cleanup);
   }
 
-  private async reconcileNow(): Promise<ListenerReport[]> {
+  private async reconcileNow(retryNow: boolean): Promise<ListenerReport[]> {
     const wanted = new Map(this.wanted.map((s) => [s.key, s]));
     for (const o of [...this.open.values()]) {
       const w = wanted.get(o.spec.key);
@@ -113,7 +128,8 @@ export class ListenerSet {
       }
     }
     for (const key of [...this.failed.keys()]) if (!wanted.has(key)) this.failed.delete(key);
-    const toOpen = [...wanted.values()].filter((s) => !this.open.has(s.key));
+    const now = Date.now();
+    const toOpen = [...wanted.values()].filter((s) => !this.open.has(s.key) && (retryNow || (this.failed.get(s.key)?.nextAt ?? 0) <= now));
     const openedMs = new Map<string, number>();
     await inBatches(toOpen, OPEN_CONCURRENCY, async (spec) => {
       const t0 = performance.now();
@@ -125,8 +141,12 @@ export class ListenerSet {
         this.logger.info({ netns: spec.key, network: spec.network, address: spec.address, ms: openedMs.get(spec.key) }, 'DNS listener open');
       } catch (err) {
         const error = (err as Error).message;
-        if (this.failed.get(spec.key)?.error !== error) this.logger.warn({ netns: spec.key, network: spec.network, err: error }, 'DNS listener failed; retrying later');
-        this.failed.set(spec.key, { spec, error });
+        const before = this.failed.get(spec.key);
+        // A namespace that does not exist (yet) costs one stat to try again: no backing off for it.
+        const missing = spec.key !== HOST_KEY && netnsIdentity(spec.key) === undefined;
+        const retryMs = before && !missing ? Math.min(before.retryMs * 2, RETRY_MAX_MS) : RETRY_FIRST_MS;
+        if (before?.error !== error) this.logger.warn({ netns: spec.key, network: spec.network, err: error, retryMs }, 'DNS listener failed; retrying later');
+        this.failed.set(spec.key, { spec, error, retryMs, nextAt: Date.now() + retryMs });
       }
     });
     return this.reports(openedMs);

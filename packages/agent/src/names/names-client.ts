@@ -100,8 +100,15 @@ class NamesClient implements Names {
     if (!sock) return false;
     const channel: LineChannel = new LineChannel(sock, (m) => this.receive(m as FeedReply), () => this.closed(channel));
     this.channel = channel;
-    const hello = await this.request({ op: 'hello', seq: 0 }, REQUEST_TIMEOUT_MS);
-    if (hello.op !== 'hello') throw new ResolverUnavailableError(`kvnet resolver on ${this.socketPath} answered hello with ${hello.op}`);
+    let hello: FeedReply;
+    try {
+      hello = await this.request({ op: 'hello', seq: 0 }, REQUEST_TIMEOUT_MS);
+      if (hello.op !== 'hello') throw new ResolverUnavailableError(`kvnet resolver on ${this.socketPath} answered hello with ${hello.op}`);
+    } catch (err) {
+      // A resolver that does not say hello is not one to feed: drop the connection, so the next try starts afresh.
+      channel.close();
+      throw err;
+    }
     if (hello.protocol !== FEED_PROTOCOL) {
       this.ctx.logger.warn({ pid: hello.pid, protocol: hello.protocol, want: FEED_PROTOCOL }, 'replacing a kvnet resolver of another version');
       await this.request({ op: 'exit', seq: 0, cleanup: false }, REQUEST_TIMEOUT_MS).catch(() => undefined);

@@ -192,8 +192,8 @@ export interface Names {
   readonly startedResolver: boolean;
   /**
    * Replaces the table and the set of overlay namespaces listened in. Resolves once the table is in use
-   * (at once) and every listener is open or has failed (reported, and retried on the next update and
-   * every few seconds). The last update is sent again if the resolver process restarts.
+   * (at once) and every listener is open or has failed (reported, and retried at once on the next
+   * update, otherwise after 2 s doubling up to 60 s). The last update is sent again if the resolver process restarts.
    * Rejects with `ResolverUnavailableError` when the resolver process cannot be reached or started.
    */
   update(table: NameTable, listeners: readonly NamespaceListener[]): Promise<UpdateReport>;
