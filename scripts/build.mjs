@@ -29,6 +29,20 @@ await build({
   // ESM output still meets CommonJS-only dependencies that call require().
   banner: { js: "import { createRequire as __kvnetRequire } from 'node:module'; const require = __kvnetRequire(import.meta.url);" },
 });
+// The names face's resolver process (packages/agent/src/names/resolver-main.ts), a second bundle next
+// to the first: the agent starts it as `node kvnet-resolver.mjs` (names-client.ts, defaultResolverCommand).
+await build({
+  entryPoints: [join(root, 'packages', 'agent', 'src', 'names', 'resolver-main.ts')],
+  outfile: join(dirname(out), 'kvnet-resolver.mjs'),
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  sourcemap: 'linked',
+  external: [...external],
+  logLevel: 'warning',
+  banner: { js: "import { createRequire as __kvnetRequire } from 'node:module'; const require = __kvnetRequire(import.meta.url);" },
+});
 /** Node flags the launcher (and the cluster benchmark) run the bundle with. */
 export const NODE_FLAGS = ['--max-semi-space-size=1'];
 const launcher = join(dirname(out), 'kvnet');
@@ -37,4 +51,4 @@ writeFileSync(
   `#!/bin/sh\n# kvnet, from the bundle next to this file (npm run build).\nexec node ${NODE_FLAGS.join(' ')} "$(dirname "$(readlink -f "$0")")/kvnet.mjs" "$@"\n`,
 );
 chmodSync(launcher, 0o755);
-process.stderr.write(`built ${out} and ${launcher}\n`);
+process.stderr.write(`built ${out}, ${join(dirname(out), 'kvnet-resolver.mjs')} and ${launcher}\n`);

@@ -63,6 +63,11 @@ export interface TestAgentOptions {
   };
   readonly ttlS?: number;
   readonly logger?: Logger;
+  /**
+   * The names face (default off: it starts a resolver process that puts its address on `lo` of the
+   * namespace the test runs in). `{}` turns it on with a resolver of its own in the agent's temp dir.
+   */
+  readonly names?: { readonly address?: string; readonly upstreams?: readonly string[] };
 }
 
 export interface TestAgent {
@@ -98,6 +103,8 @@ export async function startTestAgent(opts: TestAgentOptions): Promise<TestAgent>
       dockerSocket: opts.docker?.engine ? opts.docker.engine.socketPath : 'off',
       ...(opts.docker?.scope ? { dockerScope: opts.docker.scope } : {}),
       ...(opts.docker?.staleAfterMs !== undefined ? { dockerStaleAfterMs: opts.docker.staleAfterMs } : {}),
+      dnsAddress: opts.names ? (opts.names.address ?? '169.254.53.53') : 'off',
+      ...(opts.names?.upstreams ? { dnsUpstreams: opts.names.upstreams } : {}),
       logger: opts.logger ?? pino({ level: 'silent' }),
     },
     { dataplane, ...(opts.docker?.engine ? { dockerEngine: opts.docker.engine } : {}) },
@@ -118,6 +125,8 @@ export async function startTestAgent(opts: TestAgentOptions): Promise<TestAgent>
     dataplane,
     socketPath,
     async stop() {
+      // An agent's stop leaves its resolver answering (restarts); a test's agent takes it along.
+      await agent.names?.uninstall().catch(() => undefined);
       await agent.stop();
       rmSync(dir, { recursive: true, force: true });
     },

@@ -27,6 +27,7 @@ import { Janitor, startJanitorLoop } from './janitor.ts';
 import type { NodeRecord } from './layout.ts';
 import { LocalState } from './local-state.ts';
 import { Membership } from './membership.ts';
+import { startNamesFace, type NamesFace, type NamesFaceOptions } from './names/face.ts';
 import { AgentMetrics, startMetricsServer } from './metrics.ts';
 import { NetworkService } from './network-service.ts';
 import { Reaper, REAP_GRACE_MS } from './reaper.ts';
@@ -56,6 +57,8 @@ export interface AgentDeps {
   readonly dataplane?: DataplanePort;
   /** Default: an Engine API client on `--docker-socket`. */
   readonly dockerEngine?: DockerEngine;
+  /** The names face's resolver launch (default: see names/face.ts). */
+  readonly names?: NamesFaceOptions;
 }
 
 export class Agent implements StatusSource {
@@ -72,6 +75,7 @@ export class Agent implements StatusSource {
   private ctx: AgentContext | undefined;
   private faces: Face[] = [];
   private dockerFace: DockerFace | undefined;
+  private namesFace: NamesFace | undefined;
   private metricsServer: Server | undefined;
   private stopJanitor: (() => void) | undefined;
   private ready = false;
@@ -97,6 +101,11 @@ export class Agent implements StatusSource {
   /** The Docker face, when `--docker-plugin` is on. */
   get docker(): DockerFace | undefined {
     return this.dockerFace;
+  }
+
+  /** The names face, unless `--dns-address off`. */
+  get names(): NamesFace | undefined {
+    return this.namesFace;
   }
 
   /** Starts everything; rejects (after cleaning up) when the agent cannot run. */
@@ -180,9 +189,14 @@ export class Agent implements StatusSource {
 
       const core = { config, logger, metrics, store, ipam, records, node, cluster, reconciler };
       const ctx: AgentContext = (this.ctx = { ...core, networks: new NetworkService(core), status: this });
+      // Names before the faces that create endpoints: its plumb hook and Docker's Join need it.
+      if (config.dnsAddress !== 'off') {
+        this.namesFace = await startNamesFace(ctx, this.deps.names);
+        this.faces.push(this.namesFace);
+      }
       this.faces.push(await startApi(ctx));
       if (config.dockerPlugin !== undefined && config.dockerPlugin !== 'off') {
-        this.dockerFace = await startDocker(ctx, this.deps.dockerEngine ? { engine: this.deps.dockerEngine } : {});
+        this.dockerFace = await startDocker(ctx, { ...(this.deps.dockerEngine ? { engine: this.deps.dockerEngine } : {}), ...(this.namesFace ? { names: this.namesFace } : {}) });
         this.faces.push(this.dockerFace);
       }
       if (config.metricsAddr !== 'off') this.metricsServer = await startMetricsServer(config.metricsAddr, metrics, this);

@@ -1,8 +1,12 @@
 /** The agent's configuration (what `kvnet agent` flags become), its defaults and its validation. */
 
+import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import { InvalidConfigError } from './errors.ts';
 import { parseIpv4 } from './ipv4.ts';
+import { DEFAULT_RESOLVER_ADDRESS } from './names/names.ts';
+import { parseUpstream } from './names/upstream.ts';
 
 export const DEFAULT_STORE_URL = 'local:///var/lib/kvnet/store.db';
 export const DEFAULT_STATE_DIR = '/var/lib/kvnet';
@@ -18,6 +22,10 @@ export const DEFAULT_DOCKER_PLUGIN_SOCKET = '/run/docker/plugins/kvnet.sock';
 export const DEFAULT_DOCKER_SOCKET = '/var/run/docker.sock';
 export const NAME_PREFIX_PATTERN = /^[a-z0-9]{1,6}$/;
 export const NODE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+/** `--dns-address`: the cluster's resolver address (link-local, see names/README.md); `off` turns names off. */
+export const DEFAULT_DNS_ADDRESS = DEFAULT_RESOLVER_ADDRESS;
+/** A systemd unit name as `--dns-resolver-unit` takes it (systemd-run adds `.service` when missing). */
+export const SYSTEMD_UNIT_PATTERN = /^[A-Za-z0-9:_.@-]{1,200}$/;
 
 export interface AgentConfig {
   readonly storeUrl: string;
@@ -45,6 +53,27 @@ export interface AgentConfig {
   readonly dockerDriverName?: string;
   /** How long a Docker endpoint dockerd does not list may live before it counts as stale (default 60 s). */
   readonly dockerStaleAfterMs?: number;
+  /** `--dns-address`: the resolver address containers ask (default {@link DEFAULT_DNS_ADDRESS}), or `off` for no names face. */
+  readonly dnsAddress?: string;
+  /** `--dns-upstream`: servers `ip`, `ip:port` or `[ipv6]:port` for names outside kvnet (default: the host's /etc/resolv.conf). */
+  readonly dnsUpstreams?: readonly string[];
+  /** `--dns-socket`: the resolver process's feed socket (default {@link resolverSocketFor} of `--socket`). */
+  readonly dnsSocket?: string;
+  /**
+   * `--dns-resolver-unit`: start the resolver process with `systemd-run --unit=<name>`, in a cgroup of
+   * its own, so `systemctl restart kvnet` (KillMode=mixed) does not take it down. Default: a detached
+   * child of the agent.
+   */
+  readonly dnsResolverUnit?: string;
+}
+
+/**
+ * The resolver's feed socket beside the agent's API socket: `/run/kvnet/kvnet.sock` →
+ * `/run/kvnet/kvnet-resolver.sock`. One per agent, so agents of simulated hosts on one machine never
+ * share a resolver.
+ */
+export function resolverSocketFor(socketPath: string): string {
+  return join(dirname(socketPath), `${basename(socketPath).replace(/\.sock$/, '')}-resolver.sock`);
 }
 
 /** Parses `10s`, `1m`, `1500ms` or a bare number of seconds into whole seconds. */
@@ -118,6 +147,20 @@ export function validateConfig(config: AgentConfig): void {
   }
   if (config.dockerScope !== undefined && config.dockerScope !== 'local' && config.dockerScope !== 'global') {
     throw new InvalidConfigError(`invalid --docker-scope "${String(config.dockerScope)}": must be local or global`);
+  }
+  if (config.dnsAddress !== undefined && config.dnsAddress !== 'off' && !(isIPv4(config.dnsAddress) && config.dnsAddress !== '0.0.0.0' && Number(config.dnsAddress.split('.')[0]) < 224)) {
+    throw new InvalidConfigError(`invalid --dns-address "${config.dnsAddress}": must be a unicast IPv4 address (default ${DEFAULT_DNS_ADDRESS}) or off`);
+  }
+  for (const u of config.dnsUpstreams ?? []) {
+    try {
+      parseUpstream(u);
+    } catch (err) {
+      throw new InvalidConfigError(`invalid --dns-upstream "${u}": ${(err as Error).message}`);
+    }
+  }
+  if (config.dnsSocket !== undefined && !config.dnsSocket.startsWith('/')) throw new InvalidConfigError(`invalid --dns-socket "${config.dnsSocket}": must be an absolute path`);
+  if (config.dnsResolverUnit !== undefined && !SYSTEMD_UNIT_PATTERN.test(config.dnsResolverUnit)) {
+    throw new InvalidConfigError(`invalid --dns-resolver-unit "${config.dnsResolverUnit}": expected a systemd unit name such as kvnet-resolver`);
   }
   if (config.dockerDriverName !== undefined && !/^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$/.test(config.dockerDriverName)) {
     throw new InvalidConfigError(`invalid --docker-driver-name "${config.dockerDriverName}": expected a Docker plugin name like kvnet or kvnet:latest`);

@@ -73,6 +73,12 @@ export interface NetworkRecord {
 export interface EndpointRecord {
   id: string;
   name: string;
+  /**
+   * More names of the endpoint on its network, resolved like `name` by the names face: Docker's
+   * `--network-alias` / `docker network connect --alias`, `kvnet network connect --alias`. Absent in
+   * records written before aliases existed, and on Docker endpoints until they are learned from dockerd.
+   */
+  aliases?: string[];
   network: string;
   /** Node name of the host the endpoint lives on. */
   node: string;

@@ -13,7 +13,7 @@
 import { statfsSync, statSync } from 'node:fs';
 import type { PoolInfo } from '@kvnet/ipam';
 import type { DataplaneError } from '@kvnet/dataplane';
-import type { KVEntry } from '@kvnet/store';
+import { sleep, type KVEntry } from '@kvnet/store';
 import type { ConnectInput, CreateNetworkInput } from './api/schemas.ts';
 import { allEndpoints } from './cluster-view.ts';
 import type { CoreContext } from './context.ts';
@@ -36,7 +36,17 @@ export type NetworkView = Pick<NetworkRecord, 'id' | 'name' | 'vni' | 'subnet' |
 };
 
 /** The API's endpoint shape. */
-export type EndpointView = Pick<EndpointRecord, 'id' | 'name' | 'network' | 'node' | 'address' | 'ip' | 'mac' | 'netns' | 'ifname'>;
+export type EndpointView = Pick<EndpointRecord, 'id' | 'name' | 'aliases' | 'network' | 'node' | 'address' | 'ip' | 'mac' | 'netns' | 'ifname'>;
+
+/**
+ * Work a face needs done before a new local endpoint is handed back (`connect` returns, Docker's
+ * CreateEndpoint is answered), after the data plane applied it: e.g. the names face opening its
+ * listener in the network's overlay namespace and adding the sandbox's route to the resolver. A hook
+ * must not throw; {@link PLUMB_HOOK_BUDGET_MS} bounds how long it may delay the caller.
+ */
+export type PlumbHook = (record: EndpointRecord) => Promise<void>;
+/** How long plumb hooks may delay a connect before it returns anyway (their work then finishes in the background). */
+export const PLUMB_HOOK_BUDGET_MS = 3_000;
 
 /** A network record to write for a pool already reserved: what {@link NetworkService.createNetworkForPool} takes. */
 export interface NetworkSpec {
@@ -61,6 +71,7 @@ export function toEndpointView(e: EndpointRecord): EndpointView {
   return {
     id: e.id,
     name: e.name,
+    ...(e.aliases?.length ? { aliases: e.aliases } : {}),
     network: e.network,
     node: e.node,
     address: e.address,
@@ -105,7 +116,14 @@ export function checkNetnsPath(path: string): void {
 }
 
 export class NetworkService {
+  private readonly plumbHooks: PlumbHook[] = [];
+
   constructor(private readonly ctx: CoreContext) {}
+
+  /** Adds a {@link PlumbHook}, run after every successful {@link plumb} (for a face; at start). */
+  onPlumbed(hook: PlumbHook): void {
+    this.plumbHooks.push(hook);
+  }
 
   // ---- reads (from the agent's view) ----
 
@@ -277,7 +295,8 @@ export class NetworkService {
         }
       }
       const alloc = await ipam.allocateAddress(net.poolId, { owner: eid, ...(input.ip !== undefined ? { address: input.ip } : {}) });
-      const record = newEndpointRecord(node, { id: eid, name, network: net.id, address: alloc.address, ip: alloc.ip, netns: input.netns, ifname });
+      const aliases = [...new Set(input.aliases ?? [])].filter((a) => a !== name);
+      const record = newEndpointRecord(node, { id: eid, name, ...(aliases.length ? { aliases } : {}), network: net.id, address: alloc.address, ip: alloc.ip, netns: input.netns, ifname });
       let ok: boolean;
       try {
         ok = await records.createEndpoint(netEntry, record);
@@ -311,7 +330,13 @@ export class NetworkService {
   async plumb(record: EndpointRecord, opts: { network: boolean }): Promise<DataplaneError | undefined> {
     await this.ctx.cluster.waitForView(keys.endpoint(record.network, record.id), true);
     const errors = await this.ctx.reconciler.reconcileNow();
-    return errors.find((e) => e.object.endpoint === record.id || (opts.network && e.object.kind === 'network' && e.object.network === record.network));
+    const failed = errors.find((e) => e.object.endpoint === record.id || (opts.network && e.object.kind === 'network' && e.object.network === record.network));
+    if (!failed && this.plumbHooks.length > 0) {
+      const budget = new AbortController();
+      await Promise.race([Promise.all(this.plumbHooks.map((h) => h(record))), sleep(PLUMB_HOOK_BUDGET_MS, budget.signal).catch(() => undefined)]);
+      budget.abort();
+    }
+    return failed;
   }
 
   /**

@@ -9,6 +9,7 @@ import { hostname } from 'node:os';
 import type { EndpointView, NetworkView } from '@kvnet/agent';
 // Only the config module: client commands must not load the agent (store backends, data plane).
 import {
+  DEFAULT_DNS_ADDRESS,
   DEFAULT_GATEWAY_BRIDGE,
   DEFAULT_METRICS_ADDR,
   DEFAULT_NAME_PREFIX,
@@ -18,6 +19,7 @@ import {
   DEFAULT_TTL_S,
   parseTtl,
   resolveAdvertise,
+  resolverSocketFor,
   validateConfig,
 } from '@kvnet/agent/config';
 import { ApiClient } from './client.ts';
@@ -91,6 +93,10 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .option('--docker-socket <socket|off>', 'the local dockerd\'s API socket (network names; kvnet networks mirrored into Docker)', '/var/run/docker.sock')
     .addOption(new Option('--docker-scope <scope>', 'scope the Docker plugin reports').choices(['local', 'global']).default('local'))
     .addOption(new Option('--docker-driver-name <name>', 'the name dockerd knows the plugin by: kvnet, or a managed plugin\'s reference such as kvnet:latest').env('KVNET_DOCKER_DRIVER_NAME').default('kvnet'))
+    .option('--dns-address <ip|off>', 'the resolver address containers ask for names across hosts (link-local), or off', DEFAULT_DNS_ADDRESS)
+    .option('--dns-upstream <ip[:port]>', 'upstream DNS server for other names, repeatable (default: the host\'s /etc/resolv.conf)', collect, [] as string[])
+    .option('--dns-socket <path>', 'the resolver process\'s feed socket (default: beside --socket)')
+    .option('--dns-resolver-unit <unit>', 'start the resolver with systemd-run as this unit, so it survives agent restarts under systemd')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
     .action(async (opts, cmd) => {
       if (!opts.clusterAdvertise) throw new CliExit('--cluster-advertise is required (or set KVNET_CLUSTER_ADVERTISE)', EXIT_USAGE);
@@ -115,6 +121,10 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
         dockerSocket: opts.dockerSocket,
         dockerScope: opts.dockerScope,
         dockerDriverName: opts.dockerDriverName,
+        dnsAddress: opts.dnsAddress,
+        dnsUpstreams: opts.dnsUpstream,
+        ...(opts.dnsSocket ? { dnsSocket: opts.dnsSocket } : {}),
+        ...(opts.dnsResolverUnit ? { dnsResolverUnit: opts.dnsResolverUnit } : {}),
       };
       const { parseStoreUrl, parseStoreOpts } = await import('@kvnet/store');
       try {
@@ -256,10 +266,11 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .argument('<network>', 'network name or id')
     .requiredOption('--netns <path>', 'network namespace path, e.g. /run/netns/c1')
     .option('--name <name>', 'endpoint name, unique in the network (default: start of its id)')
+    .option('--alias <name>', 'another name the endpoint resolves by on this network, repeatable', collect, [] as string[])
     .option('--ip <ip>', 'a specific address in the subnet')
     .option('--ifname <name>', 'interface name inside the namespace (default: eth0, or the next free ethN)')
     .action(async (net, opts, cmd) => {
-      const body = { netns: opts.netns, ...(opts.ifname ? { ifname: opts.ifname } : {}), ...(opts.name ? { name: opts.name } : {}), ...(opts.ip ? { ip: opts.ip } : {}) };
+      const body = { netns: opts.netns, ...(opts.ifname ? { ifname: opts.ifname } : {}), ...(opts.name ? { name: opts.name } : {}), ...(opts.alias.length ? { aliases: opts.alias } : {}), ...(opts.ip ? { ip: opts.ip } : {}) };
       json(await client(cmd).call<EndpointView>('POST', `/v1/networks/${encodeURIComponent(net)}/endpoints`, body));
     });
   network
@@ -269,6 +280,34 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .argument('<endpoint>', 'endpoint name or id')
     .action(async (net, ep, _o, cmd) => {
       await client(cmd).call('DELETE', `/v1/networks/${encodeURIComponent(net)}/endpoints/${encodeURIComponent(ep)}`);
+    });
+
+  // ---- dns (the resolver process; no agent needed) ----
+  const dns = program.command('dns').description('the kvnet DNS resolver of this host (names across hosts)');
+  const resolverSocket = (cmd: { optsWithGlobals(): { socket?: string; dnsSocket?: string } }): string => {
+    const o = cmd.optsWithGlobals();
+    return o.dnsSocket ?? resolverSocketFor(o.socket ?? DEFAULT_SOCKET);
+  };
+  dns
+    .command('status')
+    .description('show the resolver process: pid, listeners, query counters')
+    .option('--dns-socket <path>', 'the resolver\'s feed socket (default: beside --socket)')
+    .action(async (_o, cmd) => {
+      const { resolverStatus } = await import('@kvnet/agent/resolver-control');
+      const socket = resolverSocket(cmd);
+      const status = await resolverStatus(socket);
+      if (!status) throw new CliExit(`no kvnet resolver runs on ${socket}`);
+      json(status);
+    });
+  dns
+    .command('stop')
+    .description('make the resolver exit and remove the addresses it added (uninstall; an agent that runs starts another)')
+    .option('--dns-socket <path>', 'the resolver\'s feed socket (default: beside --socket)')
+    .action(async (_o, cmd) => {
+      const { stopResolver } = await import('@kvnet/agent/resolver-control');
+      const socket = resolverSocket(cmd);
+      const pid = await stopResolver(socket);
+      io.out(pid === undefined ? `no kvnet resolver runs on ${socket}\n` : `kvnet resolver (pid ${pid}) stopped\n`);
     });
 
   return program;

@@ -9,6 +9,8 @@ import { parseCidr, parseIpv4 } from '../ipv4.ts';
 import { NAME_MAX_CHARS, NAME_PATTERN } from '../layout.ts';
 
 const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+/** Aliases one endpoint may carry (`kvnet network connect --alias`, repeatable). */
+export const MAX_ALIASES = 32;
 const LABEL_KEY = /^[A-Za-z0-9_.\-/]{1,255}$/;
 
 const name = z
@@ -43,6 +45,7 @@ export const connectSchema = z
       message: 'must be an absolute path without whitespace or quotes (e.g. /run/netns/c1)',
     }),
     name: name.optional(),
+    aliases: z.array(name).max(MAX_ALIASES, `at most ${MAX_ALIASES} aliases`).optional(),
     ip: ip.optional(),
     ifname: z.string().regex(IFNAME, 'must be 1-15 letters, digits, "_", "." or "-"').optional(),
   })

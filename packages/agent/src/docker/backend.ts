@@ -54,6 +54,14 @@ export interface DockerEndpointRecord extends EndpointRecord {
   docker?: { networkId: string; endpointId: string };
 }
 
+/**
+ * A container's aliases as an endpoint keeps them: valid names only (Docker's rule), without the
+ * endpoint's own name, each once, sorted (so an unchanged set compares equal).
+ */
+export function cleanAliases(aliases: readonly string[], name: string): string[] {
+  return [...new Set(aliases.filter((a) => a !== name && NAME_PATTERN.test(a) && a.length <= NAME_MAX_CHARS))].sort();
+}
+
 export function handoffIfname(eid: string): string {
   return `${HANDOFF_IFNAME_PREFIX}${eid.slice(0, HANDOFF_IFNAME_ID_CHARS)}`;
 }
@@ -84,6 +92,8 @@ export interface DockerEndpointInput {
    * all hosts. Without it the endpoint is named by its Docker id until the container's name is learned.
    */
   readonly name?: string;
+  /** The container's aliases on this network (`--network-alias`), when the caller could tell them. */
+  readonly aliases?: readonly string[];
 }
 
 /**
@@ -128,14 +138,18 @@ export interface DockerBackend {
   deleteNetwork(dockerNetworkId: string): Promise<void>;
   /** Creates the endpoint and plumbs its host-side interface; returns its MAC and that interface. */
   createEndpoint(input: DockerEndpointInput): Promise<{ mac: string; ifname: string }>;
-  /** The host-side interface of a created endpoint. */
-  joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string }>;
+  /** The host-side interface of a created endpoint, and its kvnet id. */
+  joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string; endpointId: string }>;
+  /** The kvnet id of this host's endpoint for a Docker endpoint, if there is one. */
+  localEndpointId(dockerNetworkId: string, dockerEndpointId: string): string | undefined;
   /** Deletes the endpoint, releases its address, unplumbs it. Unknown endpoints are not an error. */
   deleteEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<void>;
   /** The kvnet network bound to a Docker network id on this host. */
   findNetwork(dockerNetworkId: string): DockerNetworkRecord | undefined;
   /** Renames an endpoint (to its container's name); refused when the name is taken in the network. */
   nameEndpoint(nid: string, eid: string, name: string): Promise<void>;
+  /** Sets an endpoint's aliases (its container's `--network-alias`es, learned from dockerd). */
+  aliasEndpoint(nid: string, eid: string, aliases: readonly string[]): Promise<void>;
 }
 
 /** The {@link DockerBackend} on kvnet's store, IPAM and network service. */
@@ -320,9 +334,11 @@ export class StoreDockerBackend implements DockerBackend {
     if (await store.get(keys.endpoint(net.id, eid))) throw new NameConflictError(`address ${ip} already belongs to an endpoint of network ${net.name}`);
     const given = input.name !== undefined && NAME_PATTERN.test(input.name) && input.name.length <= NAME_MAX_CHARS ? input.name : undefined;
     const name = given ?? input.dockerEndpointId.slice(0, 12);
+    const aliases = input.aliases !== undefined ? cleanAliases(input.aliases, name) : undefined;
     const record = newEndpointRecord<DockerEndpointRecord>(node, {
       id: eid,
       name,
+      ...(aliases !== undefined ? { aliases } : {}),
       network: net.id,
       address: alloc.address,
       ip,
@@ -363,10 +379,14 @@ export class StoreDockerBackend implements DockerBackend {
     return ep as DockerEndpointRecord & { docker: { networkId: string; endpointId: string } };
   }
 
-  async joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string }> {
+  async joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string; endpointId: string }> {
     const ep = this.findEndpoint(dockerNetworkId, dockerEndpointId);
     if (!ep?.handoff) throw new NotFoundError(`no kvnet endpoint for Docker endpoint ${dockerEndpointId.slice(0, 12)}`);
-    return { ifname: ep.handoff };
+    return { ifname: ep.handoff, endpointId: ep.id };
+  }
+
+  localEndpointId(dockerNetworkId: string, dockerEndpointId: string): string | undefined {
+    return this.findEndpoint(dockerNetworkId, dockerEndpointId)?.id;
   }
 
   async deleteEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<void> {
@@ -394,6 +414,17 @@ export class StoreDockerBackend implements DockerBackend {
       throw new ConcurrentChangeError(`endpoint ${ep.name} changed while being named ${clean}; try again`);
     }
     logger.info({ nid, eid, endpoint: clean }, 'docker endpoint named after its container');
+  }
+
+  async aliasEndpoint(nid: string, eid: string, aliases: readonly string[]): Promise<void> {
+    const { store, logger, records } = this.ctx;
+    const entry = await store.get(keys.endpoint(nid, eid));
+    if (!entry) throw new NotFoundError(`no such endpoint: ${eid}`);
+    const ep = decodeRecord<DockerEndpointRecord>(entry.value, entry.key);
+    const clean = cleanAliases(aliases, ep.name);
+    if (JSON.stringify(ep.aliases) === JSON.stringify(clean)) return;
+    if (!(await records.updateEndpoint(entry, ep, { ...ep, aliases: clean }))) throw new ConcurrentChangeError(`endpoint ${ep.name} changed while its aliases were set; try again`);
+    logger.info({ nid, eid, endpoint: ep.name, aliases: clean }, 'docker endpoint aliases learned from its container');
   }
 
   private async mustGetPool(dockerPoolId: string): Promise<PoolInfo> {

@@ -18,7 +18,7 @@
 import type { Logger } from 'pino';
 import { sleep } from '@kvnet/store';
 import type { DockerBackend } from './backend.ts';
-import type { DockerEngine, EngineContainer } from './engine.ts';
+import { containerAliases, type DockerEngine, type EngineContainer } from './engine.ts';
 import {
   ADOPT_NETWORK_OPTION,
   GATEWAY_ADDRESS_TYPE,
@@ -58,6 +58,18 @@ export interface DockerDriverOptions {
   readonly scope?: 'local' | 'global';
   /** The local Engine API, to learn network names; without it networks keep their provisional name. */
   readonly engine?: DockerEngine;
+  /** The names face's side of Join and Leave (the route to the resolver address); absent with `--dns-address off`. */
+  readonly names?: DockerNamesHooks;
+}
+
+/** What Join and Leave ask of the names face (names/face.ts). */
+export interface DockerNamesHooks {
+  /** The resolver address (the start-up log checks that dockerd's `dns` has it). */
+  readonly address: string;
+  /** The `StaticRoutes` for a Join of kvnet endpoint `endpointId` into `sandboxKey` (remembered). */
+  dockerJoin(endpointId: string, sandboxKey: string): Array<{ Destination: string; RouteType: number; NextHop: string }>;
+  /** A Leave of kvnet endpoint `endpointId` (moves the route when it held it); never throws. */
+  dockerLeave(endpointId: string): Promise<void>;
 }
 
 function stringOptions(generic: unknown): Record<string, string> {
@@ -185,13 +197,13 @@ export class DockerDriver implements PluginHandlers {
     const iface = req.Interface ?? { Address: '', AddressIPv6: '', MacAddress: '' };
     if (iface.AddressIPv6) throw new InvalidInputError('kvnet networks are IPv4 only: no --ip6');
     if (!iface.Address) throw new InvalidInputError('the endpoint has no IPv4 address: create the network with --ipam-driver kvnet');
-    const name = await this.containerBeingConnected(req.NetworkID, req.EndpointID);
+    const container = await this.containerBeingConnected(req.NetworkID, req.EndpointID);
     const r = await this.opts.backend.createEndpoint({
       dockerNetworkId: req.NetworkID,
       dockerEndpointId: req.EndpointID,
       address: iface.Address,
       ...(iface.MacAddress ? { mac: iface.MacAddress.toLowerCase() } : {}),
-      ...(name ? { name } : {}),
+      ...(container ? { name: container.name, aliases: container.aliases } : {}),
     });
     // Only a field Docker left empty may be filled in ("driver modified interface … address" otherwise).
     return iface.MacAddress ? {} : { Interface: { MacAddress: r.mac } };
@@ -209,7 +221,7 @@ export class DockerDriver implements PluginHandlers {
    * takes the container's name once dockerd lists it (DockerNetworkSync), where a clash can only be
    * logged.
    */
-  private async containerBeingConnected(dockerNetworkId: string, dockerEndpointId: string): Promise<string | undefined> {
+  private async containerBeingConnected(dockerNetworkId: string, dockerEndpointId: string): Promise<{ name: string; aliases: string[] } | undefined> {
     const { engine, backend, logger } = this.opts;
     const net = backend.findNetwork(dockerNetworkId);
     if (!engine || !net || net.docker?.provisionalName) return undefined;
@@ -229,7 +241,8 @@ export class DockerDriver implements PluginHandlers {
       return !RUNNING_STATES.has(c.State) || !settings.EndpointID || settings.EndpointID === dockerEndpointId;
     });
     if (starting.length !== 1) return undefined;
-    return starting[0]!.Names[0]?.replace(/^\//, '') || undefined;
+    const name = starting[0]!.Names[0]?.replace(/^\//, '');
+    return name ? { name, aliases: containerAliases(starting[0]!.NetworkSettings?.Networks?.[net.name]) } : undefined;
   }
 
   async deleteEndpoint(req: EndpointRequest): Promise<void> {
@@ -241,13 +254,18 @@ export class DockerDriver implements PluginHandlers {
   }
 
   async join(req: JoinRequest): Promise<JoinResponse> {
-    const { ifname } = await this.opts.backend.joinEndpoint(req.NetworkID, req.EndpointID);
+    const { ifname, endpointId } = await this.opts.backend.joinEndpoint(req.NetworkID, req.EndpointID);
+    // The route to the resolver address, for the sandbox's first kvnet interface only (names/face.ts).
+    const routes = this.opts.names && req.SandboxKey ? this.opts.names.dockerJoin(endpointId, req.SandboxKey) : [];
     // No Gateway: Docker then attaches docker_gwbridge for egress and published ports (not on --internal).
-    return { InterfaceName: { SrcName: ifname, DstPrefix: CONTAINER_IFNAME_PREFIX }, DisableGatewayService: false };
+    return { InterfaceName: { SrcName: ifname, DstPrefix: CONTAINER_IFNAME_PREFIX }, ...(routes.length ? { StaticRoutes: routes } : {}), DisableGatewayService: false };
   }
 
-  async leave(_req: EndpointRequest): Promise<void> {
-    // dockerd moves the interface out of the sandbox itself; DeleteEndpoint removes it.
+  async leave(req: EndpointRequest): Promise<void> {
+    // dockerd moves the interface out of the sandbox itself (after this answer); DeleteEndpoint removes it.
+    // Before that, the names face moves the sandbox's resolver route off it if it carried it.
+    const eid = this.opts.backend.localEndpointId(req.NetworkID, req.EndpointID);
+    if (eid && this.opts.names) await this.opts.names.dockerLeave(eid);
   }
 
   // ---- IpamDriver ----

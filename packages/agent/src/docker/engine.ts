@@ -41,7 +41,22 @@ export interface EngineContainer {
   /** With a leading "/". */
   Names: string[];
   State: string;
-  NetworkSettings?: { Networks?: Record<string, { NetworkID?: string; EndpointID?: string } | null> | null } | null;
+  NetworkSettings?: { Networks?: Record<string, EngineEndpointSettings | null> | null } | null;
+}
+
+/** A container's settings on one network, as the container list shows them. */
+export interface EngineEndpointSettings {
+  NetworkID?: string;
+  EndpointID?: string;
+  /** `--network-alias` / `docker network connect --alias` (20.10 adds the short container id for user-defined networks). */
+  Aliases?: string[] | null;
+  /** Docker ≥ 25: every name its embedded resolver answers for the endpoint (name, aliases, short id, hostname). */
+  DNSNames?: string[] | null;
+}
+
+/** The names a container's endpoint on one network answers to besides the container's name (Docker's own rule per version). */
+export function containerAliases(settings: EngineEndpointSettings | null | undefined): string[] {
+  return [...new Set([...(settings?.Aliases ?? []), ...(settings?.DNSNames ?? [])])];
 }
 
 export class DockerEngine {
@@ -54,6 +69,14 @@ export class DockerEngine {
     } catch (err) {
       throw new DockerEngineError(`docker ${method} ${path} on ${this.socketPath}: ${(err as Error).message}`);
     }
+  }
+
+  /** The engine's version (`GET /version` → Version, e.g. `28.5.2`). */
+  async version(signal?: AbortSignal): Promise<string> {
+    const r = await this.call('GET', '/version', signal);
+    const v = (r.body as { Version?: unknown } | undefined)?.Version;
+    if (r.status !== 200 || typeof v !== 'string') throw new DockerEngineError(`docker GET /version: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
+    return v;
   }
 
   /** The network, or undefined when dockerd does not (yet) know it. */

@@ -18,7 +18,8 @@ import type { ClusterView } from '../cluster-view.ts';
 import { allEndpoints } from '../cluster-view.ts';
 import type { DockerEndpointRecord, DockerNetworkRecord } from './backend.ts';
 import { ADOPT_NETWORK_OPTION, PLUGIN_NAME } from './protocol.ts';
-import type { DockerEngine, EngineContainer, EngineNetwork } from './engine.ts';
+import { containerAliases, type DockerEngine, type EngineContainer, type EngineNetwork } from './engine.ts';
+import { cleanAliases } from './backend.ts';
 
 /**
  * A Docker endpoint dockerd does not list (in `GET /networks/<id>` → Containers) this long after it
@@ -37,6 +38,8 @@ export interface DockerNetworkSyncOptions {
   readonly removeEndpoint?: (dockerNetworkId: string, dockerEndpointId: string) => Promise<void>;
   /** Renames a kvnet endpoint to its container's name (DockerBackend.nameEndpoint). */
   readonly nameEndpoint?: (nid: string, eid: string, name: string) => Promise<void>;
+  /** Sets a kvnet endpoint's aliases to its container's on that network (DockerBackend.aliasEndpoint). */
+  readonly aliasEndpoint?: (nid: string, eid: string, aliases: readonly string[]) => Promise<void>;
   /**
    * Create missing kvnet networks in dockerd and remove orphaned ones (default true). False for the
    * plugin's `global` scope, where dockerd itself shares networks through its cluster store.
@@ -184,8 +187,13 @@ export class DockerNetworkSync {
     // Only a running (or paused) container holds its endpoint: an exited one may still carry the id of
     // an endpoint dockerd dropped (a power-off, a restart that could not reach this plugin).
     const live = new Map<string, string>();
+    const aliasesOf = new Map<string, string[]>();
     for (const c of containers.filter((x) => LIVE_CONTAINER_STATES.has(x.State))) {
-      for (const s of Object.values(c.NetworkSettings?.Networks ?? {})) if (s?.EndpointID) live.set(s.EndpointID, c.Names[0]?.replace(/^\//, '') ?? '');
+      for (const s of Object.values(c.NetworkSettings?.Networks ?? {})) {
+        if (!s?.EndpointID) continue;
+        live.set(s.EndpointID, c.Names[0]?.replace(/^\//, '') ?? '');
+        aliasesOf.set(s.EndpointID, containerAliases(s));
+      }
     }
     // Stale ones go first: after a power loss the container's new endpoint wants the name its old,
     // stale endpoint still holds.
@@ -200,6 +208,20 @@ export class DockerNetworkSync {
       try {
         await this.opts.removeEndpoint(e.docker.networkId, e.docker.endpointId);
         result.staleEndpoints.push(e.id);
+      } catch (err) {
+        result.errors.push({ network: e.network, message: (err as Error).message });
+      }
+    }
+    // Aliases (`--network-alias`; on Docker ≥ 25 also the short id and hostname) follow the container's
+    // settings: set at CreateEndpoint when the container could be told, else (or when dockerd lists
+    // more later) here.
+    for (const e of candidates) {
+      const containerName = live.get(e.docker.endpointId);
+      const aliases = aliasesOf.get(e.docker.endpointId);
+      if (!containerName || !aliases || !this.opts.aliasEndpoint) continue;
+      if (JSON.stringify(cleanAliases(aliases, containerName)) === JSON.stringify(e.aliases ?? [])) continue;
+      try {
+        await this.opts.aliasEndpoint(e.network, e.id, aliases);
       } catch (err) {
         result.errors.push({ network: e.network, message: (err as Error).message });
       }

@@ -75,6 +75,26 @@ export async function ensureSandboxRoute(sandboxPath: string, ifname: string, ad
 }
 
 /**
+ * A Docker sandbox whose route holder left: the connected route to the resolver address through the
+ * interface with MAC `mac` (dockerd chose its name, `ethN`, so it is found by its MAC). Throws
+ * `ListenerError` naming the sandbox when the interface is not there or ip refuses.
+ */
+export async function ensureSandboxRouteByMac(sandboxPath: string, mac: string, address: string): Promise<string> {
+  const r = await run('nsenter', [`--net=${sandboxPath}`, 'ip', '-j', 'link', 'show']);
+  if (r.code !== 0) throw new ListenerError(`cannot list the interfaces of sandbox ${sandboxPath}: ${r.stderr.trim() || `nsenter exited ${r.code}`}`);
+  let links: Array<{ ifname?: string; address?: string }> = [];
+  try {
+    links = JSON.parse(r.stdout) as typeof links;
+  } catch {
+    // handled below: no interface found
+  }
+  const ifname = links.find((l) => l.address?.toLowerCase() === mac.toLowerCase())?.ifname;
+  if (!ifname) throw new ListenerError(`sandbox ${sandboxPath} has no interface with MAC ${mac} to route resolver address ${address} through`);
+  await ensureSandboxRoute(sandboxPath, ifname, address);
+  return ifname;
+}
+
+/**
  * Docker: the `StaticRoutes` of a Join answer that give the container the connected route to the
  * resolver address over the joining interface. Only for the sandbox's route holder: dockerd adds a
  * connected route with netlink's exclusive create, so a second kvnet interface asking for the same

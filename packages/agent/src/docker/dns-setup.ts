@@ -1,0 +1,155 @@
+/**
+ * Will this host's dockerd send its containers' DNS queries to kvnet's resolver? Two host settings
+ * decide it, and neither is visible through the plugin protocol:
+ *
+ * 1. dockerd's `dns` (daemon.json `"dns": ["169.254.53.53"]`, or `dockerd --dns`): Docker's embedded
+ *    resolver forwards every name it does not know to these servers, from inside the container's
+ *    network namespace (names/README.md). Without the resolver address there, containers never ask kvnet.
+ * 2. The engine version: 26.0.0–26.1.2 forward nothing for containers only on `--internal` networks
+ *    (the CVE-2024-29018 fix, relaxed again in 26.1.3; names/README.md has the release notes' numbers).
+ *
+ * {@link assessDockerDns} is pure; {@link readDockerDnsFacts} reads what it needs (the Engine API's
+ * version; dockerd's command line and configuration file through /proc). Used by the agent's start-up
+ * log and exported for `kvnet doctor`.
+ */
+
+import { readdirSync, readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { DEFAULT_DOCKER_SOCKET } from '../config.ts';
+import type { DockerEngine } from './engine.ts';
+
+/** dockerd's configuration file unless `--config-file` names another. */
+export const DEFAULT_DAEMON_JSON = '/etc/docker/daemon.json';
+/** Engine versions whose internal-only containers never have their DNS forwarded: [first, last]. */
+export const NO_INTERNAL_FORWARDING: readonly [string, string] = ['26.0.0', '26.1.2'];
+
+/** What is known about the local dockerd. */
+export interface DockerDnsFacts {
+  /** Engine version (`GET /version` → Version), when dockerd answered. */
+  readonly version?: string;
+  /** dockerd's `dns` servers (flags and configuration file), when its process could be found; `[]` when it has none. */
+  readonly dns?: readonly string[];
+  /** Where {@link dns} was read: the command line and/or the configuration file, or why it could not be. */
+  readonly dnsSource: string;
+}
+
+/** One problem, for people: what is wrong and what to do. */
+export interface DockerDnsFinding {
+  readonly level: 'error' | 'warn' | 'info';
+  readonly code: 'KVNET_DOCKER_DNS_MISSING' | 'KVNET_DOCKER_DNS_UNKNOWN' | 'KVNET_DOCKER_INTERNAL_DNS' | 'KVNET_DOCKER_UNREACHABLE';
+  readonly message: string;
+}
+
+function versionParts(v: string): number[] | undefined {
+  const m = /^(\d+)\.(\d+)\.(\d+)/.exec(v);
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : undefined;
+}
+
+function compareVersions(a: readonly number[], b: readonly number[]): number {
+  for (let i = 0; i < 3; i++) if (a[i] !== b[i]) return a[i]! - b[i]!;
+  return 0;
+}
+
+/** Pure: the findings for `facts` and the resolver `address`; empty when containers will reach it. */
+export function assessDockerDns(facts: DockerDnsFacts, address: string): DockerDnsFinding[] {
+  const out: DockerDnsFinding[] = [];
+  if (facts.version === undefined) {
+    out.push({ level: 'warn', code: 'KVNET_DOCKER_UNREACHABLE', message: `cannot ask the local dockerd for its version (${facts.dnsSource}); containers resolve names across hosts only with "dns": ["${address}"] in its daemon.json` });
+  }
+  if (facts.dns === undefined) {
+    out.push({ level: 'info', code: 'KVNET_DOCKER_DNS_UNKNOWN', message: `cannot tell whether dockerd sends container DNS to kvnet (${facts.dnsSource}); make sure its daemon.json has "dns": ["${address}"]` });
+  } else if (!facts.dns.includes(address)) {
+    const now = facts.dns.length ? `its dns is ${JSON.stringify(facts.dns)}` : 'it has no dns setting';
+    out.push({
+      level: 'error',
+      code: 'KVNET_DOCKER_DNS_MISSING',
+      message: `dockerd will not send its containers' DNS queries to kvnet's resolver ${address} (${now}, read from ${facts.dnsSource}): containers resolve only names on their own host. Add "dns": ["${address}"] to /etc/docker/daemon.json (keep your other servers after it) and restart dockerd`,
+    });
+  }
+  const v = facts.version !== undefined ? versionParts(facts.version) : undefined;
+  if (v && compareVersions(v, versionParts(NO_INTERNAL_FORWARDING[0])!) >= 0 && compareVersions(v, versionParts(NO_INTERNAL_FORWARDING[1])!) <= 0) {
+    out.push({
+      level: 'warn',
+      code: 'KVNET_DOCKER_INTERNAL_DNS',
+      message: `Docker ${facts.version} never forwards DNS queries of containers that are only on --internal networks (${NO_INTERNAL_FORWARDING[0]}–${NO_INTERNAL_FORWARDING[1]}, fixed in 26.1.3): such containers resolve only names on their own host. Upgrade Docker to 26.1.3 or later`,
+    });
+  }
+  return out;
+}
+
+/** Parses dockerd's argv: its API hosts, `--dns` servers and `--config-file`. */
+export function parseDockerdArgs(argv: readonly string[]): { hosts: string[]; dns: string[]; configFile?: string } {
+  const hosts: string[] = [];
+  const dns: string[] = [];
+  let configFile: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const eq = a.indexOf('=');
+    const [flag, inline] = a.startsWith('--') && eq > 0 ? [a.slice(0, eq), a.slice(eq + 1)] : [a, undefined];
+    const value = (): string | undefined => inline ?? argv[++i];
+    if (flag === '-H' || flag === '--host') hosts.push(value() ?? '');
+    else if (flag === '--dns') dns.push(value() ?? '');
+    else if (flag === '--config-file') configFile = value();
+  }
+  return { hosts, dns, ...(configFile !== undefined ? { configFile } : {}) };
+}
+
+/** Whether a dockerd with these `-H` values serves `socket`. No `-H`, or `fd://` (systemd socket activation), is the default socket. */
+export function servesSocket(hosts: readonly string[], socket: string): boolean {
+  const norm = (p: string): string => p.replace(/^\/var\/run\//, '/run/');
+  if (hosts.length === 0 || hosts.some((h) => h.startsWith('fd://'))) {
+    if (norm(socket) === norm(DEFAULT_DOCKER_SOCKET)) return true;
+  }
+  return hosts.some((h) => h.startsWith('unix://') && norm(h.slice('unix://'.length)) === norm(socket));
+}
+
+/**
+ * dockerd's `dns`: the dockerd process serving `socket` is found in /proc (this agent must see the
+ * host's processes: the systemd unit and the agent image with `--pid host` do); its `--dns` flags and
+ * its configuration file's `dns`, read through `/proc/<pid>/root` (dockerd's own view of the files).
+ */
+export function readDaemonDns(socket: string, proc = '/proc'): { dns?: string[]; source: string } {
+  let pids: string[];
+  try {
+    pids = readdirSync(proc).filter((n) => /^\d+$/.test(n));
+  } catch (err) {
+    return { source: `cannot list ${proc}: ${(err as Error).message}` };
+  }
+  for (const pid of pids) {
+    let argv: string[];
+    try {
+      argv = readFileSync(`${proc}/${pid}/cmdline`, 'utf8').split('\0').filter((x) => x !== '');
+    } catch {
+      continue;
+    }
+    if (argv.length === 0 || basename(argv[0]!) !== 'dockerd') continue;
+    const args = parseDockerdArgs(argv.slice(1));
+    if (!servesSocket(args.hosts, socket)) continue;
+    const file = args.configFile ?? DEFAULT_DAEMON_JSON;
+    let fromFile: string[] = [];
+    let source = `dockerd (pid ${pid}) command line`;
+    try {
+      const json = JSON.parse(readFileSync(`${proc}/${pid}/root${file}`, 'utf8')) as { dns?: unknown };
+      if (Array.isArray(json.dns)) fromFile = json.dns.filter((x): x is string => typeof x === 'string');
+      source += ` and ${file}`;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return { source: `${file} of dockerd (pid ${pid}) cannot be read: ${(err as Error).message}` };
+      source += ` (no ${file})`;
+    }
+    return { dns: [...args.dns, ...fromFile], source };
+  }
+  return { source: `no dockerd process serving ${socket} is visible in ${proc}` };
+}
+
+/** Everything {@link assessDockerDns} needs, read from the Engine API and /proc. Never throws. */
+export async function readDockerDnsFacts(engine: Pick<DockerEngine, 'version' | 'socketPath'>, signal?: AbortSignal): Promise<DockerDnsFacts> {
+  let version: string | undefined;
+  let unreachable = '';
+  try {
+    version = await engine.version(signal);
+  } catch (err) {
+    unreachable = (err as Error).message;
+  }
+  const daemon = readDaemonDns(engine.socketPath);
+  return { ...(version !== undefined ? { version } : {}), ...(daemon.dns ? { dns: daemon.dns } : {}), dnsSource: unreachable ? `${unreachable}; ${daemon.source}` : daemon.source };
+}
