@@ -35,6 +35,8 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSy
 import { join } from 'node:path';
 import type { EndpointView, NetworkView } from '../../packages/agent/src/network-service.ts';
 import { unixRequest } from '../../packages/agent/src/unix-http.ts';
+import { resolverSocketFor } from '../../packages/agent/src/config.ts';
+import { stopResolver } from '../../packages/agent/src/names/resolver-control.ts';
 import { startServer, type KvServer, type ServerBackend } from './kv-servers.ts';
 import { makeTempDir, removeTempDir, run as runCommand, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
 import { attachNamespace, createSimNetwork, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
@@ -622,6 +624,8 @@ export class Cluster {
     if (this.torn) return;
     this.torn = true;
     await Promise.all(this.hosts.map((h) => h.agent?.stop(AGENT_STOP_GRACE_MS).catch(() => undefined)));
+    // An agent's stop leaves its resolver process answering (by design); the run takes it along.
+    await Promise.all(this.hosts.map((h) => stopResolver(resolverSocketFor(h.socket)).catch(() => undefined)));
     await this.locker?.kill().catch(() => undefined);
     await this.sim.destroy();
     await this.server?.dispose().catch(() => undefined);

@@ -103,17 +103,13 @@ export function servesSocket(hosts: readonly string[], socket: string): boolean 
   return hosts.some((h) => h.startsWith('unix://') && norm(h.slice('unix://'.length)) === norm(socket));
 }
 
-/**
- * dockerd's `dns`: the dockerd process serving `socket` is found in /proc (this agent must see the
- * host's processes: the systemd unit and the agent image with `--pid host` do); its `--dns` flags and
- * its configuration file's `dns`, read through `/proc/<pid>/root` (dockerd's own view of the files).
- */
-export function readDaemonDns(socket: string, proc = '/proc'): { dns?: string[]; source: string } {
+/** The dockerd process serving `socket` (in /proc), with its arguments; undefined when none is visible. */
+export function findDockerd(socket: string, proc = '/proc'): { pid: number; args: ReturnType<typeof parseDockerdArgs> } | undefined {
   let pids: string[];
   try {
     pids = readdirSync(proc).filter((n) => /^\d+$/.test(n));
-  } catch (err) {
-    return { source: `cannot list ${proc}: ${(err as Error).message}` };
+  } catch {
+    return undefined;
   }
   for (const pid of pids) {
     let argv: string[];
@@ -124,21 +120,31 @@ export function readDaemonDns(socket: string, proc = '/proc'): { dns?: string[];
     }
     if (argv.length === 0 || basename(argv[0]!) !== 'dockerd') continue;
     const args = parseDockerdArgs(argv.slice(1));
-    if (!servesSocket(args.hosts, socket)) continue;
-    const file = args.configFile ?? DEFAULT_DAEMON_JSON;
-    let fromFile: string[] = [];
-    let source = `dockerd (pid ${pid}) command line`;
-    try {
-      const json = JSON.parse(readFileSync(`${proc}/${pid}/root${file}`, 'utf8')) as { dns?: unknown };
-      if (Array.isArray(json.dns)) fromFile = json.dns.filter((x): x is string => typeof x === 'string');
-      source += ` and ${file}`;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return { source: `${file} of dockerd (pid ${pid}) cannot be read: ${(err as Error).message}` };
-      source += ` (no ${file})`;
-    }
-    return { dns: [...args.dns, ...fromFile], source };
+    if (servesSocket(args.hosts, socket)) return { pid: Number(pid), args };
   }
-  return { source: `no dockerd process serving ${socket} is visible in ${proc}` };
+  return undefined;
+}
+
+/**
+ * dockerd's `dns`: the dockerd process serving `socket` is found in /proc (this agent must see the
+ * host's processes: the systemd unit and the agent image with `--pid host` do); its `--dns` flags and
+ * its configuration file's `dns`, read through `/proc/<pid>/root` (dockerd's own view of the files).
+ */
+export function readDaemonDns(socket: string, proc = '/proc'): { dns?: string[]; source: string } {
+  const d = findDockerd(socket, proc);
+  if (!d) return { source: `no dockerd process serving ${socket} is visible in ${proc}` };
+  const file = d.args.configFile ?? DEFAULT_DAEMON_JSON;
+  let fromFile: string[] = [];
+  let source = `dockerd (pid ${d.pid}) command line`;
+  try {
+    const json = JSON.parse(readFileSync(`${proc}/${d.pid}/root${file}`, 'utf8')) as { dns?: unknown };
+    if (Array.isArray(json.dns)) fromFile = json.dns.filter((x): x is string => typeof x === 'string');
+    source += ` and ${file}`;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return { source: `${file} of dockerd (pid ${d.pid}) cannot be read: ${(err as Error).message}` };
+    source += ` (no ${file})`;
+  }
+  return { dns: [...d.args.dns, ...fromFile], source };
 }
 
 /** Everything {@link assessDockerDns} needs, read from the Engine API and /proc. Never throws. */

@@ -25,6 +25,8 @@ import { allEndpoints } from '../cluster-view.ts';
 import { resolverSocketFor } from '../config.ts';
 import type { AgentContext, Face } from '../context.ts';
 import type { EndpointRecord } from '../layout.ts';
+// The one thing this face needs to know about dockerd: which process it is (to enter its mount namespace).
+import { findDockerd } from '../docker/dns-setup.ts';
 import { DockerSandboxes } from './docker-sandboxes.ts';
 import { buildNameTable, listenersFor, localSandboxes, routeHolder } from './name-table.ts';
 import { DEFAULT_RESOLVER_ADDRESS, type Names, type NamesContext, type ResolverStatus } from './names.ts';
@@ -167,7 +169,9 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     const ep = localEndpoints(view).find((e) => e.id === holder);
     if (!ep) return;
     try {
-      const ifname = await ensureSandboxRouteByMac(sandbox, ep.mac, address);
+      // dockerd's pid only matters when its SandboxKeys are not visible here (its own mount namespace).
+      const dockerd = config.dockerSocket && config.dockerSocket !== 'off' ? findDockerd(config.dockerSocket)?.pid : undefined;
+      const ifname = await ensureSandboxRouteByMac(sandbox, ep.mac, address, dockerd);
       logger.info({ sandbox, eid: holder, ifname }, 'resolver route moved to the next kvnet interface of the container');
     } catch (err) {
       logger.warn({ sandbox, eid: holder, err: (err as Error).message }, 'cannot move the resolver route to the next kvnet interface of the container; its queries take the default route to the host listener, which forwards but knows no kvnet names');

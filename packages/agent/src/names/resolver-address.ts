@@ -16,7 +16,7 @@
  */
 
 import { execFile } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { ListenerError } from './errors.ts';
 
 /** Any one `ip`/`nsenter` invocation; they normally take a few milliseconds. */
@@ -76,12 +76,18 @@ export async function ensureSandboxRoute(sandboxPath: string, ifname: string, ad
 
 /**
  * A Docker sandbox whose route holder left: the connected route to the resolver address through the
- * interface with MAC `mac` (dockerd chose its name, `ethN`, so it is found by its MAC). Throws
- * `ListenerError` naming the sandbox when the interface is not there or ip refuses.
+ * interface with MAC `mac` (dockerd chose its name, `ethN`, so it is found by its MAC). A SandboxKey is
+ * a netns bind mount made in dockerd's mount namespace; when this process does not see it (an agent in
+ * a container, or beside a dockerd in a mount namespace of its own) and `dockerdPid` is given, the
+ * commands enter dockerd's mount namespace first and open the sandbox there. Resolves with the
+ * interface name; throws `ListenerError` naming the sandbox when it cannot be entered, has no such
+ * interface, or ip refuses.
  */
-export async function ensureSandboxRouteByMac(sandboxPath: string, mac: string, address: string): Promise<string> {
-  const r = await run('nsenter', [`--net=${sandboxPath}`, 'ip', '-j', 'link', 'show']);
-  if (r.code !== 0) throw new ListenerError(`cannot list the interfaces of sandbox ${sandboxPath}: ${r.stderr.trim() || `nsenter exited ${r.code}`}`);
+export async function ensureSandboxRouteByMac(sandboxPath: string, mac: string, address: string, dockerdPid?: number): Promise<string> {
+  const enter = existsSync(sandboxPath) || dockerdPid === undefined ? ['nsenter', `--net=${sandboxPath}`] : ['nsenter', `--mount=/proc/${dockerdPid}/ns/mnt`, 'nsenter', `--net=${sandboxPath}`];
+  const where = enter.length > 2 ? `sandbox ${sandboxPath} (in dockerd's mount namespace, pid ${dockerdPid})` : `sandbox ${sandboxPath}`;
+  const r = await run(enter[0]!, [...enter.slice(1), 'ip', '-j', 'link', 'show']);
+  if (r.code !== 0) throw new ListenerError(`cannot list the interfaces of ${where}: ${r.stderr.trim() || `nsenter exited ${r.code}`}`);
   let links: Array<{ ifname?: string; address?: string }> = [];
   try {
     links = JSON.parse(r.stdout) as typeof links;
@@ -89,8 +95,9 @@ export async function ensureSandboxRouteByMac(sandboxPath: string, mac: string, 
     // handled below: no interface found
   }
   const ifname = links.find((l) => l.address?.toLowerCase() === mac.toLowerCase())?.ifname;
-  if (!ifname) throw new ListenerError(`sandbox ${sandboxPath} has no interface with MAC ${mac} to route resolver address ${address} through`);
-  await ensureSandboxRoute(sandboxPath, ifname, address);
+  if (!ifname) throw new ListenerError(`${where} has no interface with MAC ${mac} to route resolver address ${address} through`);
+  const set = await run(enter[0]!, [...enter.slice(1), 'ip', 'route', 'replace', `${address}/32`, 'dev', ifname, 'scope', 'link']);
+  if (set.code !== 0) throw new ListenerError(`cannot add the route to resolver address ${address} via ${ifname} in ${where}: ${set.stderr.trim() || `ip exited ${set.code}`}`);
   return ifname;
 }
 
