@@ -30,4 +30,4 @@ go get "github.com/hashicorp/consul@v${CONSUL_VERSION}" >/dev/null 2>&1
 mkdir -p "$(dirname "$OUT")"
 go build -o "$OUT.tmp" github.com/hashicorp/consul
 mv "$OUT.tmp" "$OUT"
-"$OUT" version | head -1 >&2
+"$OUT" version | sed -n 1p >&2   # not head: pipefail would turn consul's SIGPIPE into a failed set-up
