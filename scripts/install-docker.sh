@@ -15,8 +15,12 @@
 #            with every docker CLI on the machine (Debian's 20.10 and the 28 build)
 #
 # A directory given through its variable is used as it is (nothing is built into it) and must hold the
-# binaries named above. Usage: install-docker.sh [28] [29] [runc] [compose]  (no argument: all four).
-# Prints nothing when everything is already cached; each part built prints its wall-clock time.
+# binaries named above; KVNET_CACHE_DIR moves the whole cache.
+#
+#   scripts/install-docker.sh [28] [29] [runc] [compose]      # no argument: all four
+#
+# Prints nothing when everything is already cached; each part built prints its wall-clock time (the Go
+# tool's own output only when a build fails).
 #
 # Why the module zips need a detour: github.com/docker/docker and github.com/docker/cli at
 # v28.5.2+incompatible carry only vendor/modules.txt, not the vendored code, so -mod=vendor fails;
@@ -28,7 +32,7 @@ DOCKER29_VERSION=29.8.1
 DOCKER29_MODULE_VERSION=v2.0.0-beta.24   # moby/v2 is served only as v2.0.0-beta.N; beta.24 = 29.8.1
 RUNC_VERSION=1.5.3
 COMPOSE_VERSION=5.6.0
-CACHE=/var/cache/kvnet
+CACHE="${KVNET_CACHE_DIR:-/var/cache/kvnet}"   # as scripts/prepare-images.sh
 CLI_PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 TINI=/usr/bin/tini-static            # Debian package tini; dockerd runs it as docker-init for --init
 
@@ -54,9 +58,10 @@ have() {
 
 # Writable copy of MODULE@VERSION's source (from the module proxy) in $work/NAME.
 fetch_module() {
-  local module="$1" version="$2" name="$3" dir
-  dir="$(go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
-  [ -n "$dir" ] && [ -d "$dir" ] || die "go mod download $module@$version gave no source directory"
+  local module="$1" version="$2" name="$3" json dir
+  json="$(go mod download -json "$module@$version" 2>&1)" || true
+  dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
+  [ -n "$dir" ] && [ -d "$dir" ] || die "go mod download $module@$version failed: $(sed -n 's/^[[:space:]]*"Error": //p' <<<"$json" | head -c 400)"
   cp -r "$dir" "$work/$name"
   chmod -R u+w "$work/$name"
 }
@@ -70,9 +75,14 @@ unvendor() {
 
 need_go() { command -v go >/dev/null || die "Go is needed to build Docker from the module proxy (Go 1.26 checked)"; }
 
+# Runs a build step with its output in a log; the EXIT trap shows the end of it if the step fails (not
+# `if ! step`: errexit is off inside a condition, and a failed go build must stop the step).
+build_log=""
 timed() {
   local what="$1" t0=$SECONDS; shift
-  "$@"
+  build_log="$work/build-$SECONDS.log"
+  "$@" >"$build_log" 2>&1
+  build_log=""
   log "$what built in $((SECONDS - t0)) s"
 }
 
@@ -129,7 +139,16 @@ link_init() { [ -e "$1/docker-init" ] || ln -s "$TINI" "$1/docker-init"; }
 
 parts=("$@"); [ ${#parts[@]} -gt 0 ] || parts=(28 29 runc compose)
 work=""
-trap '[ -z "$work" ] || rm -rf "$work"' EXIT
+exec 3>&2   # the trap may run inside a step's redirection: report on the script's own stderr
+on_exit() {
+  local code=$?
+  if [ "$code" != 0 ] && [ -n "$build_log" ] && [ -f "$build_log" ]; then
+    tail -40 "$build_log" >&3
+    printf 'install-docker: the build failed (the end of its output is above)\n' >&3
+  fi
+  [ -z "$work" ] || rm -rf "$work"
+}
+trap on_exit EXIT
 start_work() {
   [ -n "$work" ] || work="$(mktemp -d /tmp/kvnet-docker-build.XXXXXX)"
 }

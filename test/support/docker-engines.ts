@@ -25,8 +25,8 @@ export type DockerEngineName = (typeof DOCKER_ENGINES)[number];
 /** What every Docker test runs on unless it says otherwise (or `KVNET_DOCKER_ENGINE` does). */
 export const DEFAULT_DOCKER_ENGINE: DockerEngineName = '28.5.2';
 
-/** Where scripts/install-docker.sh caches its builds (its variables override each directory). */
-const CACHE_DIR = '/var/cache/kvnet';
+/** Where scripts/install-docker.sh caches its builds by default (`KVNET_CACHE_DIR`; its variables override each directory). */
+const DEFAULT_CACHE_DIR = '/var/cache/kvnet';
 
 /** One engine's binaries. */
 export interface DockerEngine {
@@ -45,7 +45,7 @@ export interface DockerEngine {
 }
 
 function dir(variable: string, fallback: string): string {
-  return process.env[variable] || join(CACHE_DIR, fallback);
+  return process.env[variable] || join(process.env.KVNET_CACHE_DIR || DEFAULT_CACHE_DIR, fallback);
 }
 
 /** The engine for `name` (default: {@link defaultDockerEngine}). */
@@ -59,7 +59,7 @@ export function dockerEngine(name: DockerEngineName = defaultDockerEngine()): Do
         dockerd: join(d28, 'dockerd'),
         cli: join(d28, 'docker'),
         path: [d28],
-        files: ['dockerd', 'docker-proxy', 'docker', 'docker-init'].map((f) => ({ file: join(d28, f), from: built('KVNET_DOCKER28_DIR') })),
+        files: ['dockerd', 'docker-proxy', 'docker'].map((f) => ({ file: join(d28, f), from: built('KVNET_DOCKER28_DIR') })),
       };
     case '29.8.1': {
       const d29 = dir('KVNET_DOCKER29_DIR', 'docker-29.8.1');
@@ -70,7 +70,7 @@ export function dockerEngine(name: DockerEngineName = defaultDockerEngine()): Do
         cli: join(d28, 'docker'),
         path: [runc, d29],
         files: [
-          ...['dockerd', 'docker-proxy', 'docker-init'].map((f) => ({ file: join(d29, f), from: built('KVNET_DOCKER29_DIR') })),
+          ...['dockerd', 'docker-proxy'].map((f) => ({ file: join(d29, f), from: built('KVNET_DOCKER29_DIR') })),
           { file: join(runc, 'runc'), from: built('KVNET_RUNC_DIR') },
           { file: join(d28, 'docker'), from: built('KVNET_DOCKER28_DIR') },
         ],
