@@ -19,4 +19,4 @@
 
 import { registerDockerScenarios } from './scenarios.ts';
 
-registerDockerScenarios({ label: 'docker-scenarios', scenarios: ['options', 'internal', 'concurrent', 'rm', 'power-off', 'crash', 'hidden-plugin'] });
+registerDockerScenarios({ label: 'docker-scenarios', scenarios: ['options', 'internal', 'concurrent', 'rm', 'rm-refused', 'power-off', 'crash', 'hidden-plugin'] });

@@ -16,6 +16,8 @@
  * - `concurrent` (scenario 3): 20 concurrent `docker run` (10 per host): 20 distinct addresses, all
  *   reachable across the hosts;
  * - `rm` (scenario 4): `docker rm -f` on h2: endpoint record, address and h1's kernel peer entries all go;
+ * - `rm-refused`: `docker network rm` and `prune` on h1 while h2 has a container on the network: dockerd
+ *   removes its copy whatever the plugin answers, kvnet puts it back at once with the reason as a label;
  * - `power-off`, `crash`: dockerd killed with its containers or alone, neither sending the plugin
  *   anything: the restarted dockerd's own sandbox clean-up (Leave + DeleteEndpoint) leaves the same clean
  *   state; `hidden-plugin`: a power-off while dockerd cannot reach the plugin on its way back, so it
@@ -449,6 +451,40 @@ async function powerOffWithoutPlugin(t: ExecutionContext): Promise<void> {
   await removeAll(net, [[h1(), c1], [h1(), `h3${id}`], [h2(), c2]]);
 }
 
+/**
+ * Scenario `rm-refused` (issue 13 item 4): `docker network rm` and `docker network prune` on h1 while a
+ * container on h2 uses the network. dockerd ignores a remote driver's refusal and removes its copy (the
+ * command prints success), so kvnet puts the network back into h1's dockerd at once, labelled with the
+ * reason, and nothing else changes: kvnet still has it, h2's container keeps its endpoint, h1 can run a
+ * container on it again and reach h2.
+ */
+async function removalRefused(t: ExecutionContext): Promise<void> {
+  const net = `rf${id}`;
+  await createNetwork(net, '--subnet', '172.16.22.0/24');
+  const c2 = `f2${id}`;
+  await runContainer(h2(), c2, net);
+  const ip2 = await ipOf(h2(), c2);
+  await waitFor(`${c2}'s endpoint in kvnet`, async () => (await kvnetInspect(0, net))?.endpoints.some((e) => e.ip === ip2), CONVERGE_MS, 250);
+  const listedOnH1 = async (): Promise<boolean> => (await h1().dockerOk('network', 'ls', '--format', '{{.Name}}')).split('\n').includes(net);
+  for (const how of [['network', 'rm', net], ['network', 'prune', '-f']]) {
+    const started = Date.now();
+    const r = await h1().docker(...how);
+    t.is(r.code, 0, `docker ${how.join(' ')} reports success (dockerd ignores a remote driver's refusal): ${r.stderr}`);
+    await waitFor(`${net} back in h1's dockerd after docker ${how[1]}`, listedOnH1, CONVERGE_MS, 20);
+    t.log(`docker ${how.join(' ')}: ${net} back in h1's dockerd ${Date.now() - started} ms after the command was issued`);
+    const label = await h1().dockerOk('network', 'inspect', '--format', '{{index .Labels "kvnet.removal-refused"}}', net);
+    if (!label) t.log(`docker network inspect ${net} on h1: ${await h1().dockerOk('network', 'inspect', net)}\nh1's agent:\n${agents[0]!.log().split('\n').filter((l) => l.includes(net) || /refus|dockerd|put/i.test(l)).slice(-30).join('\n')}`);
+    t.regex(label, new RegExp(`docker network rm refused: network ${net} has active endpoints: ${c2} \\(on h2\\)`), 'the reason is on the network Docker shows');
+    t.truthy(await kvnetInspect(0, net), 'kvnet still has the network');
+    t.true((await kvnetInspect(1, net))?.endpoints.some((e) => e.ip === ip2), `${c2} keeps its endpoint`);
+  }
+  // the network works on h1 again: a new container there reaches h2's
+  const c1 = `f1${id}`;
+  await runContainer(h1(), c1, net);
+  await assertPingsAll(t, h1(), c1, [ip2]);
+  await removeAll(net, [[h1(), c1], [h2(), c2]]);
+}
+
 /** Every scenario by name: its test title and body. */
 const SCENARIOS = {
   demo: { title: 'the seeds\' demo: one docker network on two hosts through two kvnet agents', run: seedsDemo },
@@ -456,6 +492,7 @@ const SCENARIOS = {
   internal: { title: '--internal: only eth0 and no default route in the containers, still one network across the hosts', run: internalNetwork },
   concurrent: { title: `${CONCURRENT_PER_HOST} concurrent docker run on each host: distinct addresses, all reachable from the other host`, run: concurrentRuns },
   rm: { title: 'docker rm -f on h2: endpoint record, address and h1\'s kernel peer entries all go', run: rmCleanup },
+  'rm-refused': { title: 'docker network rm / prune on h1 while h2 has a container: the network is back in h1\'s dockerd at once, with the reason on it', run: removalRefused },
   'power-off': { title: 'dockerd power-off on h2 (containers killed, nothing sent): endpoint, address and h1\'s peers cleaned up', run: (t: ExecutionContext) => dockerdRestartLeavesCleanState(t, 'power-off', `pow${id}`, '172.16.20.0/24') },
   crash: { title: 'dockerd crash on h2 (dockerd alone killed; the restarted one stops the containers): the same clean state', run: (t: ExecutionContext) => dockerdRestartLeavesCleanState(t, 'crash', `cra${id}`, '172.16.21.0/24') },
   'hidden-plugin': { title: 'dockerd power-off on h2 while it cannot reach the plugin: the agent\'s stale-endpoint sync cleans up', run: powerOffWithoutPlugin },
