@@ -21,7 +21,7 @@ export const STANDARD_PLUGINS = '/usr/lib/cni';
 /** Where libcni (cnitool, podman) caches results. */
 export const CNI_CACHE = '/var/lib/cni/results';
 const BUSYBOX = '/bin/busybox';
-const BUSYBOX_APPLETS = ['sh', 'ip', 'ping', 'cat', 'sleep', 'true', 'nc', 'httpd', 'ls', 'echo', 'hostname'];
+const BUSYBOX_APPLETS = ['sh', 'ip', 'ping', 'cat', 'sleep', 'true', 'nc', 'httpd', 'ls', 'echo', 'hostname', 'mkdir'];
 const COMMAND_TIMEOUT_MS = 120_000;
 
 /** What is missing on this machine for the CNI tests (empty when everything is there). */
