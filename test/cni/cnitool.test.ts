@@ -282,3 +282,27 @@ test.serial('chained: firewall accepts the container\'s addresses from kvnet\'s 
   for (const ip of ips) t.false(after.includes(`${ip}/32`), `firewall removed its rules for ${ip}`);
   t.deepEqual(await endpointNames(h1), []);
 });
+
+test.serial('a CNI endpoint whose network namespace vanished without a DEL is removed by its agent (address, name, host route)', async (t) => {
+  if (missing.length > 0) return t.fail(`missing: ${missing.join('; ')}`);
+  const { cluster, binDir } = setup!;
+  const [h1, h2] = cluster.hosts as [ClusterHost, ClusterHost];
+  const [dir, name] = confFor(h1, 'v');
+  const c = await cluster.addContainer(h1, 'v1');
+  t.teardown(() => cluster.removeContainer(c));
+  const add = await cnitool(h1.name, binDir, dir, 'add', name, c.path, { args: 'K8S_POD_NAME=v1;IP=10.94.1.60' });
+  t.is(add.code, 0, add.stderr);
+  t.not(await hostRoutes(h1), '');
+  await cluster.removeContainer(c); // the runtime crashed: no DEL
+  await waitFor('the agent to remove v1', async () => (await endpointNames(h2)).length === 0, 60_000, 500);
+  t.is(await hostRoutes(h1), '', 'its host route went with it');
+  t.true(cluster.agentLog(h1).includes('CNI endpoint removed: its network namespace is gone and no DEL came'));
+  // the address is free: a new attachment gets it
+  const again = await cluster.addContainer(h1, 'v2');
+  t.teardown(() => cluster.removeContainer(again));
+  const add2 = await cnitool(h1.name, binDir, dir, 'add', name, again.path, { args: 'K8S_POD_NAME=v1;IP=10.94.1.60' });
+  t.is(add2.code, 0, add2.stderr);
+  t.is((await cnitool(h1.name, binDir, dir, 'del', name, again.path)).code, 0);
+  // libcni still caches the first attachment; its DEL finds nothing and succeeds
+  t.is((await cnitool(h1.name, binDir, dir, 'del', name, c.path)).code, 0);
+});
