@@ -31,8 +31,10 @@ await build({
   banner: { js: "import { createRequire as __kvnetRequire } from 'node:module'; const require = __kvnetRequire(import.meta.url);" },
 });
 // The CNI plugin (packages/cni): a runtime starts it once per call, so it is its own small bundle that
-// loads only the unix-socket client, never the agent. CommonJS with a shebang: the file runs as it is
-// once copied into a CNI plugin directory (scripts/install-cni.sh), with no package.json beside it.
+// loads only the unix-socket client (Node built-ins only), never the agent. One extensionless file with a
+// shebang, installed as `kvnet` (scripts/install-cni.sh). Node runs an extensionless file as CommonJS, or
+// as ESM when the nearest package.json says "type": "module" (this repository's does), so the bundle is
+// CommonJS that also runs as ESM: its `require` falls back to process.getBuiltinModule (Node ≥ 20.16).
 const cniOut = join(dirname(out), 'kvnet-cni');
 await build({
   entryPoints: [join(root, 'packages', 'cni', 'src', 'main.ts')],
@@ -42,7 +44,7 @@ await build({
   format: 'cjs',
   target: 'node20',
   logLevel: 'warning',
-  banner: { js: '#!/usr/bin/env node' },
+  banner: { js: "#!/usr/bin/env node\nvar require = typeof require === 'function' ? require : process.getBuiltinModule;" },
 });
 chmodSync(cniOut, 0o755);
 /** Node flags the launcher (and the cluster benchmark) run the bundle with. */

@@ -72,12 +72,13 @@ export class CniAttachments {
     );
     const record = this.ctx.cluster.view().endpoints.get(view.network)?.get(view.id);
     if (!record) throw new NotFoundError(`endpoint ${view.name} of network ${input.network} vanished right after it was made`);
-    const attachment = await this.describeRecord(record);
-    if (attachment.egress && this.ctx.config.gatewayBridge !== 'none') {
-      // The route portmap needs (host-routes.ts); the face repairs it if this fails.
-      const failed = await applyHostRoutes(this.ctx.config.gatewayBridge, [{ dst: `${record.ip}/32`, via: attachment.egress.address.split('/')[0]! }], []);
-      if (failed.length > 0) this.logger.warn({ eid: record.id, failed }, 'could not add the host route of a CNI endpoint; retrying later');
-    }
+    // The route portmap needs (host-routes.ts), written while the sandbox is read; the face repairs it if this fails.
+    const egress = this.ctx.config.gatewayBridge !== 'none' && !this.isInternal(record) ? this.ctx.reconciler.egressOf(record.id) : undefined;
+    const [attachment, failed] = await Promise.all([
+      this.describeRecord(record),
+      egress ? applyHostRoutes(this.ctx.config.gatewayBridge, [{ dst: `${record.ip}/32`, via: egress.address.split('/')[0]! }], []) : [],
+    ]);
+    if (failed.length > 0) this.logger.warn({ eid: record.id, failed }, 'could not add the host route of a CNI endpoint; retrying later');
     this.logger.info({ eid: record.id, endpoint: record.name, containerId: input.containerId, ifname: input.ifname, netconf: input.netconf }, 'CNI attachment added');
     return { created: true, attachment };
   }
@@ -152,6 +153,10 @@ export class CniAttachments {
     const record = this.lookup(ref);
     if (!record) throw new NotFoundError(`no CNI attachment of container ${ref.containerId} (interface ${ref.ifname}) on network ${ref.network} on node ${this.ctx.node.name}`);
     return record;
+  }
+
+  private isInternal(record: EndpointRecord): boolean {
+    return this.ctx.cluster.view().networks.get(record.network)?.internal ?? true;
   }
 
   private networkName(nid: string): string {

@@ -8,8 +8,9 @@
  *   removed as a DEL would, so its address and name do not stay blocked. Only CNI endpoints: an
  *   endpoint made by `kvnet network connect` belongs to whoever made it.
  * - **Host routes** (host-routes.ts): the overlay address of each local CNI endpoint is routed through
- *   its gateway bridge interface so that `portmap` can publish ports. Synchronised after every
- *   reconcile whose routes differ from the last ones applied, and on every sweep.
+ *   its gateway bridge interface so that `portmap` can publish ports. An ADD writes its route itself;
+ *   the face synchronises all of them {@link ROUTE_SYNC_DELAY_MS} after a reconcile whose routes differ
+ *   from the last ones applied, and on every sweep (removals, repairs).
  */
 
 import type { Logger } from 'pino';
@@ -26,6 +27,11 @@ export type { SandboxInterface, SandboxRoute, SandboxState } from './sandbox.ts'
 
 /** How often the face looks for vanished sandboxes and re-checks host routes. */
 export const CNI_SWEEP_INTERVAL_MS = 10_000;
+/**
+ * A reconcile that changed the wanted host routes synchronises them this much later: an ADD writes its
+ * own route at once, and the face's kernel read would only compete with it for the CPU.
+ */
+export const ROUTE_SYNC_DELAY_MS = 1_000;
 
 /** Starts the CNI face's background work. */
 export async function startCni(ctx: AgentContext): Promise<Face> {
@@ -47,6 +53,7 @@ class CniFace implements Face {
   private routeSync: Promise<void> | undefined;
   private routeSyncAgain = false;
   private sweeping: Promise<void> | undefined;
+  private delayedSync: NodeJS.Timeout | undefined;
 
   constructor(private readonly ctx: AgentContext) {
     this.logger = ctx.logger.child({ component: 'cni' });
@@ -61,12 +68,17 @@ class CniFace implements Face {
   }
 
   afterReconcile(view: ClusterView): void {
-    if (this.routesOn() && JSON.stringify(this.wantedRoutes(view)) !== this.lastRoutes) this.syncRoutes();
+    if (!this.routesOn() || this.delayedSync || JSON.stringify(this.wantedRoutes(view)) === this.lastRoutes) return;
+    this.delayedSync = setTimeout(() => {
+      this.delayedSync = undefined;
+      this.syncRoutes();
+    }, ROUTE_SYNC_DELAY_MS);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
+    clearTimeout(this.delayedSync);
     await Promise.all([this.sweeping, this.routeSync].map((p) => p?.catch(() => undefined)));
   }
 
