@@ -19,7 +19,13 @@
  *   run -d`, CLI start to exit) and run_reachable_p50_ms (from `podman run -d` issued to the first reply —
  *   what the docker suite's reachable_p50_ms measures for `docker run -d`);
  * - runtime `cnitool`, plugin `bridge`: `cnitool add`/`del` of a bridge + host-local configuration in a
- *   fresh namespace on h1 (the reference ADD: no store, no other host).
+ *   fresh namespace on h1 (the reference ADD: no store, no other host);
+ * - where kvnet's ADD time goes, in the cnitool row: agent_add_p50_ms / agent_del_p50_ms, the same ADD and
+ *   DEL sent to the agent's local API directly (no process started: the agent's share — store, data plane,
+ *   sandbox read), and plugin_start_p50_ms, the plugin answering VERSION (node's start-up and the bundle,
+ *   no agent call).
+ * reachable is signed: negative when the address answered the observer before ADD returned (the agent
+ * plumbs the endpoint and the other host programs its peer while the ADD is still being answered).
  * The observer is a namespace on h2 attached with `kvnet network connect`; it runs iputils `ping -D -i
  * 0.01` to the address before the ADD, with 10 ms ARP retransmits on its interface, so a lookup made
  * before the peer existed does not quantise the figure to seconds (as in the docker suite).
@@ -34,6 +40,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster, type ClusterHost } from '../support/cluster.ts';
+import { unixRequest } from '../../packages/agent/src/unix-http.ts';
 import { makeTempDir, REPO_ROOT, run, runId } from '../support/process.ts';
 import { cnitool, installPlugin, missingCniTools, removeCniCache, startPodmanHost, STANDARD_PLUGINS, writeConflist, type PodmanHost } from '../cni/support.ts';
 
@@ -111,13 +118,16 @@ function startPinger(ns: string, ip: string): { first: Promise<number>; stop: ()
 }
 
 interface Samples {
+  agentAdd: number[];
+  agentDel: number[];
+  start: number[];
   add: number[];
   del: number[];
   reachable: number[];
   run: number[];
   runReachable: number[];
 }
-const samples = (): Samples => ({ add: [], del: [], reachable: [], run: [], runReachable: [] });
+const samples = (): Samples => ({ agentAdd: [], agentDel: [], start: [], add: [], del: [], reachable: [], run: [], runReachable: [] });
 
 class Bench {
   readonly id = runId();
@@ -200,7 +210,7 @@ async function main(): Promise<void> {
     const total = WARMUP + o.samples;
     for (let rep = 0; rep < total; rep++) {
       const warm = rep < WARMUP;
-      const kinds = ['cnitool', 'podman', 'bridge'] as const;
+      const kinds = ['cnitool', 'podman', 'bridge', 'api'] as const;
       const order = rep % 2 === 0 ? kinds : [...kinds].reverse();
       for (const kind of order) {
         if (kind === 'cnitool') {
@@ -247,6 +257,27 @@ async function main(): Promise<void> {
             `  podman/kvnet: run ${t1 - t0} ms (plugin ADD ${Math.round(addEnd - addStart)} ms), reachable from h2 ${Math.round(first - addEnd)} ms after ADD, ` +
               `rm ${t3 - t2} ms (plugin DEL ${Math.round(delEnd - delStart)} ms)${warm ? ' (warm-up)' : ''}`,
           );
+        } else if (kind === 'api') {
+          const c = await cluster.addContainer(h1, `a${rep}`);
+          const attachment = { network: net, containerId: `api${rep}${b.id}`, ifname: 'eth0' };
+          const t0 = Date.now();
+          const add = await unixRequest({ socketPath: h1.socket, method: 'POST', path: '/v1/cni/attachments', body: { ...attachment, netns: c.path, netconf: kvName }, timeoutMs: 60_000 });
+          const t1 = Date.now();
+          if (add.status !== 201) throw new Error(`POST /v1/cni/attachments: ${add.status} ${add.text}`);
+          const del = await unixRequest({ socketPath: h1.socket, method: 'DELETE', path: `/v1/cni/attachments?${new URLSearchParams(attachment).toString()}`, timeoutMs: 60_000 });
+          const t2 = Date.now();
+          if (del.status !== 204) throw new Error(`DELETE /v1/cni/attachments: ${del.status} ${del.text}`);
+          const v0 = Date.now();
+          const version = await run(plugin, [], { env: { CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}' });
+          const v1 = Date.now();
+          if (!version.stdout.includes('supportedVersions')) throw new Error(`VERSION: ${version.stdout}`);
+          await cluster.removeContainer(c);
+          if (!warm) {
+            kv.cnitool.agentAdd.push(t1 - t0);
+            kv.cnitool.agentDel.push(t2 - t1);
+            kv.cnitool.start.push(v1 - v0);
+          }
+          progress(`  agent API: add ${t1 - t0} ms, del ${t2 - t1} ms; plugin VERSION ${v1 - v0} ms${warm ? ' (warm-up)' : ''}`);
         } else {
           const c = await cluster.addContainer(h1, `b${rep}`);
           const t0 = Date.now();
@@ -277,7 +308,12 @@ async function main(): Promise<void> {
     del_p90_ms: round1(percentile(s.del, 90)),
   });
   const results: Record<string, number | string>[] = [
-    { suite: 'cni', runtime: 'cnitool', plugin: 'kvnet', hosts: 2, ...fig(kv.cnitool), reachable_p50_ms: round1(percentile(kv.cnitool.reachable, 50)), reachable_p90_ms: round1(percentile(kv.cnitool.reachable, 90)), samples: o.samples },
+    {
+      suite: 'cni', runtime: 'cnitool', plugin: 'kvnet', hosts: 2, ...fig(kv.cnitool),
+      reachable_p50_ms: round1(percentile(kv.cnitool.reachable, 50)), reachable_p90_ms: round1(percentile(kv.cnitool.reachable, 90)),
+      agent_add_p50_ms: round1(percentile(kv.cnitool.agentAdd, 50)), agent_del_p50_ms: round1(percentile(kv.cnitool.agentDel, 50)), plugin_start_p50_ms: round1(percentile(kv.cnitool.start, 50)),
+      samples: o.samples,
+    },
     {
       suite: 'cni', runtime: 'podman', plugin: 'kvnet', hosts: 2, ...fig(kv.podman),
       reachable_p50_ms: round1(percentile(kv.podman.reachable, 50)), reachable_p90_ms: round1(percentile(kv.podman.reachable, 90)),
@@ -290,13 +326,16 @@ async function main(): Promise<void> {
     return;
   }
   const cols = ['runtime', 'plugin', 'hosts', 'add_p50_ms', 'add_p90_ms', 'del_p50_ms', 'del_p90_ms', 'reachable_p50_ms', 'reachable_p90_ms', 'run_p50_ms', 'run_reachable_p50_ms'];
+  const parts = ['agent_add_p50_ms', 'agent_del_p50_ms', 'plugin_start_p50_ms'];
   const width = (c: string): number => Math.max(c.length + 2, 9);
   const lines = [
     `cni: 2 simulated hosts, real agents (bundle), embedded store; p50/p90 (nearest rank) of ${o.samples} samples each after ${WARMUP} warm-ups`,
     cols.map((c) => c.padStart(width(c))).join(''),
     ...results.map((r) => cols.map((c) => String(r[c] ?? '-').padStart(width(c))).join('')),
+    `kvnet's share (same run): ${parts.map((c) => `${c} ${results[0]![c]}`).join(', ')}`,
     '(cnitool: `cnitool add|del` wall time, plugin start-up included; podman: the plugin\'s ADD|DEL as podman runs it; reachable: ADD returned →',
-    ' first ping reply from h2; run: `podman run -d`; run_reachable: `podman run -d` issued → first reply from h2. Target: kvnet ADD p50 ≤ 150 ms.)',
+    ' first ping reply from h2 (negative: it answered before ADD returned); run: `podman run -d`; run_reachable: `podman run -d` issued → first',
+    ' reply from h2; agent_*: the same call on the local API, no process; plugin_start: the plugin answering VERSION. Target: kvnet ADD p50 ≤ 150 ms.)',
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
 }
