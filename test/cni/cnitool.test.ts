@@ -306,3 +306,30 @@ test.serial('a CNI endpoint whose network namespace vanished without a DEL is re
   // libcni still caches the first attachment; its DEL finds nothing and succeeds
   t.is((await cnitool(h1.name, binDir, dir, 'del', name, c.path)).code, 0);
 });
+
+test.serial('an internal network: one interface, no route out, no host route; CHECK and DEL pass', async (t) => {
+  if (missing.length > 0) return t.fail(`missing: ${missing.join('; ')}`);
+  const { cluster, binDir } = setup!;
+  const h1 = cluster.hosts[0]!;
+  const internal = `int${cluster.id}`;
+  await cluster.kvnetOk(h1, 'network', 'create', '--internal', '--subnet', '10.94.2.0/24', internal);
+  const [dir, name] = confFor(h1, 'i', { kvnet: { network: internal } });
+  const c = await cluster.addContainer(h1, 'i1');
+  t.teardown(async () => {
+    await cnitool(h1.name, binDir, dir, 'del', name, c.path);
+    await cluster.removeContainer(c);
+    await cluster.kvnet(h1, 'network', 'rm', internal);
+  });
+  const add = await cnitool(h1.name, binDir, dir, 'add', name, c.path, { args: 'K8S_POD_NAME=i1' });
+  t.is(add.code, 0, add.stderr);
+  const r = JSON.parse(add.stdout) as AddResult;
+  t.deepEqual(r.interfaces.map((i) => i.name), ['eth0']);
+  t.deepEqual(r.ips.map((ip) => [ip.address, ip.gateway, ip.interface]), [['10.94.2.2/24', '10.94.2.1', 0]]);
+  t.deepEqual(r.routes ?? [], [], 'no route (cnitool prints the result without an empty list)');
+  t.is(await hostRoutes(h1), '');
+  t.deepEqual((await cluster.links(c.name))!.map((l) => l.ifname).sort(), ['eth0', 'lo']);
+  t.false(await cluster.ping(c, cluster.sim.outside!.address), 'no way out');
+  t.is((await cnitool(h1.name, binDir, dir, 'check', name, c.path)).code, 0);
+  t.is((await cnitool(h1.name, binDir, dir, 'del', name, c.path)).code, 0);
+  t.deepEqual(((await cluster.inspect(h1, internal))?.endpoints ?? []).length, 0);
+});

@@ -139,6 +139,8 @@ test.serial('podman on h1 and h2 and Docker on h3 share one kvnet network: all p
   t.true(await podmanPing(p2, `c2${id}`, ip3), 'c2 (podman, h2) pings d3 (Docker, h3)');
   t.is((await dockerd.docker('exec', `d3${id}`, 'ping', '-c', '1', '-W', '1', ip1)).code, 0, 'd3 (Docker, h3) pings c1 (podman, h1)');
   t.is((await dockerd.docker('exec', `d3${id}`, 'ping', '-c', '1', '-W', '1', ip2)).code, 0, 'd3 (Docker, h3) pings c2 (podman, h2)');
+  // egress through h1's gateway bridge: the outside namespace has no route back to the container, so a reply means masquerading
+  t.true(await podmanPing(p1, `c1${id}`, cluster.sim.outside!.address), 'c1 reaches the outside through the gateway bridge');
 
   // podman rm -f: its DEL removes the endpoint; every other host drops the peer; the address is free again
   const mac1 = listed.find((e) => e.name === `c1${id}`)!.mac;
