@@ -5,7 +5,8 @@
  * /var/cache/kvnet when scripts/install-docker.sh has built it, else Debian's 20.10 (the test logs which).
  * One kvnet network, made with `kvnet network create`:
  *
- * - podman containers on h1 and h2 and a Docker container on h3 ping each other;
+ * - podman containers on h1 and h2 and a Docker container on h3 ping each other, and reach outside;
+ * - a second podman container of the same name on another host is refused (names are unique across hosts);
  * - `podman run --ip` gets that address; podman shows the overlay address as the container's;
  * - `podman rm -f` releases the address (it is handed out again) and removes the peer everywhere;
  * - `podman run -p` publishes a port through the chained portmap plugin (reached from outside the hosts);
@@ -129,6 +130,11 @@ test.serial('podman on h1 and h2 and Docker on h3 share one kvnet network: all p
   t.is(ip2, '10.96.1.77', 'podman --ip (CNI_ARGS IP) is honoured');
   t.regex(ip3, /^10\.96\.1\.\d+$/);
 
+  // names are unique across hosts: podman on h2 cannot attach a second c1 (its ADD fails with code 100)
+  const clash = await p2.podman('run', '-d', '--name', `c1${id}`, '--network', netconf, p2.image, 'sleep', '3600');
+  t.not(clash.code, 0);
+  t.regex(clash.stderr, new RegExp(`endpoint with name c1${id} already exists in network ${net}`));
+  await p2.podman('rm', '-f', '-t', '0', `c1${id}`);
   // every endpoint is a kvnet endpoint, listed on h3 with its host and name
   const listed = await endpoints();
   t.deepEqual(listed.map((e) => [e.name, e.node]).sort(), [[`c1${id}`, 'h1'], [`c2${id}`, 'h2'], [`d3${id}`, 'h3']].sort());
