@@ -23,6 +23,8 @@ fi
 
 APT_PACKAGES=(etcd-server zookeeper iproute2 iptables iputils-ping tcpdump busybox-static docker.io containerd runc debootstrap docker-compose
   gcc libc6-dev pkg-config libseccomp-dev tini)
+# the CNI plugin's tests: podman (its CNI backend), the standard plugins (portmap, firewall, …), curl
+APT_PACKAGES+=(podman containernetworking-plugins curl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -39,6 +41,7 @@ fi
 
 bash scripts/install-consul.sh
 bash scripts/install-docker.sh
+bash scripts/install-cnitool.sh
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm dependencies (npm ci; better-sqlite3 compiles from source, ~3 min)"
