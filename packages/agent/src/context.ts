@@ -44,7 +44,7 @@ export interface CoreContext {
   readonly records: Records;
   readonly node: NodeIdentity;
   readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy'>;
-  readonly reconciler: Pick<Reconciler, 'reconcileNow' | 'schedule' | 'scheduleRetry'>;
+  readonly reconciler: Pick<Reconciler, 'reconcileNow' | 'schedule' | 'scheduleRetry' | 'egressOf'>;
 }
 
 export interface AgentContext extends CoreContext {

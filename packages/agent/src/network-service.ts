@@ -19,7 +19,7 @@ import { allEndpoints } from './cluster-view.ts';
 import type { CoreContext } from './context.ts';
 import { InvalidInputError, NameConflictError, NetworkInUseError, NotFoundError, PlumbingError } from './errors.ts';
 import { cidrContains, parseCidr, parseIpv4 } from './ipv4.ts';
-import { decodeRecord, decodeText, encodeRecord, ID_PATTERN, keys, newId, type EndpointRecord, type NetworkRecord } from './layout.ts';
+import { decodeRecord, decodeText, encodeRecord, ID_PATTERN, keys, newId, type CniAttachmentRef, type EndpointRecord, type NetworkRecord } from './layout.ts';
 import { DEFAULT_IFNAME, EGRESS_IFNAME } from './desired-state.ts';
 import { newEndpointRecord } from './records.ts';
 import { defaultIfname } from './egress.ts';
@@ -36,7 +36,7 @@ export type NetworkView = Pick<NetworkRecord, 'id' | 'name' | 'vni' | 'subnet' |
 };
 
 /** The API's endpoint shape. */
-export type EndpointView = Pick<EndpointRecord, 'id' | 'name' | 'aliases' | 'network' | 'node' | 'address' | 'ip' | 'mac' | 'netns' | 'ifname'>;
+export type EndpointView = Pick<EndpointRecord, 'id' | 'name' | 'aliases' | 'network' | 'node' | 'address' | 'ip' | 'mac' | 'netns' | 'ifname' | 'cni'>;
 
 /**
  * Work a face needs done before a new local endpoint is handed back (`connect` returns, Docker's
@@ -79,6 +79,7 @@ export function toEndpointView(e: EndpointRecord): EndpointView {
     mac: e.mac,
     ...(e.netns !== undefined ? { netns: e.netns } : {}),
     ...(e.ifname !== undefined ? { ifname: e.ifname } : {}),
+    ...(e.cni !== undefined ? { cni: e.cni } : {}),
   };
 }
 
@@ -277,7 +278,8 @@ export class NetworkService {
     throw new NetworkInUseError(`network ${record.name} has active endpoints: ${names.sort().join(', ')}`);
   }
 
-  async connect(ref: string, input: ConnectInput): Promise<EndpointView> {
+  /** `opts.cni`: the endpoint is a CNI attachment (the CNI face finds it again by that). */
+  async connect(ref: string, input: ConnectInput, opts: { cni?: CniAttachmentRef } = {}): Promise<EndpointView> {
     checkNetnsPath(input.netns);
     const { store, ipam, logger, records, node } = this.ctx;
     for (let attempt = 1; ; attempt++) {
@@ -296,7 +298,7 @@ export class NetworkService {
       }
       const alloc = await ipam.allocateAddress(net.poolId, { owner: eid, ...(input.ip !== undefined ? { address: input.ip } : {}) });
       const aliases = [...new Set(input.aliases ?? [])].filter((a) => a !== name);
-      const record = newEndpointRecord(node, { id: eid, name, ...(aliases.length ? { aliases } : {}), network: net.id, address: alloc.address, ip: alloc.ip, netns: input.netns, ifname });
+      const record = newEndpointRecord(node, { id: eid, name, ...(aliases.length ? { aliases } : {}), network: net.id, address: alloc.address, ip: alloc.ip, netns: input.netns, ifname, ...(opts.cni ? { cni: opts.cni } : {}) });
       let ok: boolean;
       try {
         ok = await records.createEndpoint(netEntry, record);
