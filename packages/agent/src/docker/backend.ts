@@ -92,7 +92,7 @@ export interface DockerEndpointInput {
    * all hosts. Without it the endpoint is named by its Docker id until the container's name is learned.
    */
   readonly name?: string;
-  /** The container's aliases on this network (`--network-alias`), when the caller could tell them. */
+  /** The container's aliases on this network, when the caller knows them (else DockerNetworkSync learns them). */
   readonly aliases?: readonly string[];
 }
 

@@ -18,7 +18,7 @@
 import type { Logger } from 'pino';
 import { sleep } from '@kvnet/store';
 import type { DockerBackend } from './backend.ts';
-import { containerAliases, type DockerEngine, type EngineContainer } from './engine.ts';
+import type { DockerEngine, EngineContainer } from './engine.ts';
 import {
   ADOPT_NETWORK_OPTION,
   GATEWAY_ADDRESS_TYPE,
@@ -65,6 +65,8 @@ export interface DockerDriverOptions {
   readonly onDelete?: { starting(nid: string): void; finished(nid: string, refusal: string | undefined): void };
   /** The names face's side of Join and Leave (the route to the resolver address); absent with `--dns-address off`. */
   readonly names?: DockerNamesHooks;
+  /** After every Join: the container starts right after, and its aliases can be learned then (DockerNetworkSync). */
+  readonly onJoined?: () => void;
 }
 
 /** What Join and Leave ask of the names face (names/face.ts). */
@@ -224,7 +226,7 @@ export class DockerDriver implements PluginHandlers {
       dockerEndpointId: req.EndpointID,
       address: iface.Address,
       ...(iface.MacAddress ? { mac: iface.MacAddress.toLowerCase() } : {}),
-      ...(container ? { name: container.name, aliases: container.aliases } : {}),
+      ...(container ? { name: container.name } : {}),
     });
     // Only a field Docker left empty may be filled in ("driver modified interface … address" otherwise).
     return iface.MacAddress ? {} : { Interface: { MacAddress: r.mac } };
@@ -242,7 +244,7 @@ export class DockerDriver implements PluginHandlers {
    * takes the container's name once dockerd lists it (DockerNetworkSync), where a clash can only be
    * logged.
    */
-  private async containerBeingConnected(dockerNetworkId: string, dockerEndpointId: string): Promise<{ name: string; aliases: string[] } | undefined> {
+  private async containerBeingConnected(dockerNetworkId: string, dockerEndpointId: string): Promise<{ name: string } | undefined> {
     const { engine, backend, logger } = this.opts;
     const net = backend.findNetwork(dockerNetworkId);
     if (!engine || !net || net.docker?.provisionalName) return undefined;
@@ -263,7 +265,9 @@ export class DockerDriver implements PluginHandlers {
     });
     if (starting.length !== 1) return undefined;
     const name = starting[0]!.Names[0]?.replace(/^\//, '');
-    return name ? { name, aliases: containerAliases(starting[0]!.NetworkSettings?.Networks?.[net.name]) } : undefined;
+    // Not its aliases yet: a container being started may not list them all (DNSNames are completed at
+    // start); DockerNetworkSync learns them from the running container.
+    return name ? { name } : undefined;
   }
 
   async deleteEndpoint(req: EndpointRequest): Promise<void> {
@@ -278,6 +282,7 @@ export class DockerDriver implements PluginHandlers {
     const { ifname, endpointId } = await this.opts.backend.joinEndpoint(req.NetworkID, req.EndpointID);
     // The route to the resolver address, for the sandbox's first kvnet interface only (names/face.ts).
     const routes = this.opts.names && req.SandboxKey ? this.opts.names.dockerJoin(endpointId, req.SandboxKey) : [];
+    this.opts.onJoined?.();
     // No Gateway: Docker then attaches docker_gwbridge for egress and published ports (not on --internal).
     return { InterfaceName: { SrcName: ifname, DstPrefix: CONTAINER_IFNAME_PREFIX }, ...(routes.length ? { StaticRoutes: routes } : {}), DisableGatewayService: false };
   }

@@ -44,7 +44,7 @@ export interface EngineContainer {
   NetworkSettings?: { Networks?: Record<string, EngineEndpointSettings | null> | null } | null;
 }
 
-/** A container's settings on one network, as the container list shows them. */
+/** A container's settings on one network (the container list leaves out `Aliases` and `DNSNames`; inspect has them). */
 export interface EngineEndpointSettings {
   NetworkID?: string;
   EndpointID?: string;
@@ -105,6 +105,18 @@ export class DockerEngine {
     const r = await this.call('GET', `/containers/json?all=1&filters=${encodeURIComponent(JSON.stringify(filters))}`, signal);
     if (r.status !== 200) throw new DockerEngineError(`docker GET /containers/json: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
     return r.body as EngineContainer[];
+  }
+
+  /**
+   * One container's settings per network (`GET /containers/<id>/json`), undefined when dockerd does not
+   * know it. Unlike the container list it carries `Aliases` and `DNSNames`; it takes the container's
+   * lock, so never call it from a plugin call dockerd makes while starting that container.
+   */
+  async containerNetworks(id: string, signal?: AbortSignal): Promise<Record<string, EngineEndpointSettings | null> | undefined> {
+    const r = await this.call('GET', `/containers/${encodeURIComponent(id)}/json`, signal);
+    if (r.status === 404) return undefined;
+    if (r.status !== 200) throw new DockerEngineError(`docker GET /containers/${id.slice(0, 12)}/json: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
+    return (r.body as { NetworkSettings?: { Networks?: Record<string, EngineEndpointSettings | null> | null } | null }).NetworkSettings?.Networks ?? {};
   }
 
   /** Creates a network; resolves with its id. The error carries dockerd's message (e.g. a plugin's `Err`). */

@@ -23,6 +23,8 @@ import { DockerPluginServer } from './plugin-server.ts';
 
 /** Next sync while endpoints wait for dockerd to list them (to learn their container names). */
 export const DOCKER_SYNC_PENDING_MS = 1_000;
+/** A sync this long after a Join: the container is normally running by then, with its aliases listed. */
+export const JOIN_SYNC_DELAY_MS = 250;
 
 export { StoreDockerBackend, type DockerBackend, type DockerEndpointRecord, type DockerNetworkRecord } from './backend.ts';
 export { DockerDriver, type DockerNamesHooks } from './driver.ts';
@@ -75,7 +77,9 @@ export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}):
       sync.release(nid);
     },
   };
-  const driver = new DockerDriver({ backend, logger, onDelete, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}), ...(deps.names ? { names: deps.names } : {}) });
+  // A joined container is running moments later: a sync then learns its aliases (DNSNames are completed at start).
+  const onJoined = (): void => ctx.reconciler.schedule(JOIN_SYNC_DELAY_MS);
+  const driver = new DockerDriver({ backend, logger, onDelete, onJoined, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}), ...(deps.names ? { names: deps.names } : {}) });
   const plugin = new DockerPluginServer({ socketPath: config.dockerPlugin!, handlers: driver, logger });
   sync = engine
     ? new DockerNetworkSync({

@@ -18,7 +18,7 @@ import type { ClusterView } from '../cluster-view.ts';
 import { allEndpoints } from '../cluster-view.ts';
 import type { DockerEndpointRecord, DockerNetworkRecord } from './backend.ts';
 import { ADOPT_NETWORK_OPTION, PLUGIN_NAME } from './protocol.ts';
-import { containerAliases, type DockerEngine, type EngineContainer, type EngineNetwork } from './engine.ts';
+import { containerAliases, type DockerEngine, type EngineContainer, type EngineEndpointSettings, type EngineNetwork } from './engine.ts';
 import { cleanAliases } from './backend.ts';
 
 /**
@@ -228,7 +228,11 @@ export class DockerNetworkSync {
       if (!ep || !allEndpoints(view).some((x) => x.network === ep.network && x.name === wanted)) this.unnameable.delete(eid);
     }
     const unnamed = (e: Docked): boolean => e.name === e.docker.endpointId.slice(0, 12) && !this.unnameable.has(e.id);
-    const candidates = allEndpoints(view).filter((e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined && (isOld(e as Docked) || unnamed(e as Docked)));
+    // Aliases are learned from the running container (Docker ≥ 25 completes DNSNames at start), once.
+    const unaliased = (e: Docked): boolean => e.aliases === undefined && this.opts.aliasEndpoint !== undefined;
+    const candidates = allEndpoints(view).filter(
+      (e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined && (isOld(e as Docked) || unnamed(e as Docked) || unaliased(e as Docked)),
+    );
     if (candidates.length === 0) return;
     let containers: EngineContainer[];
     try {
@@ -239,12 +243,12 @@ export class DockerNetworkSync {
     // Only a running (or paused) container holds its endpoint: an exited one may still carry the id of
     // an endpoint dockerd dropped (a power-off, a restart that could not reach this plugin).
     const live = new Map<string, string>();
-    const aliasesOf = new Map<string, string[]>();
+    const containerOf = new Map<string, string>();
     for (const c of containers.filter((x) => LIVE_CONTAINER_STATES.has(x.State))) {
       for (const s of Object.values(c.NetworkSettings?.Networks ?? {})) {
         if (!s?.EndpointID) continue;
         live.set(s.EndpointID, c.Names[0]?.replace(/^\//, '') ?? '');
-        aliasesOf.set(s.EndpointID, containerAliases(s));
+        containerOf.set(s.EndpointID, c.Id);
       }
     }
     // Stale ones go first: after a power loss the container's new endpoint wants the name its old,
@@ -252,7 +256,7 @@ export class DockerNetworkSync {
     for (const e of candidates) {
       if (live.has(e.docker.endpointId)) continue;
       if (!isOld(e)) {
-        if (unnamed(e)) result.pending++;
+        if (unnamed(e) || unaliased(e)) result.pending++;
         continue;
       }
       logger.warn({ nid: e.network, eid: e.id, docker: e.docker.endpointId.slice(0, 12), address: e.address }, 'dockerd no longer has this endpoint (crash or restart without DeleteEndpoint); removing it');
@@ -260,20 +264,6 @@ export class DockerNetworkSync {
       try {
         await this.opts.removeEndpoint(e.docker.networkId, e.docker.endpointId);
         result.staleEndpoints.push(e.id);
-      } catch (err) {
-        result.errors.push({ network: e.network, message: (err as Error).message });
-      }
-    }
-    // Aliases (`--network-alias`; on Docker ≥ 25 also the short id and hostname) follow the container's
-    // settings: set at CreateEndpoint when the container could be told, else (or when dockerd lists
-    // more later) here.
-    for (const e of candidates) {
-      const containerName = live.get(e.docker.endpointId);
-      const aliases = aliasesOf.get(e.docker.endpointId);
-      if (!containerName || !aliases || !this.opts.aliasEndpoint) continue;
-      if (JSON.stringify(cleanAliases(aliases, containerName)) === JSON.stringify(e.aliases ?? [])) continue;
-      try {
-        await this.opts.aliasEndpoint(e.network, e.id, aliases);
       } catch (err) {
         result.errors.push({ network: e.network, message: (err as Error).message });
       }
@@ -286,6 +276,23 @@ export class DockerNetworkSync {
       } catch (err) {
         this.unnameable.set(e.id, containerName);
         logger.warn({ err, eid: e.id, endpoint: containerName }, 'cannot give the endpoint its container name yet; it keeps its id until the name is free');
+      }
+    }
+    // Aliases (`--network-alias`, `docker network connect --alias`; on Docker ≥ 25 also the short id and
+    // hostname, its DNSNames) are learned once from the running container, by inspecting it (the list
+    // leaves them out). Docker cannot change an endpoint's aliases afterwards.
+    const inspected = new Map<string, Record<string, EngineEndpointSettings | null> | undefined>();
+    for (const e of candidates) {
+      const containerName = live.get(e.docker.endpointId);
+      const container = containerOf.get(e.docker.endpointId);
+      if (!containerName || !container || !unaliased(e)) continue;
+      try {
+        if (!inspected.has(container)) inspected.set(container, await engine.containerNetworks(container));
+        const settings = Object.values(inspected.get(container) ?? {}).find((x) => x?.EndpointID === e.docker.endpointId);
+        if (!settings) continue;
+        await this.opts.aliasEndpoint!(e.network, e.id, cleanAliases(containerAliases(settings), containerName));
+      } catch (err) {
+        result.errors.push({ network: e.network, message: (err as Error).message });
       }
     }
   }

@@ -16,7 +16,7 @@
  */
 
 import { execFile } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { statfsSync, statSync } from 'node:fs';
 import { ListenerError } from './errors.ts';
 
 /** Any one `ip`/`nsenter` invocation; they normally take a few milliseconds. */
@@ -39,6 +39,21 @@ async function ipIn(netnsPath: string | undefined, lines: readonly string[], wha
   const argv = ['ip', '-batch', '-'];
   const r = netnsPath ? await run('nsenter', [`--net=${netnsPath}`, ...argv], lines.join('\n') + '\n') : await run(argv[0]!, argv.slice(1), lines.join('\n') + '\n');
   if (r.code !== 0) throw new ListenerError(`${what}: ${r.stderr.trim() || `ip exited ${r.code}`}`);
+}
+
+/** The filesystem type of a network namespace bind mount (nsfs). */
+const NSFS_MAGIC = 0x6e736673;
+
+/**
+ * Whether `path` is a network namespace here: a SandboxKey seen from outside dockerd's mount namespace
+ * is the plain (empty) file the bind mount covers there.
+ */
+function isNetnsFile(path: string): boolean {
+  try {
+    return Number(statfsSync(path).type) === NSFS_MAGIC;
+  } catch {
+    return false;
+  }
 }
 
 /** The namespace's identity (nsfs inode); undefined when the path is gone. A re-created namespace at the same path has another. */
@@ -84,7 +99,7 @@ export async function ensureSandboxRoute(sandboxPath: string, ifname: string, ad
  * interface, or ip refuses.
  */
 export async function ensureSandboxRouteByMac(sandboxPath: string, mac: string, address: string, dockerdPid?: number): Promise<string> {
-  const enter = existsSync(sandboxPath) || dockerdPid === undefined ? ['nsenter', `--net=${sandboxPath}`] : ['nsenter', `--mount=/proc/${dockerdPid}/ns/mnt`, 'nsenter', `--net=${sandboxPath}`];
+  const enter = isNetnsFile(sandboxPath) || dockerdPid === undefined ? ['nsenter', `--net=${sandboxPath}`] : ['nsenter', `--mount=/proc/${dockerdPid}/ns/mnt`, 'nsenter', `--net=${sandboxPath}`];
   const where = enter.length > 2 ? `sandbox ${sandboxPath} (in dockerd's mount namespace, pid ${dockerdPid})` : `sandbox ${sandboxPath}`;
   const r = await run(enter[0]!, [...enter.slice(1), 'ip', '-j', 'link', 'show']);
   if (r.code !== 0) throw new ListenerError(`cannot list the interfaces of ${where}: ${r.stderr.trim() || `nsenter exited ${r.code}`}`);
