@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The seeds' demo on the docker-compose harness (docker-compose.yml): three Docker-in-Docker nodes, each
 # with its own dockerd and kvnet agent, sharing one KV server. A network is created on node1, listed on
-# node2 and node3, a container is started on each node and they ping each other across nodes by address.
+# node2 and node3, a container is started on each node and they ping each other across nodes by address,
+# then by name (kvnet's resolver; the nodes' daemon.json has "dns": ["169.254.53.53"]).
 #
 #   scripts/compose-demo.sh [--offline] [--keep] [--build-only] [consul|etcd|zookeeper]
 #
@@ -171,6 +172,16 @@ for pair in node1:node2 node2:node3 node3:node1; do
   step "c-$from (on $from) pings c-$to (on $to) at ${ip[$to]}"
   retry "c-$from pings ${ip[$to]}" pings "$from" "${ip[$to]}"
   on "$from" docker exec "c-$from" ping -c 3 -W 2 "${ip[$to]}"
+done
+
+# names across nodes: Docker's resolver in each container forwards what it does not know (the other
+# nodes' containers) to kvnet's resolver, as the nodes' daemon.json says ("dns": ["169.254.53.53"])
+pings_name() { on "$1" docker exec "c-$1" ping -c 1 -W 2 "c-$2"; }
+for pair in node1:node2 node2:node3 node3:node1; do
+  from="${pair%%:*}" to="${pair##*:}"
+  step "c-$from (on $from) pings c-$to (on $to) by name"
+  retry "c-$from pings c-$to by name" pings_name "$from" "$to"
+  on "$from" docker exec "c-$from" ping -c 3 -W 2 "c-$to"
 done
 
 step "clean up the demo's containers and network"
