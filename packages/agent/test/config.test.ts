@@ -52,3 +52,23 @@ test('egress addresses: lowest free host address, skipping gateway and used ones
   t.is(lowestFreeAddress('172.18.0.0/16', '172.18.0.1', new Set(['172.18.0.2', '172.18.0.3'])), '172.18.0.4/16');
   t.is(lowestFreeAddress('10.0.0.0/30', '10.0.0.1', new Set(['10.0.0.2'])), undefined);
 });
+
+test('names flags: --dns-address ip|off, --dns-upstream, --dns-socket, --dns-resolver-unit; the resolver socket beside --socket', async (t) => {
+  const { resolverSocketFor } = await import('../src/config.ts');
+  const { resolverCommandFor } = await import('../src/names/face.ts');
+  const base: AgentConfig = {
+    storeUrl: 'local:///tmp/x.db', storeOpts: [], advertise: 'eth0', nodeName: 'h1', stateDir: '/tmp/s', socketPath: '/run/kvnet/kvnet.sock',
+    metricsAddr: 'off', ttlS: 10, namePrefix: 'kvnet', gatewayBridge: 'kvnet_gwbridge',
+  };
+  t.notThrows(() => validateConfig({ ...base, dnsAddress: 'off' }));
+  t.notThrows(() => validateConfig({ ...base, dnsAddress: '169.254.53.53', dnsUpstreams: ['198.18.0.53', '198.18.0.53:5353', '[2001:db8::1]:53'], dnsResolverUnit: 'kvnet-resolver' }));
+  t.throws(() => validateConfig({ ...base, dnsAddress: '224.0.0.1' }), { message: /invalid --dns-address "224\.0\.0\.1": must be a unicast IPv4 address/ });
+  t.throws(() => validateConfig({ ...base, dnsAddress: 'resolver' }), { message: /--dns-address "resolver"/ });
+  t.throws(() => validateConfig({ ...base, dnsUpstreams: ['dns.example'] }), { message: /invalid --dns-upstream "dns\.example"/ });
+  t.throws(() => validateConfig({ ...base, dnsSocket: 'relative.sock' }), { message: /--dns-socket "relative\.sock": must be an absolute path/ });
+  t.throws(() => validateConfig({ ...base, dnsResolverUnit: 'bad unit' }), { message: /--dns-resolver-unit "bad unit"/ });
+  t.is(resolverSocketFor('/run/kvnet/kvnet.sock'), '/run/kvnet/kvnet-resolver.sock');
+  t.is(resolverSocketFor('/tmp/x/h2.sock'), '/tmp/x/h2-resolver.sock', 'agents of simulated hosts sharing a directory get one each');
+  t.deepEqual(resolverCommandFor(undefined, ['node', 'r.mjs']), ['node', 'r.mjs']);
+  t.deepEqual(resolverCommandFor('kvnet-resolver', ['node', 'r.mjs']).slice(0, 3), ['systemd-run', '--unit=kvnet-resolver', '--collect']);
+});

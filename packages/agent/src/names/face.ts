@@ -20,11 +20,13 @@
  */
 
 import { overlayNetnsName } from '@kvnet/dataplane';
+import { sleep } from '@kvnet/store';
 import type { ClusterView } from '../cluster-view.ts';
 import { allEndpoints } from '../cluster-view.ts';
 import { resolverSocketFor } from '../config.ts';
 import type { AgentContext, Face } from '../context.ts';
 import type { EndpointRecord } from '../layout.ts';
+import { PLUMB_HOOK_BUDGET_MS } from '../network-service.ts';
 // The one thing this face needs to know about dockerd: which process it is (to enter its mount namespace).
 import { findDockerd } from '../docker/dns-setup.ts';
 import { DockerSandboxes } from './docker-sandboxes.ts';
@@ -226,7 +228,11 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
   }
 
   ctx.networks.onPlumbed(() => sync());
-  await sync();
+  // The first table before "agent ready", bounded like a plumb hook: a resolver slow to open many
+  // listeners finishes them in the background.
+  const first = new AbortController();
+  await Promise.race([sync(), sleep(PLUMB_HOOK_BUDGET_MS, first.signal).catch(() => undefined)]);
+  first.abort();
   logger.info({ address, socket: socketPath, resolver: names.resolverPid, startedResolver: names.startedResolver, hostListener: docker }, 'names face ready');
 
   return {
@@ -249,14 +255,13 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     async uninstall() {
       stopped = true;
       clearTimeout(retryTimer);
-      await running?.catch(() => undefined);
       release();
       await names.shutdown({ cleanup: true });
     },
     async stop() {
+      // A pass in flight gets its update rejected by the client's stop; nothing waits for it.
       stopped = true;
       clearTimeout(retryTimer);
-      await running?.catch(() => undefined);
       release();
       await names.stop();
     },
