@@ -19,6 +19,7 @@
  *   store outage does not stop resolution); {@link NamesFace.uninstall} makes it exit and remove its addresses.
  */
 
+import { existsSync } from 'node:fs';
 import { overlayNetnsName } from '@kvnet/dataplane';
 import { sleep } from '@kvnet/store';
 import type { ClusterView } from '../cluster-view.ts';
@@ -156,6 +157,8 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
       const ifname = holder.ifname ?? 'eth0';
       const want = `${holder.id} ${ifname}`;
       if (routes.get(netns) === want) continue;
+      // A sandbox that is gone (deleted without a disconnect) is the data plane's to report; nothing to route.
+      if (!existsSync(netns)) continue;
       try {
         await ensureSandboxRoute(netns, ifname, address);
         routes.set(netns, want);
