@@ -85,6 +85,13 @@ finish() {
   if [ "$up" = 1 ] && [ "$result" != PASS ]; then
     echo; echo "--- node logs (last 30 lines each) ---"
     compose logs --no-color --tail 30 "${NODES[@]}" 2>&1 || true
+    echo; echo "--- names: each node's resolver (kvnet dns status, its log) and its container's resolver route ---"
+    for n in "${NODES[@]}"; do
+      echo "[$n]"
+      on "$n" kvnet dns status 2>&1 | head -40 || true
+      on "$n" sh -c 'tail -n 15 /run/kvnet/kvnet-resolver.log' 2>&1 || true
+      on "$n" docker exec "c-$n" ip route 2>&1 || true
+    done
   fi
   if [ "$up" = 1 ]; then
     if [ "$keep" = 1 ]; then
