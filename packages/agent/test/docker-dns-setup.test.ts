@@ -32,9 +32,16 @@ test('assessment: Docker 26.0.0–26.1.2 never forward internal-only containers;
   for (const v of ['25.0.4', '26.1.3', '28.5.2', '29.8.1', '20.10.24+dfsg1']) t.deepEqual(assessDockerDns({ version: v, dns: [ADDR], dnsSource: 'x' }, ADDR), [], v);
 });
 
+test('assessment: an ndots option in the containers\' resolv.conf is an error naming its source and the daemon.json remedy', (t) => {
+  const f = assessDockerDns({ version: '28.5.2', dns: [ADDR], dnsSource: 'x', ndots: { option: 'ndots:0', from: "the host's /etc/resolv.conf" } }, ADDR);
+  t.is(f.length, 1);
+  t.like(f[0], { level: 'error', code: 'KVNET_DOCKER_DNS_NDOTS' });
+  t.regex(f[0]!.message, /"options ndots:0" \(from the host's \/etc\/resolv\.conf\).*single-label names.*"dns-opts": \["timeout:5"\]/);
+});
+
 test('dockerd arguments and which socket it serves', (t) => {
   t.deepEqual(parseDockerdArgs(['-H', 'unix:///tmp/d.sock', '--dns', '169.254.53.53', '--dns=9.9.9.9', '--config-file=/etc/x.json', '--data-root', '/d']), {
-    hosts: ['unix:///tmp/d.sock'], dns: ['169.254.53.53', '9.9.9.9'], configFile: '/etc/x.json',
+    hosts: ['unix:///tmp/d.sock'], dns: ['169.254.53.53', '9.9.9.9'], dnsOpts: [], configFile: '/etc/x.json',
   });
   t.true(servesSocket([], '/var/run/docker.sock'));
   t.true(servesSocket(['fd://'], '/run/docker.sock'), 'systemd socket activation serves the default socket');
@@ -62,4 +69,21 @@ test('readDaemonDns: the dockerd serving the socket, its flags and its daemon.js
   t.regex(readDaemonDns('/tmp/none.sock', proc).source, /no dockerd process serving \/tmp\/none\.sock/);
   pid(13, ['/usr/sbin/dockerd', '-H', 'unix:///tmp/bad.sock'], '{bad');
   t.regex(readDaemonDns('/tmp/bad.sock', proc).source, /cannot be read/);
+
+  // ndots: from the host's resolv.conf (as dockerd sees it), unless dockerd's own dns-opts replace the options
+  const conf = (n: number, text: string, at = '/etc/resolv.conf'): void => {
+    mkdirSync(join(proc, String(n), 'root', at, '..'), { recursive: true });
+    writeFileSync(join(proc, String(n), 'root', at), text);
+  };
+  conf(12, 'nameserver 127.0.0.11\noptions ndots:0\n');
+  t.deepEqual(readDaemonDns('/var/run/docker.sock', proc).ndots, { option: 'ndots:0', from: "the host's /etc/resolv.conf" });
+  pid(14, ['/usr/sbin/dockerd', '-H', 'unix:///tmp/o.sock'], JSON.stringify({ dns: [ADDR], 'dns-opts': ['timeout:5'] }));
+  conf(14, 'nameserver 127.0.0.11\noptions ndots:0\n');
+  t.is(readDaemonDns('/tmp/o.sock', proc).ndots, undefined, 'dns-opts without ndots replace the host\'s options');
+  pid(15, ['/usr/sbin/dockerd', '-H', 'unix:///tmp/r.sock', '--dns-opt', 'ndots:2']);
+  t.deepEqual(readDaemonDns('/tmp/r.sock', proc).ndots, { option: 'ndots:2', from: "dockerd's dns-opts" });
+  pid(16, ['/usr/sbin/dockerd', '-H', 'unix:///tmp/s.sock']);
+  conf(16, 'nameserver 127.0.0.53\noptions edns0 trust-ad\n');
+  conf(16, 'nameserver 10.0.0.2\noptions ndots:5\n', '/run/systemd/resolve/resolv.conf');
+  t.deepEqual(readDaemonDns('/tmp/s.sock', proc).ndots, { option: 'ndots:5', from: "the host's /run/systemd/resolve/resolv.conf" }, 'behind systemd-resolved\'s stub, the real file');
 });
