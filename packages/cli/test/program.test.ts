@@ -111,6 +111,23 @@ test('connect and disconnect address the endpoint API; KVNET_SOCKET selects the 
   });
 });
 
+test('connect --alias (repeatable) sends aliases', async (t) => {
+  await withAgent(() => ({ status: 201, body: net.endpoints[0] }), async (socket, seen) => {
+    const c = await cli('--socket', socket, 'network', 'connect', 'multi', '--netns', '/run/netns/c1', '--name', 'c1', '--alias', 'web', '--alias', 'www');
+    t.is(c.code, 0, c.err);
+    t.deepEqual(seen.map((s) => s.body), [{ netns: '/run/netns/c1', name: 'c1', aliases: ['web', 'www'] }]);
+  });
+});
+
+test('kvnet dns status and stop without a resolver say so (status exits 1)', async (t) => {
+  const status = await cli('--socket', '/nonexistent/kvnet.sock', 'dns', 'status');
+  t.is(status.code, 1);
+  t.is(status.err, 'kvnet: no kvnet resolver runs on /nonexistent/kvnet-resolver.sock\n');
+  const stop = await cli('dns', 'stop', '--dns-socket', '/nonexistent/r.sock');
+  t.is(stop.code, 0, stop.err);
+  t.is(stop.out, 'no kvnet resolver runs on /nonexistent/r.sock\n');
+});
+
 test('usage errors exit 2 with "kvnet: " messages; --help exits 0', async (t) => {
   const missing = await cli('network', 'connect', 'multi');
   t.is(missing.code, 2);
