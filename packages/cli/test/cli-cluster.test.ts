@@ -83,7 +83,7 @@ rt('node ls on each host lists both nodes', async (t) => {
     t.deepEqual(names, ['h1@198.18.0.1', 'h2@198.18.0.2']);
   }
   const table = await kvnet(0, 'node', 'ls');
-  t.regex(table.stdout, /^NAME\s+ADVERTISE\s+VERSION\s+STARTED/);
+  t.regex(table.stdout, /^NAME\s+STATE\s+ADVERTISE\s+ENDPOINTS\s+VERSION\nh1 \*\s+alive\s+198\.18\.0\.1\s+0\s+\S+\nh2\s+alive\s+198\.18\.0\.2\s+0\s+\S+\n$/);
 });
 
 rt('network created on h1 is listed on h2; containers on both hosts ping each other', async (t) => {
@@ -125,7 +125,7 @@ rt('bad input gets a clear error, a non-zero exit, and changes nothing', async (
   t.is(dupName.stderr.trim(), 'kvnet: network with name multi already exists');
 
   const badCidr = await kvnet(0, 'network', 'create', '--subnet', '10.1.2.0/33', 'bad');
-  t.is(badCidr.code, 1);
+  t.is(badCidr.code, 2, 'an invalid flag value is a usage error');
   t.regex(badCidr.stderr, /^kvnet: invalid subnet "10\.1\.2\.0\/33"/);
 
   const overlap = await kvnet(0, 'network', 'create', '--subnet', '10.77.0.0/16', 'overlapping');
@@ -137,11 +137,11 @@ rt('bad input gets a clear error, a non-zero exit, and changes nothing', async (
   t.regex(noNet.stderr, /no such network: nosuch/);
 
   const badNetns = await kvnet(0, 'network', 'connect', 'multi', '--netns', `/run/netns/${id}-missing`);
-  t.is(badNetns.code, 1);
+  t.is(badNetns.code, 2);
   t.regex(badNetns.stderr, /invalid netns .*no such file/);
 
   const outside = await kvnet(0, 'network', 'connect', 'multi', '--netns', c1.path, '--name', 'x', '--ip', '10.9.9.9');
-  t.is(outside.code, 1);
+  t.is(outside.code, 2);
   t.regex(outside.stderr, /10\.9\.9\.9.*outside subnet 10\.77\.1\.0\/24/);
 
   const dupEp = await kvnet(0, 'network', 'connect', 'multi', '--netns', c1.path, '--name', 'c2');
