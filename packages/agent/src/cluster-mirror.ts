@@ -9,8 +9,9 @@
  *
  * The store's state ({@link StoreHealth}: reachable, unavailable since when, resyncing) comes from
  * three sources: the mirrors' watches, a read of this node's own record every
- * {@link STORE_PROBE_INTERVAL_MS} (a frozen server breaks no watch: only a call notices it), and the
- * outcome of every call the faces make through the guarded store (store-guard.ts).
+ * {@link STORE_PROBE_INTERVAL_MS} (a frozen server breaks no watch: only a call notices it; after an
+ * outage only writes saw, a transaction that changes nothing), and the outcome of every call the
+ * faces make through the guarded store (store-guard.ts).
  */
 
 import type { Logger } from 'pino';
@@ -47,11 +48,12 @@ export type StoreSignal = 'mirror' | 'probe' | 'call';
 
 /**
  * The store's state, from every signal the agent has. Pure bookkeeping (the clock is passed in):
- * - any failure makes it `unavailable` (the time is kept from the first one);
- * - a probe read or a mirror listing that succeeds ends an outage seen by reads; an outage first
- *   seen by a call (a write that timed out while reads work: the embedded store's file locked by
- *   another process) ends only when a call succeeds, so while unavailable one call at a time is let
- *   through as a trial once a probe has answered, and every other call is refused at once;
+ * - any failure makes it `unavailable` (the time is kept from the first one); while unavailable every
+ *   call through the guarded store is refused at once ({@link admits});
+ * - an outage seen by reads (a probe read or a mirror failed) ends when a read answers again;
+ * - an outage seen only by a call (a write that timed out while reads work: the embedded store's
+ *   file locked by another process) ends only when the write path answers: meanwhile the probe
+ *   ({@link needsWriteProbe}) runs a transaction that changes nothing instead of a plain read;
  * - after an outage it is `resyncing` until every mirror has listed again, then `reachable`.
  */
 export class StoreHealth {
@@ -62,8 +64,6 @@ export class StoreHealth {
   private lastAnsweredAt: number | undefined;
   private mirrorsOk = true;
   private failedOnCall = false;
-  private probeAnswered = false;
-  private trialRunning = false;
   private readonly listeners = new Set<(from: StoreState, to: StoreState) => void>();
 
   /** `url` (without credentials) goes into {@link unavailableError}; `now` is the clock. */
@@ -84,6 +84,11 @@ export class StoreHealth {
     return this.state;
   }
 
+  /** The outage was seen by a call only: the probe must test the write path to see it end. */
+  get needsWriteProbe(): boolean {
+    return this.state === 'unavailable' && this.failedOnCall;
+  }
+
   report(): StoreHealthReport {
     return {
       state: this.state,
@@ -94,30 +99,24 @@ export class StoreHealth {
     };
   }
 
-  /** A failure to reach the store, seen by `source`. */
+  /** A failure to reach the store, seen by `source` (`call`: a call through the guarded store, or the write probe). */
   failure(source: StoreSignal, err: unknown): void {
     const message = err instanceof Error ? err.message : String(err);
     this.lastError = message.replace(/^cluster store \S+ is unavailable: /, '');
-    if (source === 'call') this.trialRunning = false;
-    if (this.state !== 'unavailable') {
-      this.failedOnCall = source === 'call';
-      this.set('unavailable');
-    } else if (source === 'call') this.failedOnCall = true;
-    this.probeAnswered = false;
+    if (source !== 'call') this.failedOnCall = false;
+    else if (this.state !== 'unavailable') this.failedOnCall = true;
+    this.set('unavailable');
   }
 
   /** A probe read answered after `latencyMs`. */
   probeOk(latencyMs: number): void {
     this.latencyMs = Math.round(latencyMs * 10) / 10;
     this.lastAnsweredAt = this.now();
-    if (this.state !== 'unavailable') return;
-    if (this.failedOnCall) this.probeAnswered = true;
-    else this.recovered();
+    if (this.state === 'unavailable' && !this.failedOnCall) this.recovered();
   }
 
-  /** A call answered (successfully, or with an answer that is not about reachability). */
+  /** A call (or the write probe) answered: successfully, or with an answer that is not about reachability. */
   callOk(): void {
-    this.trialRunning = false;
     if (this.state === 'unavailable') this.recovered();
   }
 
@@ -129,17 +128,9 @@ export class StoreHealth {
     else if (this.state === 'unavailable' && !this.failedOnCall) this.recovered();
   }
 
-  /**
-   * Whether a call may go to the store now: `undefined` means refuse it at once (see
-   * {@link unavailableError}). While unavailable, one trial call is admitted once a probe answered.
-   */
-  admit(): 'go' | 'trial' | undefined {
-    if (this.state !== 'unavailable') return 'go';
-    if (this.failedOnCall && this.probeAnswered && !this.trialRunning) {
-      this.trialRunning = true;
-      return 'trial';
-    }
-    return undefined;
+  /** Whether a call may go to the store now; false while unavailable (refuse it with {@link unavailableError}). */
+  admits(): boolean {
+    return this.state !== 'unavailable';
   }
 
   /** The error every refused call gets: the store's own kind, saying since when and why. */
@@ -150,7 +141,6 @@ export class StoreHealth {
 
   private recovered(): void {
     this.failedOnCall = false;
-    this.probeAnswered = false;
     this.set(this.mirrorsOk ? 'reachable' : 'resyncing');
   }
 
@@ -222,14 +212,21 @@ export class ClusterMirror {
       await sleep(STORE_PROBE_INTERVAL_MS, signal).catch(() => undefined);
       if (signal.aborted) return;
       const t0 = performance.now();
+      const writePath = this.health.needsWriteProbe;
       try {
-        await this.opts.store.get(keys.node(this.opts.node), { signal });
+        const key = keys.node(this.opts.node);
+        const rec = await this.opts.store.get(key, { signal });
         this.health.probeOk(performance.now() - t0);
+        if (writePath) {
+          // A transaction that changes nothing goes the way writes go (the embedded store: its write lock).
+          await this.opts.store.txn([{ op: 'check', key, if: rec ? { revision: rec.revision } : { absent: true } }], { signal });
+          this.health.callOk();
+        }
       } catch (err) {
         if (signal.aborted) return;
         if (hasCode(err, 'KVNET_STORE_UNAVAILABLE')) {
           const first = this.health.current !== 'unavailable';
-          this.health.failure('probe', err);
+          this.health.failure(writePath ? 'call' : 'probe', err);
           this.opts.onStoreError('probe', err, first);
         }
       }

@@ -14,7 +14,7 @@ import type { StoreHealth } from './cluster-mirror.ts';
 /** `store` with every call admitted by `health` and its outcome reported to it. Watches pass through. */
 export function guardStore(store: KVStore, health: StoreHealth): KVStore {
   const call = async <T>(fn: () => Promise<T>): Promise<T> => {
-    if (health.admit() === undefined) throw health.unavailableError();
+    if (!health.admits()) throw health.unavailableError();
     try {
       const result = await fn();
       health.callOk();

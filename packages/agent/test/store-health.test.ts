@@ -20,7 +20,7 @@ test('unavailable from the first failure until a read answers; resyncing until t
   const changes: string[] = [];
   health.subscribe((from, to) => changes.push(`${from}→${to}`));
   t.is(health.current, 'reachable');
-  t.is(health.admit(), 'go');
+  t.true(health.admits());
 
   now += 1000;
   health.mirrors(false);
@@ -28,33 +28,37 @@ test('unavailable from the first failure until a read answers; resyncing until t
   health.failure('probe', new Error('get got no answer within 5000 ms'));
   t.is(health.current, 'unavailable');
   t.like(health.report(), { state: 'unavailable', since: new Date(1_001_000).toISOString(), lastError: 'get got no answer within 5000 ms' });
-  t.is(health.admit(), undefined, 'calls are refused');
+  t.false(health.admits(), 'calls are refused');
+  t.false(health.needsWriteProbe, 'reads failed: a read answering ends it');
   now += 7000;
   t.is(health.unavailableError().message, `cluster store ${URL} is unavailable: unreachable since ${new Date(1_001_000).toISOString()} (7 s); last error: get got no answer within 5000 ms`);
   t.is(health.unavailableError().code, 'KVNET_STORE_UNAVAILABLE');
 
   health.probeOk(2.34);
   t.is(health.current, 'resyncing', 'it answers, but the mirrors have not listed again');
-  t.is(health.admit(), 'go');
+  t.true(health.admits());
   health.mirrors(true);
   t.is(health.current, 'reachable');
   t.like(health.report(), { state: 'reachable', latencyMs: 2.3 });
   t.deepEqual(changes, ['reachable→unavailable', 'unavailable→resyncing', 'resyncing→reachable']);
 });
 
-test('an outage seen by a call ends only when a call succeeds: one trial at a time once a read answered', (t) => {
+test('an outage seen only by a call ends only when the write path answers, not when a read does', (t) => {
   const health = new StoreHealth(URL, () => 0);
   health.failure('call', new Error('put got no answer within 5000 ms'));
-  t.is(health.admit(), undefined);
+  t.false(health.admits());
+  t.true(health.needsWriteProbe);
   health.probeOk(1);
   t.is(health.current, 'unavailable', 'reads working says nothing about writes');
-  t.is(health.admit(), 'trial');
-  t.is(health.admit(), undefined, 'only one trial at a time');
-  health.failure('call', new Error('put got no answer within 5000 ms'));
-  t.is(health.admit(), undefined, 'a failed trial waits for the next read');
-  health.probeOk(1);
-  t.is(health.admit(), 'trial');
+  health.failure('call', new Error('txn got no answer within 5000 ms'));
+  t.true(health.needsWriteProbe, 'the write probe failed too');
   health.callOk();
+  t.is(health.current, 'reachable');
+  t.false(health.needsWriteProbe);
+  health.failure('call', new Error('x'));
+  health.failure('probe', new Error('y'));
+  t.false(health.needsWriteProbe, 'once reads fail too, a read answering ends the outage');
+  health.probeOk(1);
   t.is(health.current, 'reachable');
 });
 
@@ -74,7 +78,7 @@ async function withLockedStore(fn: (store: KVStore, lock: () => Promise<() => Pr
   }
 }
 
-test('guarded store: a timed-out write marks the store down; later calls are refused by the guard, not the store; a trial after a read ends it', async (t) => {
+test('guarded store: a timed-out write marks the store down; later calls are refused by the guard, not the store; the write path answering ends it', async (t) => {
   await withLockedStore(async (store, lock) => {
     const health = new StoreHealth(store.url);
     const guarded = guardStore(store, health);
@@ -88,8 +92,11 @@ test('guarded store: a timed-out write marks the store down; later calls are ref
     t.is(Buffer.from((await store.get('k'))!.value).toString(), '1', 'nothing was written meanwhile');
     await unlock();
     health.probeOk(1);
+    t.is(health.current, 'unavailable', 'a read answering does not end an outage only writes saw');
+    await store.txn([{ op: 'check', key: 'k', if: { revision: (await store.get('k'))!.revision } }]);
+    health.callOk(); // what the mirror's write probe reports after that transaction
     await guarded.put('k', encodeText('4'));
-    t.is(health.current, 'reachable', 'the trial write succeeded');
+    t.is(health.current, 'reachable');
     t.is(Buffer.from((await guarded.get('k'))!.value).toString(), '4');
   });
 });

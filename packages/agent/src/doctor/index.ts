@@ -92,7 +92,7 @@ export function startDoctor(ctx: AgentContext, deps: DoctorDeps): DoctorFace {
       },
     };
 
-    findings.push(...(await storeChecks(ctx, ctx.cluster.health.report())));
+    findings.push(...(await storeChecks(ctx, () => ctx.cluster.health.report())));
 
     const desired = computeDesiredState({ view, node: self, egress: deps.egress() }).state;
     const dp = deps.dataplane;

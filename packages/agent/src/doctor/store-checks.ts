@@ -1,6 +1,9 @@
 /**
  * Doctor's store checks: the store's state as the agent knows it (reachable / unavailable since when /
- * resyncing), the latency of one read, this node's registration (its node record and VTEP claim), and
+ * resyncing), the latency of one read and of one transaction (a compare of this node's record that
+ * changes nothing: it goes the way writes go, so a store that serves reads but not writes — the
+ * embedded store's file locked by another process — is caught), this node's registration (its node
+ * record and VTEP claim), and
  * — when the store does not answer — a TCP connect to each server, so "no answer within 5000 ms"
  * becomes "198.19.0.1:2181: connection refused". {@link describeServers} is also what the agent adds
  * to a start-up failure.
@@ -81,31 +84,34 @@ export function describeServers(probes: readonly ServerProbe[]): string {
   return probes.map((p) => `${p.server}: ${p.result}`).join('; ');
 }
 
-/** Store state, read latency, registration. */
-export async function storeChecks(ctx: Pick<CoreContext, 'store' | 'node' | 'config'>, health: StoreHealthReport): Promise<DoctorFinding[]> {
+async function unreachable(url: string, storeUrl: string, health: StoreHealthReport): Promise<DoctorFinding> {
+  const servers = describeServers(await probeServers(storeUrl));
+  const secs = Math.round((Date.now() - Date.parse(health.since)) / 1000);
+  return {
+    area: 'store',
+    status: 'fail',
+    summary: `cluster store ${url} is unreachable since ${health.since} (${secs} s)${health.lastError ? `: ${health.lastError}` : ''}${servers ? ` [${servers}]` : ''}`,
+    fix: 'bring the store back or fix --cluster-store; meanwhile traffic between existing endpoints flows, reads are served from the last view and changes fail at once',
+  };
+}
+
+/** Store state, read and transaction latency, registration. `health` is read again after a failed call (which it has noted). */
+export async function storeChecks(ctx: Pick<CoreContext, 'store' | 'node' | 'config'>, health: () => StoreHealthReport): Promise<DoctorFinding[]> {
   const { store, node } = ctx;
   const url = store.url;
-  if (health.state === 'unavailable') {
-    const servers = describeServers(await probeServers(ctx.config.storeUrl));
-    const secs = Math.round((Date.now() - Date.parse(health.since)) / 1000);
-    return [
-      {
-        area: 'store',
-        status: 'fail',
-        summary: `cluster store ${url} is unreachable since ${health.since} (${secs} s)${health.lastError ? `: ${health.lastError}` : ''}${servers ? ` [${servers}]` : ''}`,
-        fix: 'bring the store back or fix --cluster-store; meanwhile traffic between existing endpoints flows, reads are served from the last view and changes fail at once',
-      },
-    ];
-  }
+  const before = health();
+  if (before.state === 'unavailable') return [await unreachable(url, ctx.config.storeUrl, before)];
   const out: DoctorFinding[] = [];
-  if (health.state === 'resyncing') {
-    out.push({ area: 'store', status: 'warn', summary: `cluster store ${url} answers again since ${health.since}; the agent is listing it again`, fix: 'wait a few seconds and run doctor again' });
+  if (before.state === 'resyncing') {
+    out.push({ area: 'store', status: 'warn', summary: `cluster store ${url} answers again since ${before.since}; the agent is listing it again`, fix: 'wait a few seconds and run doctor again' });
   }
   let rec;
   const t0 = performance.now();
   try {
     rec = await store.get(keys.node(node.name));
   } catch (err) {
+    const now = health();
+    if (now.state === 'unavailable') return [await unreachable(url, ctx.config.storeUrl, now)];
     return [...out, { area: 'store', status: 'fail', summary: `cluster store ${url} did not answer a read: ${(err as Error).message}`, fix: 'check the store servers and the network path to them' }];
   }
   const ms = Math.round((performance.now() - t0) * 10) / 10;
@@ -139,6 +145,21 @@ export async function storeChecks(ctx: Pick<CoreContext, 'store' | 'node' | 'con
     }
     if (holder && holder.nodeId !== node.id) out.push({ area: 'registration', status: 'fail', summary: `VTEP ${node.vtep} is claimed by node ${holder.node}`, fix: 'each host needs its own --cluster-advertise address' });
     else out.push({ area: 'registration', status: 'ok', summary: `registered as ${node.name} (VTEP ${node.vtep})` });
+  }
+  if (rec) {
+    const t1 = performance.now();
+    try {
+      await store.txn([{ op: 'check', key: rec.key, if: { revision: rec.revision } }]);
+      const txnMs = Math.round((performance.now() - t1) * 10) / 10;
+      out.push({ area: 'store', status: txnMs > SLOW_READ_MS ? 'warn' : 'ok', summary: `cluster store ${url} takes transactions (one compare ${txnMs} ms)`, ...(txnMs > SLOW_READ_MS ? { fix: 'a slow store slows every change; check its servers' } : {}) });
+    } catch (err) {
+      out.push({
+        area: 'store',
+        status: 'fail',
+        summary: `cluster store ${url} answers reads but not transactions: ${(err as Error).message}`,
+        fix: 'changes (network create, connect) fail meanwhile; for the embedded store, find the process holding its file locked',
+      });
+    }
   }
   return out;
 }

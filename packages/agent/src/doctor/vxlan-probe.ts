@@ -10,7 +10,8 @@
  * {@link TARGETS_PER_NODE} endpoints of each other node (`ping` inside the sandbox through `nsenter`;
  * nothing is changed anywhere). A node answers when any of them does. When none does, the node's VTEP
  * is pinged on the underlay from this host, to tell "UDP 4789 or the remote entries" from "the host is
- * unreachable". When a small ping passes, one full-size ping with Don't Fragment set tests the path MTU.
+ * unreachable". When a small ping passes, one full-size ping (overlay MTU) tests the path MTU: a link on the
+ * way that takes less than the VXLAN packet (overlay MTU + 50) drops it.
  *
  * Limits: a node that shares no network with a local endpoint of this host is not probed; Docker's
  * endpoints have no sandbox path in their records, so a host with only Docker containers probes nothing
@@ -89,7 +90,10 @@ function run(cmd: string, args: readonly string[], signal: AbortSignal): Promise
 
 function pingIn(netns: string | undefined, ip: string, signal: AbortSignal, opts: { count?: number; size?: number } = {}): Promise<boolean> {
   const ping = ['ping', '-n', '-q', '-c', String(opts.count ?? PINGS), '-i', String(PING_INTERVAL_S), '-W', String(PING_WAIT_S)];
-  if (opts.size !== undefined) ping.push('-M', 'do', '-s', String(opts.size));
+  // Without Don't Fragment: the sandbox may have cached a smaller path MTU from an earlier drop (then it
+  // fragments instead of refusing), and the VXLAN packet around it is sent whole, so a too small link on
+  // the way (a switch port, a bridge) drops it. A too small link on this host is mtu.ts's finding.
+  if (opts.size !== undefined) ping.push('-M', 'dont', '-s', String(opts.size));
   ping.push(ip);
   const [cmd, ...args] = netns ? ['nsenter', `--net=${netns}`, ...ping] : ping;
   return run(cmd!, args, signal).then((code) => code === 0);
@@ -100,7 +104,7 @@ export interface ProbeOutcome {
   readonly target: ProbeTarget;
   /** The endpoint that answered, if any. */
   readonly answered?: string;
-  /** With `mtu`: whether a full-size Don't-Fragment ping got through (undefined when not tried). */
+  /** With `mtu`: whether a full-size ping got through (undefined when not tried). */
   readonly fullSize?: boolean;
   /** When nothing answered: whether the VTEP answers a ping on the underlay. */
   readonly underlay?: boolean;
