@@ -1,9 +1,10 @@
 /** The agent's configuration (what `kvnet agent` flags become), its defaults and its validation. */
 
+import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { parseDurationMs } from '@kvnet/store/duration';
+// Not ./ipv4.ts: that loads the data plane, and every client command loads this file.
 import { InvalidConfigError } from './errors.ts';
-import { parseIpv4 } from './ipv4.ts';
 
 export const DEFAULT_STORE_URL = 'local:///var/lib/kvnet/store.db';
 export const DEFAULT_STATE_DIR = '/var/lib/kvnet';
@@ -98,7 +99,7 @@ export function resolveAdvertise(text: string, interfaces = networkInterfaces())
     throw new InvalidConfigError(`invalid --cluster-advertise "${text}": port ${port} is not 1…65535`);
   }
   let ip: string;
-  if (parseIpv4(host!) !== undefined) ip = host!;
+  if (isIPv4(host!)) ip = host!;
   else if (/^\d+(\.\d+)*$/.test(host!)) throw new InvalidConfigError(`invalid --cluster-advertise "${text}": ${host} is not an IPv4 address`);
   else {
     const addrs = interfaces[host!];
