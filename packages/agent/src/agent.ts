@@ -138,6 +138,11 @@ export class Agent implements StatusSource {
       });
       await this.membership.start();
       logger.info({ advertise: advertise.address, nodeId: node.id, store: store.url }, 'node registered');
+      const lease = this.membership.currentLease;
+      if (lease && lease.ttlMs + lease.expiryGraceMs > config.ttlS * 1000) {
+        // e.g. Consul's session_ttl_min (10 s by default) above half of --ttl
+        logger.warn({ ttlS: config.ttlS, leaseTtlMs: lease.ttlMs, leaseGraceMs: lease.expiryGraceMs }, `the store keeps a node record up to ${Math.round((lease.ttlMs + lease.expiryGraceMs) / 1000)} s after its agent died, longer than --ttl ${config.ttlS}s: dead nodes are noticed that much later (for Consul, set session_ttl_min to at most half of --ttl)`);
+      }
 
       const cluster = (this.cluster = new ClusterMirror({
         store,
