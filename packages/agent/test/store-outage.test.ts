@@ -108,7 +108,7 @@ rt('traffic flows and writes fail clearly while etcd is down; the cluster conver
   // Nobody was reaped: both nodes registered again in time.
   await waitFor('both nodes live', async () => {
     const r = await kvnet(0, 'node', 'ls', '--format', 'json');
-    return r.code === 0 && JSON.parse(r.stdout).length === 2;
+    return r.code === 0 && (JSON.parse(r.stdout) as Array<{ state: string }>).filter((n) => n.state === 'alive').length === 2;
   }, 30_000, 200);
   const inspect = JSON.parse((await kvnet(0, 'network', 'inspect', 'ov')).stdout);
   t.deepEqual(inspect[0].endpoints.map((e: { name: string }) => e.name), ['c1', 'c2', 'c3']);

@@ -397,7 +397,8 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
         id: (r) => r.Name,
         json: () => nodes,
         defaultTable: () =>
-          table(['NAME', 'STATE', 'ADVERTISE', 'ENDPOINTS', 'VERSION'], nodes.map((n) => [`${n.name}${n.self ? ' *' : ''}`, n.state, n.advertise ?? '-', String(n.endpoints), n.version ?? '-'])),
+          // an agent of an older version leaves out what it does not know: '-' (table())
+          table(['NAME', 'STATE', 'ADVERTISE', 'ENDPOINTS', 'VERSION'], nodes.map((n) => [`${n.name}${n.self ? ' *' : ''}`, n.state, n.advertise, n.endpoints === undefined ? undefined : String(n.endpoints), n.version])),
       });
     });
   node

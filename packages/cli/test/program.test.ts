@@ -329,3 +329,11 @@ test('agent: refuses to start without a cluster store unless asked for the embed
     if (env !== undefined) process.env.KVNET_CLUSTER_STORE = env;
   }
 });
+
+test('node ls against an agent of an older version (no states): the table shows "-" for what it does not know', async (t) => {
+  await withAgent(() => ({ status: 200, body: [{ name: 'h1', advertise: '198.18.0.1', version: '0.0.9', startedAt: 't' }] }), async (socket) => {
+    const r = await cli('--socket', socket, 'node', 'ls');
+    t.is(r.code, 0, r.err);
+    t.is(r.out, 'NAME   STATE   ADVERTISE    ENDPOINTS   VERSION\nh1     -       198.18.0.1   -           0.0.9\n');
+  });
+});
