@@ -15,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-APT_PACKAGES=(etcd-server zookeeper iproute2 iptables iputils-ping tcpdump busybox-static docker.io containerd runc debootstrap docker-compose)
+APT_PACKAGES=(etcd-server zookeeper iproute2 iptables iputils-ping tcpdump busybox-static docker.io containerd runc debootstrap docker-compose time)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

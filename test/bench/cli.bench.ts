@@ -14,11 +14,15 @@
  * - `kvnet network ls` from the TypeScript sources through tsx (packages/cli/bin/kvnet, the development
  *   path; tsx's loader alone is most of it);
  * - `docker network ls` (the Docker CLI on PATH against the dockerd).
- * p50/p90 are nearest-rank over `--reps` samples. With --json: one object per command on stdout
- * (keys per ../shared/docs/benchmarks.md: `command`, `wall_p50_ms`, `wall_p90_ms`), progress on stderr.
+ * p50/p90 are nearest-rank over `--reps` samples. Each command runs under GNU time (`/usr/bin/time`,
+ * Debian package `time`) for its CPU time (user + system, 10 ms resolution): on a loaded machine wall
+ * time is mostly waiting for a core, CPU time is what the command itself costs. With --json: one object
+ * per command on stdout (keys per ../shared/docs/benchmarks.md: `command`, `wall_p50_ms`,
+ * `wall_p90_ms`; also `cpu_p50_ms`), progress on stderr.
  */
 
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDockerd, canRunDockerd, type Dockerd } from '../support/dockerd.ts';
 import { makeTempDir, removeTempDir, REPO_ROOT, run, runId, startProcess, waitFor, type ManagedProcess } from '../support/process.ts';
@@ -30,6 +34,7 @@ const WARMUP = 3;
 const NETWORKS = 5;
 const AGENT_READY_MS = 90_000;
 const SAMPLE_TIMEOUT_MS = 60_000;
+const GNU_TIME = '/usr/bin/time';
 
 interface Options {
   json: boolean;
@@ -59,21 +64,26 @@ interface Command {
   readonly runtime: string;
   readonly argv: readonly string[];
   readonly samples: number[];
+  readonly cpu: number[];
 }
 
-/** Runs one command to its exit; resolves with the wall time in ms (rejects on a non-zero exit). */
-function sample(argv: readonly string[]): Promise<number> {
+/**
+ * Runs one command to its exit under GNU time; resolves with the wall time (from spawning GNU time to
+ * its exit) and the command's CPU time, in ms. Rejects on a non-zero exit.
+ */
+function sample(argv: readonly string[]): Promise<{ wallMs: number; cpuMs: number }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], cwd: REPO_ROOT });
+    const child = spawn(GNU_TIME, ['-f', 'KVNETCPU %U %S', ...argv], { stdio: ['ignore', 'ignore', 'pipe'], cwd: REPO_ROOT });
     let err = '';
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const timer = setTimeout(() => child.kill('SIGKILL'), SAMPLE_TIMEOUT_MS);
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
-      const ms = performance.now() - t0;
-      if (code === 0) resolve(ms);
+      const wallMs = performance.now() - t0;
+      const m = /KVNETCPU (\d+\.\d+) (\d+\.\d+)\s*$/.exec(err);
+      if (code === 0 && m) resolve({ wallMs, cpuMs: (Number(m[1]) + Number(m[2])) * 1000 });
       else reject(new Error(`${argv.join(' ')} exited ${code}: ${err.trim()}`));
     });
   });
@@ -89,6 +99,7 @@ const round = (n: number): number => Math.round(n * 10) / 10;
 async function main(): Promise<void> {
   const options = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) throw new Error('the cli benchmark needs root (a simulated host, dockerd)');
+  if (!existsSync(GNU_TIME)) throw new Error(`${GNU_TIME} is missing (Debian package time)`);
   if (options.docker && !(await canRunDockerd())) throw new Error('dockerd, docker, containerd, runc and a static busybox are needed for the Docker reference (or pass --no-docker)');
   const progress = (m: string): void => void process.stderr.write(`[cli] ${m}\n`);
   const id = runId();
@@ -115,25 +126,28 @@ async function main(): Promise<void> {
     for (let i = 0; i < NETWORKS; i++) await sample(kvnet('network', 'create', '--subnet', `10.${60 + i}.0.0/24`, `bench${i}`));
 
     const commands: Command[] = [
-      { name: 'node -e 0', runtime: 'node', argv: [process.execPath, '-e', '0'], samples: [] },
-      { name: 'kvnet network ls', runtime: 'bundle', argv: kvnet('network', 'ls'), samples: [] },
-      { name: 'kvnet node ls', runtime: 'bundle', argv: kvnet('node', 'ls'), samples: [] },
-      { name: 'kvnet endpoint ls', runtime: 'bundle', argv: kvnet('endpoint', 'ls'), samples: [] },
-      { name: 'kvnet network ls', runtime: 'tsx', argv: [join(REPO_ROOT, 'packages/cli/bin/kvnet'), '--socket', socket, 'network', 'ls'], samples: [] },
+      { name: 'node -e 0', runtime: 'node', argv: [process.execPath, '-e', '0'], samples: [], cpu: [] },
+      { name: 'kvnet network ls', runtime: 'bundle', argv: kvnet('network', 'ls'), samples: [], cpu: [] },
+      { name: 'kvnet node ls', runtime: 'bundle', argv: kvnet('node', 'ls'), samples: [], cpu: [] },
+      { name: 'kvnet endpoint ls', runtime: 'bundle', argv: kvnet('endpoint', 'ls'), samples: [], cpu: [] },
+      { name: 'kvnet network ls', runtime: 'tsx', argv: [join(REPO_ROOT, 'packages/cli/bin/kvnet'), '--socket', socket, 'network', 'ls'], samples: [], cpu: [] },
     ];
     if (options.docker) {
       progress('starting dockerd on the simulated host (the reference)');
       dockerd = await startDockerd({ host, runId: id });
       for (let i = 0; i < NETWORKS; i++) await dockerd.dockerOk('network', 'create', '--subnet', `10.${70 + i}.0.0/24`, `bench${i}`);
       const version = (await dockerd.dockerOk('version', '--format', '{{.Client.Version}} / {{.Server.Version}}')).trim();
-      commands.push({ name: 'docker network ls', runtime: `docker ${version}`, argv: ['docker', '-H', `unix://${dockerd.socket}`, 'network', 'ls'], samples: [] });
+      commands.push({ name: 'docker network ls', runtime: `docker ${version}`, argv: ['docker', '-H', `unix://${dockerd.socket}`, 'network', 'ls'], samples: [], cpu: [] });
     }
 
     progress(`${WARMUP} warm-up rounds, then ${options.reps} samples of each command, round-robin`);
     for (let r = 0; r < WARMUP + options.reps; r++) {
       for (const c of commands) {
-        const ms = await sample(c.argv);
-        if (r >= WARMUP) c.samples.push(ms);
+        const { wallMs, cpuMs } = await sample(c.argv);
+        if (r >= WARMUP) {
+          c.samples.push(wallMs);
+          c.cpu.push(cpuMs);
+        }
       }
     }
     const results = commands.map((c) => ({
@@ -143,12 +157,13 @@ async function main(): Promise<void> {
       samples: c.samples.length,
       wall_p50_ms: round(percentile(c.samples, 50)),
       wall_p90_ms: round(percentile(c.samples, 90)),
+      cpu_p50_ms: round(percentile(c.cpu, 50)),
     }));
     if (options.json) {
       for (const r of results) process.stdout.write(`${JSON.stringify(r)}\n`);
     } else {
-      const rows = results.map((r) => [r.command, r.runtime, String(r.wall_p50_ms), String(r.wall_p90_ms)]);
-      const head = ['command', 'runtime', 'wall p50 ms', 'wall p90 ms'];
+      const rows = results.map((r) => [r.command, r.runtime, String(r.wall_p50_ms), String(r.wall_p90_ms), String(r.cpu_p50_ms)]);
+      const head = ['command', 'runtime', 'wall p50 ms', 'wall p90 ms', 'cpu p50 ms'];
       const w = head.map((h, i) => Math.max(h.length, ...rows.map((x) => x[i]!.length)));
       const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(w[i]!)).join(' | ')} |`;
       process.stdout.write([line(head), `|${w.map((n) => '-'.repeat(n + 2)).join('|')}|`, ...rows.map(line)].join('\n') + '\n');
