@@ -9,6 +9,7 @@
 import test from 'ava';
 import { request } from 'node:http';
 import { unixRequest } from '../src/unix-http.ts';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSimNetwork, OUTSIDE_ADDRESS, type SimContainer, type SimNetwork } from '../../../test/support/sim-hosts.ts';
 import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
@@ -161,6 +162,8 @@ rt('containers on two hosts ping each other, and reach the outside through the g
   for (const name of ['kvnet_reconcile_duration_seconds_count', 'kvnet_store_errors_total', 'kvnet_watch_resyncs_total', 'kvnet_reaped_endpoints_total', 'process_resident_memory_bytes']) {
     t.regex(metrics.body, new RegExp(`^${name} `, 'm'), name);
   }
+  const version = JSON.parse(readFileSync(join(REPO_ROOT, 'packages/agent/package.json'), 'utf8')).version as string;
+  t.regex(metrics.body, new RegExp(`^kvnet_build_info\\{version="${version.replaceAll('.', '\\.')}",commit="source",nodejs="${process.versions.node.replaceAll('.', '\\.')}"\\} 1$`, 'm'), 'kvnet_build_info names the build (run from the sources here)');
   t.is((await scrape(0, '/healthz')).code, '200');
   t.is((await scrape(0, '/readyz')).code, '200');
 });
