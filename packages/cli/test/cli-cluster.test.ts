@@ -186,6 +186,27 @@ rt('one container on two networks gets eth0 and eth1; names in a sandbox cannot 
   t.is(rm.code, 0, rm.stderr);
 });
 
+rt('endpoint ls, ls -q/--filter/--format, inspect -f, version and prune against the real agents', async (t) => {
+  const eps = await kvnet(1, 'endpoint', 'ls', '--format', '{{.Network}} {{.Name}} {{.Node}} {{.IP}} {{.MAC}}');
+  t.is(eps.code, 0, eps.stderr);
+  t.regex(eps.stdout, /^multi c1 h1 10\.77\.1\.\d+ 02:42:0a:4d:01:[0-9a-f]{2}\nmulti c2 h2 10\.77\.1\.50 02:42:0a:4d:01:32\n$/);
+  t.regex((await kvnet(0, 'endpoint', 'ls', '-q', '--filter', 'node=h2')).stdout, /^[0-9a-f]{12}\n$/);
+  t.regex((await kvnet(0, 'network', 'ls', '-q', '--filter', 'name=mul')).stdout, /^[0-9a-f]{12}\n$/);
+  t.regex((await kvnet(0, 'network', 'ls', '-q', '--no-trunc')).stdout, /^[0-9a-f]{64}\n$/);
+  t.is((await kvnet(0, 'network', 'ls', '--filter', 'label=team=a', '--format', '{{.Name}} {{.Label "team"}}')).stdout, 'multi a\n');
+  t.is((await kvnet(0, 'network', 'ls', '--filter', 'label=team=b', '--format', '{{.Name}}')).stdout, '');
+  t.is((await kvnet(1, 'network', 'inspect', '-f', '{{.Name}} {{.Subnet}} {{len .Endpoints}}', 'multi')).stdout, 'multi 10.77.1.0/24 2\n');
+  const version = await kvnet(0, 'version', '-f', '{{.Agent.Node}} {{.Agent.StoreState}} {{eq .Agent.Version .Client.Version}}');
+  t.is(version.stdout, 'h1 reachable true\n', version.stderr);
+
+  t.is((await kvnet(0, 'network', 'create', 'empty1')).code, 0);
+  await waitFor('empty1 on h2', async () => (await kvnet(1, 'network', 'ls', '--format', '{{.Name}}')).stdout.includes('empty1'), 20_000, 200);
+  const pruned = await kvnet(1, 'network', 'prune', '-f');
+  t.is(pruned.code, 0, pruned.stderr);
+  t.is(pruned.stdout, 'Deleted Networks:\nempty1\n');
+  t.is((await kvnet(0, 'network', 'ls', '--format', '{{.Name}}')).stdout, 'multi\n', 'the network with endpoints stays');
+});
+
 rt('disconnect from the other host, then rm; the kernel is cleaned on both hosts', async (t) => {
   t.is((await kvnet(1, 'network', 'disconnect', 'multi', 'c1')).code, 0, 'disconnect of a remote endpoint');
   t.is((await kvnet(1, 'network', 'disconnect', 'multi', 'c2')).code, 0);
