@@ -1,8 +1,10 @@
 /** The agent's configuration (what `kvnet agent` flags become), its defaults and its validation. */
 
+import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
+import { parseDurationMs } from '@kvnet/store/duration';
+// Not ./ipv4.ts: that loads the data plane, and every client command loads this file.
 import { InvalidConfigError } from './errors.ts';
-import { parseIpv4 } from './ipv4.ts';
 
 export const DEFAULT_STORE_URL = 'local:///var/lib/kvnet/store.db';
 export const DEFAULT_STATE_DIR = '/var/lib/kvnet';
@@ -47,16 +49,35 @@ export interface AgentConfig {
   readonly dockerStaleAfterMs?: number;
 }
 
-/** Parses `10s`, `1m`, `1500ms` or a bare number of seconds into whole seconds. */
+/** Parses `10s`, `1m`, `1m30s`, `1500ms` or a bare number of seconds into whole seconds. */
 export function parseTtl(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
-  if (!m) throw new InvalidConfigError(`invalid --ttl "${text}": expected a duration like 10s or 1m`);
-  const n = Number(m[1]);
-  const seconds = m[2] === 'ms' ? n / 1000 : m[2] === 'm' ? n * 60 : n;
+  const ms = parseDurationMs(text, 's');
+  if (ms === undefined) throw new InvalidConfigError(`invalid --ttl "${text}": expected a duration like 10s or 1m`);
+  const seconds = ms / 1000;
   if (!(seconds >= MIN_TTL_S && seconds <= MAX_TTL_S)) {
     throw new InvalidConfigError(`invalid --ttl "${text}": must be between ${MIN_TTL_S}s and ${MAX_TTL_S / 60}m`);
   }
   return Math.round(seconds);
+}
+
+/**
+ * The store the agent uses: `--cluster-store` as given, or with `--single-host` the embedded store at
+ * {@link DEFAULT_STORE_URL}. Neither is refused: a host that silently fell back to an embedded store
+ * (a typo in its environment) would be an island nobody else sees.
+ */
+export function resolveStoreUrl(given: string | undefined, singleHost: boolean): string {
+  const url = given?.trim() || undefined;
+  if (url === undefined) {
+    if (singleHost) return DEFAULT_STORE_URL;
+    throw new InvalidConfigError(
+      'no --cluster-store (or KVNET_CLUSTER_STORE): give every host the same store, e.g. --cluster-store etcd://10.0.0.5:2379/kvnet; ' +
+        `for one machine only, pass --cluster-store ${DEFAULT_STORE_URL} or --single-host`,
+    );
+  }
+  if (singleHost && !url.startsWith('local://')) {
+    throw new InvalidConfigError(`--single-host runs on the embedded store; it cannot be combined with --cluster-store ${url.replace(/\/\/[^@/]*@/, '//')}`);
+  }
+  return url;
 }
 
 export interface Advertise {
@@ -78,7 +99,7 @@ export function resolveAdvertise(text: string, interfaces = networkInterfaces())
     throw new InvalidConfigError(`invalid --cluster-advertise "${text}": port ${port} is not 1…65535`);
   }
   let ip: string;
-  if (parseIpv4(host!) !== undefined) ip = host!;
+  if (isIPv4(host!)) ip = host!;
   else if (/^\d+(\.\d+)*$/.test(host!)) throw new InvalidConfigError(`invalid --cluster-advertise "${text}": ${host} is not an IPv4 address`);
   else {
     const addrs = interfaces[host!];

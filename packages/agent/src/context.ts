@@ -43,7 +43,7 @@ export interface CoreContext {
   readonly ipam: Ipam;
   readonly records: Records;
   readonly node: NodeIdentity;
-  readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy'>;
+  readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy' | 'health'>;
   readonly reconciler: Pick<Reconciler, 'reconcileNow' | 'schedule' | 'scheduleRetry' | 'egressOf'>;
 }
 

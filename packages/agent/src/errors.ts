@@ -65,3 +65,15 @@ export class AgentNotReadyError extends AgentError {
   readonly code = 'KVNET_AGENT_NOT_READY';
   readonly kind = 'unavailable';
 }
+
+/** Another live agent holds the state dir (its lock names the pid). */
+export class StateDirLockedError extends AgentError {
+  readonly code = 'KVNET_STATE_DIR_LOCKED';
+  readonly kind = 'conflict';
+}
+
+/** `kvnet node rm` of a node whose agent still holds its record (without `--force`). */
+export class NodeAliveError extends AgentError {
+  readonly code = 'KVNET_NODE_ALIVE';
+  readonly kind = 'conflict';
+}
