@@ -11,6 +11,7 @@ import { unixRequest } from '../src/unix-http.ts';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSimNetwork, OUTSIDE_ADDRESS, type SimContainer, type SimNetwork } from '../../../test/support/sim-hosts.ts';
+import { startSimAgent, waitAgentReady } from '../../../test/support/docker-agents.ts';
 import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
 
 const MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
@@ -38,27 +39,12 @@ async function api(host: number, method: string, path: string, body?: unknown): 
 
 async function startAgent(i: number): Promise<ManagedProcess> {
   const host = sim!.hosts[i]!;
-  const p = startProcess(
-    `agent-${id}-h${i + 1}`,
-    'node',
-    [
-      '--import', 'tsx', MAIN, 'agent',
-      '--cluster-store', `local://${dir}/store.db`,
-      '--cluster-advertise', `${host.address}:2376`,
-      '--node-name', `h${i + 1}`,
-      '--state-dir', join(dir, `state-h${i + 1}`),
-      '--socket', sockets[i]!,
-      '--ttl', '3s',
-      '--name-prefix', `${id}${i + 1}`,
-      '--gateway-bridge', `${id}gw`,
-    ],
-    { netns: host.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}-${Date.now()}.log`) },
-  );
+  const p = startSimAgent({
+    id, dir, index: i, host, apiSocket: sockets[i]!, store: `local://${dir}/store.db`,
+    advertise: `${host.address}:2376`, ttl: '3s', gatewayBridge: `${id}gw`, metrics: true, logName: `agent-h${i + 1}-${Date.now()}.log`,
+  });
   agents[i] = p;
-  await waitFor(`h${i + 1} agent ready`, () => {
-    if (p.child.exitCode !== null) throw new Error(`agent exited: ${p.log().slice(-2000)}`);
-    return p.log().includes('"msg":"agent ready"');
-  }, 60_000, 100);
+  await waitAgentReady(p, 0, 60_000);
   return p;
 }
 

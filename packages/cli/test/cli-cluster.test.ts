@@ -7,7 +7,8 @@
 import test from 'ava';
 import { join } from 'node:path';
 import { createSimNetwork, type SimNetwork, type SimContainer } from '../../../test/support/sim-hosts.ts';
-import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
+import { startSimAgent, waitAgentReady } from '../../../test/support/docker-agents.ts';
+import { makeTempDir, removeTempDir, run, runId, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
 
 const MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
 const isRoot = process.getuid?.() === 0;
@@ -26,23 +27,7 @@ function kvnet(host: number, ...args: string[]) {
 }
 
 function startAgent(i: number): ManagedProcess {
-  const host = sim!.hosts[i]!;
-  const p = startProcess(
-    `agent-${id}-h${i + 1}`,
-    'node',
-    [
-      '--import', 'tsx', MAIN, 'agent',
-      '--cluster-store', `local://${dir}/store.db`,
-      '--cluster-advertise', 'eth0',
-      '--node-name', `h${i + 1}`,
-      '--state-dir', join(dir, `state-h${i + 1}`),
-      '--socket', sockets[i]!,
-      '--ttl', '3s',
-      '--name-prefix', `${id}${i + 1}`,
-      '--gateway-bridge', 'none',
-    ],
-    { netns: host.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}.log`) },
-  );
+  const p = startSimAgent({ id, dir, index: i, host: sim!.hosts[i]!, apiSocket: sockets[i]!, store: `local://${dir}/store.db`, ttl: '3s' });
   agents[i] = p;
   return p;
 }
@@ -53,7 +38,7 @@ test.before(async () => {
   sim = await createSimNetwork({ hosts: 2, prefix: id });
   for (let i = 0; i < 2; i++) sockets.push(join(dir, `h${i + 1}.sock`));
   for (let i = 0; i < 2; i++) startAgent(i);
-  for (const a of agents) await waitFor(`${a.name} ready`, () => a.log().includes('"msg":"agent ready"'), 60_000, 100);
+  for (const a of agents) await waitAgentReady(a, 0, 60_000);
   c1 = await sim.addContainer(sim.hosts[0]!, 'c1');
   c2 = await sim.addContainer(sim.hosts[1]!, 'c2');
 });
