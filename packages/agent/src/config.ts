@@ -17,6 +17,9 @@ export const DEFAULT_GATEWAY_BRIDGE = 'kvnet_gwbridge';
 export const DEFAULT_DOCKER_PLUGIN_SOCKET = '/run/docker/plugins/kvnet.sock';
 export const DEFAULT_DOCKER_SOCKET = '/var/run/docker.sock';
 export const NAME_PREFIX_PATTERN = /^[a-z0-9]{1,6}$/;
+/** Bounds of `--default-mtu` (the IPv4 minimum; the underlay check comes at start). */
+export const MIN_DEFAULT_MTU = 68;
+export const MAX_DEFAULT_MTU = 65535;
 export const NODE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
 export interface AgentConfig {
@@ -34,7 +37,16 @@ export interface AgentConfig {
   readonly namePrefix: string;
   /** Bridge name, or `none` for no egress. */
   readonly gatewayBridge: string;
+  /**
+   * `--vxlan-port`: the cluster's VXLAN UDP port. The first agent of a cluster records it (default 4789);
+   * an agent given another port than the recorded one refuses to start. Undefined: the recorded port.
+   */
   readonly vxlanPort?: number;
+  /**
+   * `--default-mtu`: MTU of networks this agent creates without `--mtu` (default: this host's underlay
+   * MTU − 50, or − 70 over an IPv6 underlay). Checked against the underlay at start.
+   */
+  readonly defaultMtu?: number;
   /** Unix socket of the Docker network + IPAM plugin, or `off` (default: off). */
   readonly dockerPlugin?: string;
   /** The local dockerd's Engine API socket (network names; mirroring kvnet networks into Docker), or `off`. */
@@ -45,6 +57,13 @@ export interface AgentConfig {
   readonly dockerDriverName?: string;
   /** How long a Docker endpoint dockerd does not list may live before it counts as stale (default 60 s). */
   readonly dockerStaleAfterMs?: number;
+}
+
+/** Parses an integer flag value (`--vxlan-port 4790`, `--default-mtu 1400`) in `min`…`max`; the message names flag and value. */
+export function parseIntegerFlag(flag: string, text: string, min: number, max: number, what: string): number {
+  const n = /^\d{1,6}$/.test(text.trim()) ? Number(text.trim()) : NaN;
+  if (!(n >= min && n <= max)) throw new InvalidConfigError(`invalid ${flag} "${text}": must be ${what} (${min}…${max})`);
+  return n;
 }
 
 /** Parses `10s`, `1m`, `1500ms` or a bare number of seconds into whole seconds. */
@@ -115,6 +134,12 @@ export function validateConfig(config: AgentConfig): void {
   }
   if (config.dockerSocket !== undefined && config.dockerSocket !== 'off' && !config.dockerSocket.startsWith('/')) {
     throw new InvalidConfigError(`invalid --docker-socket "${config.dockerSocket}": must be an absolute socket path or off`);
+  }
+  if (config.vxlanPort !== undefined && !(Number.isInteger(config.vxlanPort) && config.vxlanPort >= 1 && config.vxlanPort <= 65535)) {
+    throw new InvalidConfigError(`invalid --vxlan-port ${String(config.vxlanPort)}: must be a UDP port number (1…65535)`);
+  }
+  if (config.defaultMtu !== undefined && !(Number.isInteger(config.defaultMtu) && config.defaultMtu >= MIN_DEFAULT_MTU && config.defaultMtu <= MAX_DEFAULT_MTU)) {
+    throw new InvalidConfigError(`invalid --default-mtu ${String(config.defaultMtu)}: must be an integer MTU (${MIN_DEFAULT_MTU}…${MAX_DEFAULT_MTU})`);
   }
   if (config.dockerScope !== undefined && config.dockerScope !== 'local' && config.dockerScope !== 'global') {
     throw new InvalidConfigError(`invalid --docker-scope "${String(config.dockerScope)}": must be local or global`);

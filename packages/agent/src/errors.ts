@@ -65,3 +65,12 @@ export class AgentNotReadyError extends AgentError {
   readonly code = 'KVNET_AGENT_NOT_READY';
   readonly kind = 'unavailable';
 }
+
+/**
+ * This agent's settings disagree with what the cluster recorded (its `--vxlan-port` is not the
+ * cluster's port): it refuses to start rather than send traffic nobody receives.
+ */
+export class ClusterSettingMismatchError extends AgentError {
+  readonly code = 'KVNET_CLUSTER_SETTING_MISMATCH';
+  readonly kind = 'conflict';
+}
