@@ -607,7 +607,8 @@ export class Cluster {
   /** The global IPv6 addresses on `ifname` in a namespace (link-local ones left out). */
   async addresses6(ns: string, ifname: string): Promise<string[]> {
     const r = await run('ip', ['-n', ns, '-j', '-6', 'addr', 'show', 'dev', ifname, 'scope', 'global'], { allowFailure: true });
-    return parseJsonArray<{ addr_info?: { local: string }[] }>(r.stdout).flatMap((l) => (l.addr_info ?? []).map((a) => a.local));
+    // iproute2 prints `{}` in addr_info for each address the scope filter leaves out
+    return parseJsonArray<{ addr_info?: { local?: string }[] }>(r.stdout).flatMap((l) => (l.addr_info ?? []).flatMap((a) => (a.local ? [a.local] : [])));
   }
 
   /** The MTU of `ifname` in a namespace (undefined when there is no such interface). */
