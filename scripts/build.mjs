@@ -3,7 +3,8 @@
 // production runs plain JavaScript: no TypeScript loader in the process (it costs ~40 MiB of RSS and
 // start-up time). Registry dependencies stay external (native better-sqlite3, the store clients).
 // Also writes dist/kvnet, the launcher to run: node with a 1 MiB young-generation semi-space, which
-// keeps an agent's RSS ≈ 15–25 MiB lower at no measurable cost (an agent allocates little).
+// keeps an agent's RSS ≈ 15–25 MiB lower at no measurable cost (an agent allocates little). And
+// bundles the CNI plugin into dist/kvnet-cni (below).
 import { build } from 'esbuild';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -29,6 +30,23 @@ await build({
   // ESM output still meets CommonJS-only dependencies that call require().
   banner: { js: "import { createRequire as __kvnetRequire } from 'node:module'; const require = __kvnetRequire(import.meta.url);" },
 });
+// The CNI plugin (packages/cni): a runtime starts it once per call, so it is its own small bundle that
+// loads only the unix-socket client (Node built-ins only), never the agent. One extensionless file with a
+// shebang, installed as `kvnet` (scripts/install-cni.sh). Node runs an extensionless file as CommonJS, or
+// as ESM when the nearest package.json says "type": "module" (this repository's does), so the bundle is
+// CommonJS that also runs as ESM: its `require` falls back to process.getBuiltinModule (Node ≥ 20.16).
+const cniOut = join(dirname(out), 'kvnet-cni');
+await build({
+  entryPoints: [join(root, 'packages', 'cni', 'src', 'main.ts')],
+  outfile: cniOut,
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  logLevel: 'warning',
+  banner: { js: "#!/usr/bin/env node\nvar require = typeof require === 'function' ? require : process.getBuiltinModule;" },
+});
+chmodSync(cniOut, 0o755);
 /** Node flags the launcher (and the cluster benchmark) run the bundle with. */
 export const NODE_FLAGS = ['--max-semi-space-size=1'];
 const launcher = join(dirname(out), 'kvnet');
@@ -37,4 +55,4 @@ writeFileSync(
   `#!/bin/sh\n# kvnet, from the bundle next to this file (npm run build).\nexec node ${NODE_FLAGS.join(' ')} "$(dirname "$(readlink -f "$0")")/kvnet.mjs" "$@"\n`,
 );
 chmodSync(launcher, 0o755);
-process.stderr.write(`built ${out} and ${launcher}\n`);
+process.stderr.write(`built ${out}, ${launcher} and ${cniOut}\n`);

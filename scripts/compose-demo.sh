@@ -10,8 +10,11 @@
 #   --keep         leave the harness running afterwards (remove it with the `down` line printed)
 #   --build-only   build the images the backend needs, start nothing
 #
+# Compose: `docker compose` (Compose v2 or later, what `docker` has today; scripts/install-docker.sh
+# builds v5) when the docker CLI has it, else `docker-compose` (the retired Python 1.29, Debian's
+# package); KVNET_COMPOSE="docker-compose" (or "docker compose") picks one. The first step prints which.
 # Builds only what is missing: the agent image (deploy/Dockerfile) when the node image must be built and
-# the agent image is not there, then `docker-compose build` for the node and etcd/zookeeper images that
+# the agent image is not there, then `compose build` for the node and etcd/zookeeper images that
 # are not there. DOCKER_HOST selects the daemon; COMPOSE_PROJECT_NAME the project (default kvnet-demo);
 # image names come from KVNET_*_IMAGE (see docker-compose.yml). Prints PASS or FAIL and the time taken;
 # exits non-zero on FAIL. Tears the harness down (`down -v`: containers, network, the nodes' volumes)
@@ -42,10 +45,25 @@ case "$backend" in
   etcd) export KVNET_CLUSTER_STORE="etcd://etcd:2379/kvnet" ;;
   zookeeper) export KVNET_CLUSTER_STORE="zk://zookeeper:2181/kvnet" ;;
 esac
+# etcd and zookeeper are behind profiles of their names: with the profile active every command sees the
+# service (`docker compose down` leaves the containers of inactive profiles running; docker-compose 1.29
+# removed them anyway)
+[ "$backend" = consul ] || export COMPOSE_PROFILES="$backend"
+
+if [ -n "${KVNET_COMPOSE:-}" ]; then
+  read -r -a COMPOSE_CMD <<<"$KVNET_COMPOSE"
+elif docker compose version >/dev/null 2>&1; then
+  COMPOSE_CMD=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  COMPOSE_CMD=(docker-compose)
+else
+  echo "compose-demo: neither \`docker compose\` (Compose v2+) nor docker-compose is installed (scripts/setup.sh installs both)" >&2
+  exit 2
+fi
 
 started=$(date +%s)
 step() { printf '\n== [%3ss] %s\n' "$(($(date +%s) - started))" "$*"; }
-compose() { docker-compose --project-directory "$REPO" "$@"; }
+compose() { "${COMPOSE_CMD[@]}" --project-directory "$REPO" "$@"; }
 on() { local node="$1"; shift; compose exec -T "$node" "$@"; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 # retry "what" cmd…: runs cmd every second until it succeeds, for at most READY_TIMEOUT_S
@@ -69,9 +87,9 @@ finish() {
   fi
   if [ "$up" = 1 ]; then
     if [ "$keep" = 1 ]; then
-      echo "kept running; remove with: COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME docker-compose -f $COMPOSE_FILE down -v"
+      echo "kept running; remove with: COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME ${COMPOSE_CMD[*]} -f $COMPOSE_FILE down -v"
     else
-      step "tear down (docker-compose down -v)"
+      step "tear down (${COMPOSE_CMD[*]} down -v)"
       compose down -v --remove-orphans --timeout 20 || code=1
     fi
   fi
@@ -87,6 +105,7 @@ trap 'exit 130' INT TERM
 
 # ---- images: only what is missing
 step "images (backend $backend)"
+echo "compose: ${COMPOSE_CMD[*]} ($("${COMPOSE_CMD[@]}" version 2>&1 | sed -n 1p))"
 if [ "$offline" = 1 ]; then
   eval "$(bash "$REPO/deploy/compose/prepare-images.sh")"
 fi
@@ -105,7 +124,7 @@ case "$backend" in
   zookeeper) have_image "${KVNET_ZOOKEEPER_IMAGE:-kvnet/compose-zookeeper:3.8}" || to_build+=(zookeeper) ;;
 esac
 if [ "${#to_build[@]}" -gt 0 ]; then
-  echo "docker-compose build ${to_build[*]}"
+  echo "${COMPOSE_CMD[*]} build ${to_build[*]}"
   compose build "${to_build[@]}"
 else
   echo "all images present ($NODE_IMAGE, the $backend image)"
@@ -113,7 +132,7 @@ fi
 [ "$build_only" = 1 ] && exit 0
 
 # ---- the harness
-step "docker-compose up -d $backend ${NODES[*]}"
+step "${COMPOSE_CMD[*]} up -d $backend ${NODES[*]}"
 up=1
 compose up -d --no-build "$backend" "${NODES[@]}"
 
@@ -125,6 +144,7 @@ three_nodes() {
 }
 for n in "${NODES[@]}"; do retry "$n lists node1, node2 and node3" three_nodes "$n"; done
 on node1 kvnet node ls --format json; echo
+for n in "${NODES[@]}"; do on "$n" docker version --format "$n runs Docker {{.Server.Version}}"; done
 
 step "node1: docker network create -d kvnet --ipam-driver kvnet --subnet $DEMO_SUBNET $DEMO_NETWORK"
 on node1 docker network create -d kvnet --ipam-driver kvnet --subnet "$DEMO_SUBNET" "$DEMO_NETWORK"

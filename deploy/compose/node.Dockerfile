@@ -2,14 +2,24 @@
 # dockerd's network + IPAM plugin. Built FROM the agent image (deploy/Dockerfile), so the agent is the
 # exact one users run; this adds Docker itself and a static busybox for the demo's containers.
 ARG AGENT_IMAGE=kvnet/agent:0.1.0
+# Docker Engine 28.5.2 (dockerd, docker-proxy, the docker CLI): the official image keeps its static
+# binaries in /usr/local/bin; offline, deploy/compose/prepare-images.sh makes a stand-in holding the
+# ones scripts/install-docker.sh built, at the same paths.
+ARG DOCKER_IMAGE=docker:28.5.2-dind
+FROM ${DOCKER_IMAGE} AS docker-engine
+
 FROM ${AGENT_IMAGE}
-# docker.io pulls in containerd, runc and iptables; busybox-static becomes the image the demo runs
-# (imported inside the node at start: no registry is needed); iputils-ping for debugging from the node.
+# Debian's containerd (1.6) and runc (1.1.5), which Docker 28 runs on; iptables for dockerd; tini for
+# docker-init; busybox-static becomes the image the demo runs (imported inside the node at start: no
+# registry is needed).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends docker.io busybox-static ca-certificates \
+ && apt-get install -y --no-install-recommends containerd runc iptables tini busybox-static ca-certificates \
  && rm -rf /var/lib/apt/lists/*
+COPY --from=docker-engine /usr/local/bin/dockerd /usr/local/bin/docker-proxy /usr/local/bin/docker /usr/local/bin/
 COPY deploy/compose/node-entrypoint.sh /usr/local/bin/kvnet-node
-RUN chmod 0755 /usr/local/bin/kvnet-node
+RUN ln -sf /usr/bin/tini-static /usr/local/bin/docker-init \
+ && chmod 0755 /usr/local/bin/kvnet-node \
+ && dockerd --version && docker --version
 # the inner dockerd's images and containers: a volume, so they live outside the node's own layers
 VOLUME ["/var/lib/docker"]
 ENTRYPOINT ["/usr/local/bin/kvnet-node"]

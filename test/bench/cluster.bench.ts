@@ -23,6 +23,7 @@ import { spawn } from 'node:child_process';
 import { Cluster, sleep, type ClusterBackend, type ClusterHost, type Container, type Endpoint, type Network } from '../support/cluster.ts';
 import { join } from 'node:path';
 import { REPO_ROOT, run, waitFor } from '../support/process.ts';
+import { printRows, runBench } from './report.ts';
 
 const DEFAULT_BACKENDS: ClusterBackend[] = ['local', 'etcd'];
 const DEFAULT_HOSTS = [3, 10];
@@ -213,22 +214,15 @@ async function main(): Promise<void> {
       progress(JSON.stringify(row));
     }
   }
-  if (options.json) {
-    for (const r of results) process.stdout.write(`${JSON.stringify(r)}\n`);
-    return;
-  }
-  const cols = ['backend', 'hosts', 'net_visible_p50_ms', 'net_visible_p99_ms', 'ep_reachable_p50_ms', 'ep_reachable_p99_ms', 'agent_rss_mib'];
-  const lines = [
-    `cluster: simulated hosts with one agent each; ${options.reps} samples per figure after a warm-up (nearest-rank percentiles)`,
-    cols.map((c) => c.padStart(c === 'backend' ? 10 : 21)).join(''),
-    ...results.map((r) => cols.map((c) => String(r[c]).padStart(c === 'backend' ? 10 : 21)).join('')),
-    '(net_visible: network create returned → listed by every agent; ep_reachable: connect returned → pingable from every other host;',
-    ' agent_rss_mib: largest agent RSS at the end. Targets at 10 hosts: 100 ms, 200 ms p99, 100 MiB.)',
-  ];
-  process.stdout.write(`${lines.join('\n')}\n`);
+  printRows(results, options.json, {
+    title: `cluster: simulated hosts with one agent each; ${options.reps} samples per figure after a warm-up (nearest-rank percentiles)`,
+    columns: ['backend', 'hosts', 'net_visible_p50_ms', 'net_visible_p99_ms', 'ep_reachable_p50_ms', 'ep_reachable_p99_ms', 'agent_rss_mib'],
+    width: (c) => (c === 'backend' ? 10 : 21),
+    notes: [
+      '(net_visible: network create returned → listed by every agent; ep_reachable: connect returned → pingable from every other host;',
+      ' agent_rss_mib: largest agent RSS at the end. Targets at 10 hosts: 100 ms, 200 ms p99, 100 MiB.)',
+    ],
+  });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exitCode = 1;
-});
+runBench(main);

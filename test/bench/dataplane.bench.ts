@@ -14,6 +14,7 @@
  * Prints a table, or with --json one object per N on stdout and nothing else (progress goes to stderr).
  */
 
+import { printRows, runBench } from './report.ts';
 import { execFileSync } from 'node:child_process';
 import { runId } from '../support/process.ts';
 import { createSimNetwork, type SimContainer } from '../support/sim-hosts.ts';
@@ -155,24 +156,16 @@ async function main(): Promise<void> {
     await sim.destroy();
   }
 
-  if (options.json) {
-    for (const r of results) process.stdout.write(`${JSON.stringify({ suite: 'dataplane', ...r })}\n`);
-    return;
-  }
   const kernel = execFileSync('uname', ['-r'], { encoding: 'utf8', timeout: 5000 }).trim();
   const iproute = execFileSync('ip', ['-V'], { encoding: 'utf8', timeout: 5000 }).trim();
-  const cols = ['family', 'peers', 'program_ms', 'remove_ms', 'attach_ms', 'add_one_ms', 'noop_ms', 'read_ms'];
-  const lines = [
-    `dataplane: one overlay namespace, medians of ${options.reps} after a warm-up (kernel ${kernel}, ${iproute})`,
-    cols.map((c) => c.padStart(11)).join(''),
-    ...results.map((r) => cols.map((c) => String(r[c]).padStart(11)).join('')),
-    '(program/remove: 0 ↔ N remote peers; attach: one endpoint with N peers present; add_one: one more peer; noop: apply with no change; read: readState;',
-    ' ipv4: ARP entries in an IPv4 network, ipv6: NDP entries in an IPv6-only network, one FDB entry per peer in both)',
-  ];
-  process.stdout.write(`${lines.join('\n')}\n`);
+  printRows(results.map((r) => ({ suite: 'dataplane', ...r })), options.json, {
+    title: `dataplane: one overlay namespace, medians of ${options.reps} after a warm-up (kernel ${kernel}, ${iproute})`,
+    columns: ['family', 'peers', 'program_ms', 'remove_ms', 'attach_ms', 'add_one_ms', 'noop_ms', 'read_ms'],
+    notes: [
+      '(program/remove: 0 ↔ N remote peers; attach: one endpoint with N peers present; add_one: one more peer; noop: apply with no change; read: readState;',
+      ' ipv4: ARP entries in an IPv4 network, ipv6: NDP entries in an IPv6-only network, one FDB entry per peer in both)',
+    ],
+  });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -22,6 +22,7 @@ import { encodeText, openStore, type KVStore, type StoreBackendName } from '../.
 import { Ipam } from '../../packages/ipam/src/index.ts';
 import { startServer, type KvServer } from '../support/kv-servers.ts';
 import { makeTempDir, removeTempDir } from '../support/process.ts';
+import { printRows, runBench } from './report.ts';
 
 const ALL_BACKENDS: StoreBackendName[] = ['local', 'etcd', 'consul', 'zookeeper'];
 const DEFAULT_ALLOCATORS = [1, 4, 16];
@@ -229,23 +230,16 @@ async function main(): Promise<void> {
       await backend.dispose();
     }
   }
-  if (o.json) {
-    for (const r of rows) process.stdout.write(`${JSON.stringify(r)}\n`);
-    return;
-  }
-  const cols = ['backend', 'mode', 'allocators', 'family', 'alloc_per_s', 'alloc_p50_ms', 'alloc_p99_ms', 'retries_per_alloc', 'raw_cas_per_s', 'raw_cas_16_per_s', 'alloc_vs_raw_cas', 'ipv4_over_this'];
-  const lines = [
-    `ipam: ${o.count} dynamic allocations per case in one IPv4 /16 or IPv6 /64, medians of ${o.reps} after a warm-up`,
-    cols.map((c) => c.padStart(c.length > 12 ? c.length + 1 : 13)).join(''),
-    ...rows.map((r) => cols.map((c) => String(r[c] ?? '').padStart(c.length > 12 ? c.length + 1 : 13)).join('')),
-    '(agents: N allocators, each its own store client and Ipam; batched: N concurrent callers on one Ipam.',
-    ' raw_cas_per_s: one client, CAS on one key with the revision of its previous write; raw_cas_16_per_s: 16 clients, get + putIf on that key;',
-    ' ipv4_over_this: IPv4 rate / IPv6 rate of the same case, ≤ 1.2 is the target)',
-  ];
-  process.stdout.write(`${lines.join('\n')}\n`);
+  printRows(rows, o.json, {
+    title: `ipam: ${o.count} dynamic allocations per case in one IPv4 /16 or IPv6 /64, medians of ${o.reps} after a warm-up`,
+    columns: ['backend', 'mode', 'allocators', 'family', 'alloc_per_s', 'alloc_p50_ms', 'alloc_p99_ms', 'retries_per_alloc', 'raw_cas_per_s', 'raw_cas_16_per_s', 'alloc_vs_raw_cas', 'ipv4_over_this'],
+    width: (c) => (c.length > 12 ? c.length + 1 : 13),
+    notes: [
+      '(agents: N allocators, each its own store client and Ipam; batched: N concurrent callers on one Ipam.',
+      ' raw_cas_per_s: one client, CAS on one key with the revision of its previous write; raw_cas_16_per_s: 16 clients, get + putIf on that key;',
+      ' ipv4_over_this: IPv4 rate / IPv6 rate of the same case, ≤ 1.2 is the target)',
+    ],
+  });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { makeTempDir, runId } from '../support/process.ts';
 import { consulBinary, startServer, type KvServer } from '../support/kv-servers.ts';
 import { decodeText, encodeText, openStore, type KVStore } from '../../packages/store/src/index.ts';
+import { runBench } from './report.ts';
 
 type Backend = 'local' | 'etcd' | 'consul' | 'zookeeper';
 const ALL: Backend[] = ['local', 'etcd', 'consul', 'zookeeper'];
@@ -195,7 +196,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench store failed: ${err instanceof Error ? err.stack : String(err)}\n`);
-  process.exit(1);
-});
+runBench(main);

@@ -1,5 +1,6 @@
 /**
- * Issue 6, scenario 6 — Docker's "global" scope: two dockerds started with `--cluster-store` on one etcd
+ * Issue 6, scenario 6 — Docker's "global" scope: two dockerds 20.10 (Debian's docker.io, the last release
+ * that has `--cluster-store`; Docker 23 and later refuse the flag) started with `--cluster-store` on one etcd
  * (v2 API, what dockerd 20.10's libkv speaks) and a real `kvnet agent --docker-plugin --docker-scope
  * global` beside each, the agents sharing the same etcd through its v3 API under a per-run prefix.
  *
@@ -32,7 +33,9 @@ const WAIT_MS = 120_000;
 
 const agentHasGlobalScope = await agentHasFlags('--docker-plugin', '--docker-scope');
 const etcdInstalled = (await run('sh', ['-c', 'command -v etcd'], { allowFailure: true })).code === 0;
-const usable = agentHasGlobalScope && etcdInstalled && (await canRunDockerd());
+/** The only engine with `--cluster-store` (docker-engines.ts). */
+const ENGINE = '20.10';
+const usable = agentHasGlobalScope && etcdInstalled && (await canRunDockerd(ENGINE));
 // Never skipped: on a machine without what this needs, every test fails with the reason.
 const rt = test.serial;
 
@@ -122,7 +125,7 @@ test.before(async () => {
   await attachNamespace(sim, `${id}kv`, 'pkv', ETCD_ADDRESS);
   etcd = await startServer('etcd', { enableV2: true, netns: `${id}kv`, host: ETCD_ADDRESS });
   for (const [i, h] of sim.hosts.entries()) {
-    const d = await startDockerd({ host: h, runId: id, extraArgs: ['--cluster-store', `etcd://${ETCD_ADDRESS}:${etcd.port}`, '--cluster-advertise', DOCKER_ADVERTISE] });
+    const d = await startDockerd({ host: h, runId: id, engine: ENGINE, extraArgs: ['--cluster-store', `etcd://${ETCD_ADDRESS}:${etcd.port}`, '--cluster-advertise', DOCKER_ADVERTISE] });
     dockerds.push(d);
     sockets.push(join(dir, `h${i + 1}.sock`));
     agents.push(startAgent(i));

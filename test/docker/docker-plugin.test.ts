@@ -1,8 +1,8 @@
 /**
- * The kvnet Docker plugin against a real dockerd 20.10 on a simulated host: `docker network create -d
- * kvnet --ipam-driver kvnet …`, `docker run` on it, the container's address, MAC and MTU, pings over
- * the overlay, and clean removal — the store, IPAM and kernel end up empty. Needs root, dockerd and
- * busybox-static; the tests fail with the reason otherwise.
+ * The kvnet Docker plugin against a real dockerd (28.5.2, the default engine) on a simulated host:
+ * `docker network create -d kvnet --ipam-driver kvnet …`, `docker run` on it, the container's address,
+ * MAC and MTU, pings over the overlay, and clean removal — the store, IPAM and kernel end up empty.
+ * Needs root, dockerd and busybox-static; the tests fail with the reason otherwise.
  *
  * The agents run in this test process (test/support/test-agent.ts: the composition root `kvnet agent`
  * runs, started in-process so the test can reach its parts): the embedded store, the real IPAM, the

@@ -1,5 +1,6 @@
 /**
- * A per-run "build" dockerd for the deployment tests: in the root network namespace, so `docker build
+ * A per-run "build" dockerd for the deployment tests (Docker 28.5.2 unless `engine` says otherwise,
+ * docker-engines.ts): in the root network namespace, so `docker build
  * --network host` reaches Debian's mirror and the npm registry, and in a private mount namespace with its
  * own data and exec roots; it creates no bridge and no iptables rules. `stop()` stops it and kills what a
  * killed build leaves (containerd, the shims of a build step), found by its exec root, which is unique
@@ -9,6 +10,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { run, startProcess, waitFor, type ManagedProcess, type RunResult } from './process.ts';
+import { dockerEngine, engineMissing, enginePath, type DockerEngine, type DockerEngineName } from './docker-engines.ts';
 
 const READY_TIMEOUT_MS = 90_000;
 const COMMAND_TIMEOUT_MS = 900_000;
@@ -17,7 +19,9 @@ const STOP_GRACE_MS = 20_000;
 export interface BuildDaemon {
   readonly proc: ManagedProcess;
   readonly socket: string;
-  /** The docker CLI against it; resolves whatever the exit code. */
+  /** The engine it runs; `engine.cli` is the CLI that fits it. */
+  readonly engine: DockerEngine;
+  /** The engine's docker CLI against it; resolves whatever the exit code. */
   docker(...args: string[]): Promise<RunResult>;
   stop(): Promise<void>;
 }
@@ -36,21 +40,25 @@ function killLeftovers(execRoot: string): void {
 }
 
 /** Starts the build daemon under `dir/builder`; resolves once it answers. */
-export async function startBuildDaemon(dir: string, name: string): Promise<BuildDaemon> {
+export async function startBuildDaemon(dir: string, name: string, engineName?: DockerEngineName): Promise<BuildDaemon> {
+  const engine = dockerEngine(engineName);
+  const missing = engineMissing(engine);
+  if (missing) throw new Error(`cannot start the build dockerd: ${missing}`);
   const b = join(dir, 'builder');
   const execRoot = join(b, 'exec');
   for (const p of ['data', 'exec']) mkdirSync(join(b, p), { recursive: true });
   const socket = join(b, 'docker.sock');
-  const proc = startProcess(name, 'unshare', ['--mount', '--propagation', 'private', 'dockerd',
+  const proc = startProcess(name, 'unshare', ['--mount', '--propagation', 'private', engine.dockerd,
     '--data-root', join(b, 'data'), '--exec-root', execRoot, '-H', `unix://${socket}`, '-p', join(b, 'docker.pid'),
-    '--bridge', 'none', '--iptables=false', '--ip-masq=false', '--log-level', 'warn'], { logFile: join(dir, 'builder.log') });
+    '--bridge', 'none', '--iptables=false', '--ip-masq=false', '--log-level', 'warn'], { logFile: join(dir, 'builder.log'), env: { ...process.env, PATH: enginePath(engine) } });
   // before process.ts's own exit hook, which SIGKILLs dockerd and deletes the temp dir
   process.prependListener('exit', () => killLeftovers(execRoot));
-  const docker = (...args: string[]): Promise<RunResult> => run('docker', ['-H', `unix://${socket}`, ...args], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
+  const docker = (...args: string[]): Promise<RunResult> => run(engine.cli, ['-H', `unix://${socket}`, ...args], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
   let stopped = false;
   const daemon: BuildDaemon = {
     proc,
     socket,
+    engine,
     docker,
     async stop() {
       if (stopped) return;

@@ -1,14 +1,16 @@
 /**
- * A real dockerd (Debian's docker.io 20.10) on a simulated host, as shared/docs/environment.md
- * describes: in the host's network namespace plus its own UTS and mount namespaces
- * (`nsenter --net=/run/netns/H unshare --uts --mount`; `ip netns exec` would remount /sys and break
- * dockerd's cgroup setup), with a per-host directory bind-mounted over /run/docker/plugins inside that
- * mount namespace — so a plugin socket created in `pluginDir` is seen by this dockerd only — and its
- * own data root, exec root, API socket and pid file in a per-run temp dir. A busybox image (from
- * busybox-static, no registry) is imported as {@link Dockerd.image}.
+ * A real dockerd on a simulated host, as shared/docs/environment.md describes: in the host's network
+ * namespace plus its own UTS and mount namespaces (`nsenter --net=/run/netns/H unshare --uts --mount`;
+ * `ip netns exec` would remount /sys and break dockerd's cgroup setup), with a per-host directory
+ * bind-mounted over /run/docker/plugins inside that mount namespace — so a plugin socket created in
+ * `pluginDir` is seen by this dockerd only — and its own data root, exec root, API socket and pid file in
+ * a per-run temp dir. A busybox image (from busybox-static, no registry) is imported as {@link Dockerd.image}.
+ *
+ * The engine is Docker 28.5.2 unless `engine` says otherwise (see docker-engines.ts: 28.5.2, 29.8.1 or
+ * Debian's 20.10); {@link Dockerd.docker} runs the CLI that fits it.
  *
  * ```ts
- * const d = await startDockerd({ host: sim.hosts[0], runId: id });
+ * const d = await startDockerd({ host: sim.hosts[0], runId: id });           // engine: '28.5.2'
  * await writePluginSocketIn(d.pluginDir);            // e.g. DockerPluginServer({ socketPath: join(d.pluginDir, 'kvnet.sock') })
  * await d.docker('run', '--rm', '--network', 'none', d.image, 'true');
  * await d.stop();                                    // containers removed, dockerd stopped, files removed
@@ -21,6 +23,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, copyFile
 import { basename, join } from 'node:path';
 import { makeTempDir, removeTempDir, run, startProcess, waitFor, type ManagedProcess, type RunResult } from './process.ts';
 import type { SimHost } from './sim-hosts.ts';
+import { dockerEngine, engineMissing, enginePath, type DockerEngine, type DockerEngineName } from './docker-engines.ts';
 
 const DOCKER_PLUGIN_DIR = '/run/docker/plugins';
 const BUSYBOX = '/bin/busybox';
@@ -99,17 +102,35 @@ function installExitHook(): void {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.prependOnceListener(sig, sweep);
 }
 
-/** True when this machine can run the real-dockerd tests (root, dockerd, docker CLI, static busybox). */
-export async function canRunDockerd(): Promise<boolean> {
-  if (process.getuid?.() !== 0) return false;
-  const r = await run('sh', ['-c', 'command -v dockerd && command -v docker && command -v containerd && command -v runc'], { allowFailure: true });
-  if (r.code !== 0 || !existsSync(BUSYBOX)) return false;
+/**
+ * Why this machine cannot run real-dockerd tests on `engine` ("" when it can): root, the engine's
+ * binaries, containerd, runc and a static busybox.
+ */
+export async function dockerdUnusable(engine: DockerEngineName = dockerEngine().name): Promise<string> {
+  if (process.getuid?.() !== 0) return 'the Docker tests need root';
+  const missing = engineMissing(dockerEngine(engine));
+  if (missing) return missing;
+  const r = await run('sh', ['-c', 'command -v containerd && command -v runc'], { allowFailure: true });
+  if (r.code !== 0) return 'containerd and runc are needed (Debian packages containerd, runc; scripts/setup.sh)';
+  if (!existsSync(BUSYBOX)) return `${BUSYBOX} is needed (Debian package busybox-static)`;
   const file = await run('sh', ['-c', `ldd ${BUSYBOX} 2>&1`], { allowFailure: true });
-  return /not a dynamic executable|statically linked/.test(file.stdout);
+  return /not a dynamic executable|statically linked/.test(file.stdout) ? '' : `${BUSYBOX} is not statically linked`;
+}
+
+/**
+ * True when this machine can run the real-dockerd tests on `engine` (default: the default engine);
+ * when it cannot, the reason goes to stderr.
+ */
+export async function canRunDockerd(engine?: DockerEngineName): Promise<boolean> {
+  const why = await dockerdUnusable(engine);
+  if (why) console.error(`cannot run dockerd: ${why}`);
+  return !why;
 }
 
 export interface Dockerd {
   readonly host: SimHost;
+  /** The engine this dockerd runs (its binaries, and the CLI {@link docker} uses). */
+  readonly engine: DockerEngine;
   /** Per-host directory mounted over /run/docker/plugins inside this dockerd's mount namespace. */
   readonly pluginDir: string;
   /** The Engine API socket (reachable from the test process). */
@@ -117,7 +138,7 @@ export interface Dockerd {
   /** The busybox image, `kvnetbb:<run id>`. */
   readonly image: string;
   readonly process: ManagedProcess;
-  /** Runs the docker CLI against this daemon; resolves with the result whatever the exit code. */
+  /** Runs the engine's docker CLI against this daemon; resolves with the result whatever the exit code. */
   docker(...args: string[]): Promise<RunResult>;
   /** Like {@link docker} but rejects on a non-zero exit, with stderr in the message. */
   dockerOk(...args: string[]): Promise<string>;
@@ -138,6 +159,16 @@ export interface Dockerd {
 export async function startDockerd(opts: {
   host: SimHost;
   runId: string;
+  /** Which Docker Engine (docker-engines.ts); default 28.5.2, or `KVNET_DOCKER_ENGINE`. */
+  engine?: DockerEngineName;
+  /**
+   * Mount a sysfs of the host's own network namespace over /sys inside dockerd's mount namespace
+   * (cgroups put back on top). Without it dockerd sees the root namespace's /sys/class/net, cannot
+   * find its bridges' port state files and sleeps on every bridge endpoint (docker_gwbridge too) —
+   * an artefact of simulated hosts a real host does not have. For benchmarks that time bridge
+   * endpoints; default false.
+   */
+  ownSysfs?: boolean;
   /** More dockerd flags, e.g. `--cluster-store etcd://198.19.0.1:2379 --cluster-advertise eth0:2376`. */
   extraArgs?: readonly string[];
   /**
@@ -147,6 +178,9 @@ export async function startDockerd(opts: {
   setup?: string;
 }): Promise<Dockerd> {
   const { host, runId } = opts;
+  const engine = dockerEngine(opts.engine);
+  const missing = engineMissing(engine);
+  if (missing) throw new Error(`cannot start dockerd on ${host.name}: ${missing}`);
   const quote = (a: string): string => `'${a.replaceAll("'", "'\\''")}'`;
   const dir = makeTempDir(`dockerd-${runId}-${host.name}`);
   const paths = {
@@ -156,14 +190,21 @@ export async function startDockerd(opts: {
     rootfs: join(dir, 'rootfs'),
     socket: join(dir, 'docker.sock'),
     pid: join(dir, 'docker.pid'),
+    cgroup: join(dir, 'cgroup'),
   };
   for (const p of [paths.data, paths.exec, paths.plugins, join(paths.rootfs, 'bin'), DOCKER_PLUGIN_DIR]) mkdirSync(p, { recursive: true });
   const hostname = `${host.name}`;
+  // cgroups are kept aside by a bind mount and moved back on top of the new sysfs
+  const ownSysfs = opts.ownSysfs
+    ? [`mkdir -p ${paths.cgroup}`, `mount --rbind /sys/fs/cgroup ${paths.cgroup}`, 'mount -t sysfs sysfs /sys', `mount --move ${paths.cgroup} /sys/fs/cgroup`]
+    : [];
   const script = [
     `hostname ${hostname}`,
     `mount --bind ${paths.plugins} ${DOCKER_PLUGIN_DIR}`,
+    ...ownSysfs,
     ...(opts.setup ? [`{ ${opts.setup}; }`] : []),
-    `exec dockerd --data-root ${paths.data} --exec-root ${paths.exec} -H unix://${paths.socket} -p ${paths.pid} --bridge none --log-level info${(opts.extraArgs ?? []).map((a) => ` ${quote(a)}`).join('')}`,
+    `export PATH=${quote(enginePath(engine))}`,
+    `exec ${quote(engine.dockerd)} --data-root ${paths.data} --exec-root ${paths.exec} -H unix://${paths.socket} -p ${paths.pid} --bridge none --log-level info${(opts.extraArgs ?? []).map((a) => ` ${quote(a)}`).join('')}`,
   ].join(' && ');
   let restarts = 0;
   const launch = (): ManagedProcess =>
@@ -174,7 +215,7 @@ export async function startDockerd(opts: {
   installExitHook();
   liveExecRoots.add(paths.exec);
   const image = `kvnetbb:${runId}`;
-  const docker = (...args: string[]): Promise<RunResult> => run('docker', ['-H', `unix://${paths.socket}`, ...args], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
+  const docker = (...args: string[]): Promise<RunResult> => run(engine.cli, ['-H', `unix://${paths.socket}`, ...args], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
   const dockerOk = async (...args: string[]): Promise<string> => {
     const r = await docker(...args);
     if (r.code !== 0) throw new Error(`docker ${args.join(' ')} on ${host.name} exited ${r.code}: ${r.stderr.trim() || r.stdout.trim()}`);
@@ -183,6 +224,7 @@ export async function startDockerd(opts: {
   let stopped = false;
   const d: Dockerd = {
     host,
+    engine,
     pluginDir: paths.plugins,
     socket: paths.socket,
     image,
@@ -236,7 +278,7 @@ export async function startDockerd(opts: {
     await waitReady();
     copyFileSync(BUSYBOX, join(paths.rootfs, 'bin', 'busybox'));
     for (const a of BUSYBOX_APPLETS) symlinkSync('busybox', join(paths.rootfs, 'bin', a));
-    const r = await run('sh', ['-c', `tar -C ${paths.rootfs} -c . | docker -H unix://${paths.socket} import - ${image}`], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
+    const r = await run('sh', ['-c', `tar -C ${paths.rootfs} -c . | ${quote(engine.cli)} -H unix://${paths.socket} import - ${image}`], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS });
     if (r.code !== 0) throw new Error(`importing busybox into dockerd on ${host.name} failed: ${r.stderr}`);
     return d;
   } catch (err) {

@@ -6,6 +6,7 @@
  * process exits.
  */
 
+import type { TestFn } from 'ava';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort, makeTempDir, removeTempDir, startProcess, waitFor, waitForPort, run, type ManagedProcess } from './process.ts';
@@ -295,4 +296,40 @@ async function startZookeeper(options: ServerOptions): Promise<KvServer> {
     }),
     'zk',
   );
+}
+
+/**
+ * Starts a real server of `backend` before the file's first test and removes it (data included)
+ * after its last, also when a test fails. The returned handle stands for that server; using it
+ * before the file's `before` hooks have run is a bug in the test and throws.
+ */
+export function useKvServer(test: TestFn, backend: ServerBackend): KvServer {
+  let started: KvServer | undefined;
+  test.before(async () => {
+    started = await startServer(backend);
+  });
+  test.after.always(async () => {
+    await started?.dispose();
+  });
+  const live = (): KvServer => {
+    if (!started) throw new Error(`the ${backend} test server is used before it was started`);
+    return started;
+  };
+  return {
+    backend,
+    get host() {
+      return live().host;
+    },
+    get port() {
+      return live().port;
+    },
+    url: (prefix) => live().url(prefix),
+    stop: () => live().stop(),
+    start: () => live().start(),
+    kill: () => live().kill(),
+    pause: () => live().pause(),
+    resume: () => live().resume(),
+    dispose: () => live().dispose(),
+    log: () => started?.log() ?? '',
+  };
 }

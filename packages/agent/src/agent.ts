@@ -17,6 +17,7 @@ import { Dataplane, readUnderlay, type UnderlayInfo } from '@kvnet/dataplane';
 import { Ipam } from '@kvnet/ipam';
 import { openStore, parseStoreOpts, sleep, type KVStore } from '@kvnet/store';
 import { startApi } from './api/index.ts';
+import { startCni } from './cni/index.ts';
 import { ClusterMirror } from './cluster-mirror.ts';
 import { settleVxlanPort } from './cluster-settings.ts';
 import type { ClusterView } from './cluster-view.ts';
@@ -193,6 +194,7 @@ export class Agent implements StatusSource {
         this.dockerFace = await startDocker(ctx, this.deps.dockerEngine ? { engine: this.deps.dockerEngine } : {});
         this.faces.push(this.dockerFace);
       }
+      this.faces.push(await startCni(ctx));
       if (config.metricsAddr !== 'off') this.metricsServer = await startMetricsServer(config.metricsAddr, metrics, this);
       this.stopJanitor = startJanitorLoop({ janitor: new Janitor({ store, ipam, logger: logger.child({ component: 'janitor' }) }), self: node.name, view: () => cluster.view(), storeHealthy: () => cluster.storeHealthy, metrics, logger });
       this.ready = true;

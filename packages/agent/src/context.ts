@@ -45,7 +45,7 @@ export interface CoreContext {
   readonly records: Records;
   readonly node: NodeIdentity;
   readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy'>;
-  readonly reconciler: Pick<Reconciler, 'reconcileNow' | 'schedule' | 'scheduleRetry'>;
+  readonly reconciler: Pick<Reconciler, 'reconcileNow' | 'schedule' | 'scheduleRetry' | 'egressOf'>;
   /** This host's data path as settled at start: the cluster's VXLAN port, the underlay, the default network MTU. */
   readonly datapath: DatapathSettings;
 }

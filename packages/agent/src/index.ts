@@ -19,3 +19,4 @@ export { computeDesiredState } from './desired-state.ts';
 export { chooseReaper, DeadNodeTracker } from './reaper.ts';
 export { DockerDriver, DockerEngine, DockerPluginServer, KVNET_ADDRESS_SPACE, StoreDockerBackend, type DockerBackend, type DockerFace } from './docker/index.ts';
 export { listenUnix, socketAnswers, unixRequest, UnixHttpError, MAX_BODY_BYTES } from './unix-http.ts';
+export { CniAttachments, HOST_ROUTE_PROTO, startCni, type CniAttachmentView, type CniGcResult, type CniNetworkInfo, type SandboxInterface, type SandboxRoute, type SandboxState } from './cni/index.ts';

@@ -125,6 +125,22 @@ export interface EndpointRecord {
    */
   vtep?: string;
   createdAt: string;
+  /** Endpoints made by the CNI plugin: the attachment that owns them (see {@link CniAttachmentRef}). */
+  cni?: CniAttachmentRef;
+}
+
+/**
+ * The CNI attachment an endpoint was made for: what DEL, CHECK and GC find it again by. The CNI spec
+ * keys an attachment by (network configuration name, `CNI_CONTAINERID`, `CNI_IFNAME`); the kvnet
+ * network is the endpoint's own, and the node is the endpoint's `node`.
+ */
+export interface CniAttachmentRef {
+  /** `CNI_CONTAINERID`. */
+  containerId: string;
+  /** `CNI_IFNAME`: the interface inside the container. */
+  ifname: string;
+  /** The CNI network configuration's `name` (a GC for that configuration touches only its own attachments). */
+  netconf: string;
 }
 
 export interface NodeRecord {

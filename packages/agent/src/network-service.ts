@@ -23,7 +23,7 @@ import type { ConnectInput, CreateNetworkInput } from './api/schemas.ts';
 import { allEndpoints } from './cluster-view.ts';
 import type { CoreContext } from './context.ts';
 import { InvalidInputError, NameConflictError, NetworkInUseError, NotFoundError, PlumbingError } from './errors.ts';
-import { decodeRecord, decodeText, encodeRecord, ID_PATTERN, keys, networkPool, networkPools, newId, type EndpointRecord, type NetworkPool, type NetworkRecord } from './layout.ts';
+import { decodeRecord, decodeText, encodeRecord, ID_PATTERN, keys, networkPool, newId, type CniAttachmentRef, type EndpointRecord, type NetworkPool, type NetworkRecord } from './layout.ts';
 import { chooseNetworkMtu, networkMtuWarning, type DatapathSettings } from './network-mtu.ts';
 import { planNetworkPools, type PoolShape } from './network-pools.ts';
 import { DEFAULT_IFNAME, EGRESS_IFNAME } from './desired-state.ts';
@@ -50,7 +50,7 @@ export type NetworkView = Pick<
 };
 
 /** The API's endpoint shape. */
-export type EndpointView = Pick<EndpointRecord, 'id' | 'name' | 'network' | 'node' | 'address' | 'ip' | 'address6' | 'ip6' | 'mac' | 'netns' | 'ifname'>;
+export type EndpointView = Pick<EndpointRecord, 'id' | 'name' | 'network' | 'node' | 'address' | 'ip' | 'address6' | 'ip6' | 'mac' | 'netns' | 'ifname' | 'cni'>;
 
 /** A network record to write for a pool already reserved: what {@link NetworkService.createNetworkForPool} takes. */
 export interface NetworkSpec {
@@ -90,6 +90,7 @@ export function toEndpointView(e: EndpointRecord): EndpointView {
     mac: e.mac,
     ...(e.netns !== undefined ? { netns: e.netns } : {}),
     ...(e.ifname !== undefined ? { ifname: e.ifname } : {}),
+    ...(e.cni !== undefined ? { cni: e.cni } : {}),
   };
 }
 
@@ -349,7 +350,8 @@ export class NetworkService {
     throw new NetworkInUseError(`network ${record.name} has active endpoints: ${names.sort().join(', ')}`);
   }
 
-  async connect(ref: string, input: ConnectInput): Promise<EndpointView> {
+  /** `opts.cni`: the endpoint is a CNI attachment (the CNI face finds it again by that). */
+  async connect(ref: string, input: ConnectInput, opts: { cni?: CniAttachmentRef } = {}): Promise<EndpointView> {
     checkNetnsPath(input.netns);
     const { store, ipam, logger, records, node } = this.ctx;
     for (let attempt = 1; ; attempt++) {
@@ -366,7 +368,17 @@ export class NetworkService {
       if (input.ip6 !== undefined) checkRequestedAddress(net, 'ip6', input.ip6, pool6);
       const { v4, v6 } = await this.allocateAddresses(eid, { pool4, pool6, ip: input.ip, ip6: input.ip6 });
       const first = (v4 ?? v6)!;
-      const record = newEndpointRecord(node, { id: eid, name, network: net.id, address: first.address, ip: first.ip, ...(v6 ? { address6: v6.address, ip6: v6.ip } : {}), netns: input.netns, ifname });
+      const record = newEndpointRecord(node, {
+        id: eid,
+        name,
+        network: net.id,
+        address: first.address,
+        ip: first.ip,
+        ...(v6 ? { address6: v6.address, ip6: v6.ip } : {}),
+        netns: input.netns,
+        ifname,
+        ...(opts.cni ? { cni: opts.cni } : {}),
+      });
       let ok: boolean;
       try {
         ok = await records.createEndpoint(netEntry, record);

@@ -103,6 +103,16 @@ export class Reconciler {
     }, delay);
   }
 
+  /**
+   * The gateway bridge interface a local endpoint got in its sandbox (`ip/len`) and the bridge's
+   * gateway, as the last reconcile assigned them; undefined for an endpoint without egress (internal
+   * network, `--gateway-bridge none`, not reconciled yet).
+   */
+  egressOf(eid: string): { readonly address: string; readonly gateway: string } | undefined {
+    const address = this.opts.state.egress.get(eid);
+    return address !== undefined && this.gateway ? { address, gateway: this.gateway.gateway } : undefined;
+  }
+
   /** Stops scheduling: later requests do nothing and {@link reconcileNow} resolves at once. */
   halt(): void {
     this.stopping = true;

@@ -6,10 +6,10 @@
  */
 
 import type { ExecutionContext, TestFn } from 'ava';
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import {
   decodeJson,
+  openStore,
   StoreUnavailableError,
   type KVStore,
   type StoreBackendName,
@@ -18,6 +18,8 @@ import {
 } from '@kvnet/store';
 import { cidrContains, cidrContainsIp, cidrOverlaps, formatIp, parseCidr, parseIp, type Cidr } from '@kvnet/netaddr';
 import { Ipam, VNI_MIN, isIpamError, type IpamOptions, type PoolInfo } from '../src/index.ts';
+import { spawnJsonChild, type JsonChild } from '../../../test/support/json-child.ts';
+import { useKvServer, type ServerBackend } from '../../../test/support/kv-servers.ts';
 
 export interface IpamTarget {
   readonly backend: StoreBackendName;
@@ -28,60 +30,12 @@ export interface IpamTarget {
 
 /** Multi-process tests on a loaded 2-core machine can take minutes (ava's default is 180 s of inactivity). */
 const MULTI_PROCESS_TIMEOUT_MS = 600_000;
+/** Store call budget against a real server: the suite runs beside other tests on a loaded machine. */
+const SERVER_STORE_TIMEOUT_MS = 15_000;
 const CLIENT = fileURLToPath(new URL('./fixtures/ipam-client.ts', import.meta.url));
 
-interface Child {
-  lines: unknown[];
-  next(pred: (line: any) => boolean): Promise<any>;
-  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
-  send(line: string): void;
-  kill(): void;
-}
-
-function runClient(args: string[]): Child {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLIENT, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const killOnExit = (): void => void child.kill('SIGKILL');
-  process.once('exit', killOnExit);
-  const lines: unknown[] = [];
-  const waiters: Array<{ pred: (l: any) => boolean; resolve: (l: unknown) => void; reject: (e: unknown) => void }> = [];
-  let stderr = '';
-  let buf = '';
-  child.stdout.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let nl;
-    while ((nl = buf.indexOf('\n')) !== -1) {
-      const line = JSON.parse(buf.slice(0, nl)) as unknown;
-      buf = buf.slice(nl + 1);
-      lines.push(line);
-      for (const w of [...waiters]) {
-        if (w.pred(line)) {
-          waiters.splice(waiters.indexOf(w), 1);
-          w.resolve(line);
-        }
-      }
-    }
-  });
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  child.stdin.on('error', () => undefined);
-  const done = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) =>
-    child.on('close', (code, signal) => {
-      process.removeListener('exit', killOnExit);
-      for (const w of waiters.splice(0)) w.reject(new Error(`ipam-client exited (${code ?? signal}): ${stderr.slice(-2000)}`));
-      resolve({ code, signal, stderr });
-    }),
-  );
-  return {
-    lines,
-    next: (pred) => {
-      const seen = lines.find(pred);
-      if (seen) return Promise.resolve(seen);
-      if (child.exitCode !== null || child.signalCode !== null) return Promise.reject(new Error(`ipam-client already exited: ${stderr.slice(-2000)}`));
-      return new Promise((resolve, reject) => waiters.push({ pred, resolve, reject }));
-    },
-    done,
-    send: (line) => child.stdin.write(line + '\n'),
-    kill: () => void child.kill('SIGKILL'),
-  };
+function runClient(args: string[]): JsonChild {
+  return spawnJsonChild(CLIENT, args);
 }
 
 /** A store that forwards everything, lets a test lose the answer of a committed transaction, and counts writes. */
@@ -142,6 +96,12 @@ async function settleAll<T>(ps: Array<Promise<T>>): Promise<{ ok: T[]; errors: u
 }
 
 const code = (err: unknown): string | undefined => (err as { code?: string })?.code;
+
+/** The suite against a real server of `backend`, started for the file (one key prefix per test). */
+export function runIpamSuiteOnServer(test: TestFn, backend: ServerBackend): void {
+  const server = useKvServer(test, backend);
+  runIpamSuite(test, () => ({ backend, url: (label) => server.url(`kvnet-ipam/${label}`), open: (url) => openStore(url, { timeoutMs: SERVER_STORE_TIMEOUT_MS }) }));
+}
 
 export function runIpamSuite(test: TestFn, target: () => IpamTarget): void {
   let n = 0;

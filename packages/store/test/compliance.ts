@@ -7,7 +7,7 @@
  */
 
 import type { ExecutionContext, TestFn } from 'ava';
-import { spawn } from 'node:child_process';
+import { spawnJsonChild, type JsonChild } from '../../../test/support/json-child.ts';
 import { fileURLToPath } from 'node:url';
 import type { KvServer } from '../../../test/support/kv-servers.ts';
 import { decodeText, encodeText, hasCode, openStore, PrefixMirror, type KVStore, type StoreBackendName, type StoreOptions } from '../src/index.ts';
@@ -40,45 +40,12 @@ const UNREACHABLE_PORT = 9;
 /** The URL scheme of each server backend. */
 const SCHEME = { etcd: 'etcd', consul: 'consul', zookeeper: 'zk' } as const satisfies Record<KvServer['backend'], string>;
 
-interface ChildResult {
-  code: number | null;
-  lines: unknown[];
-  stderr: string;
-}
-
-function runClient(args: string[]): { done: Promise<ChildResult>; pid: number; firstLine: Promise<unknown> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLIENT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: unknown[] = [];
-  let stderr = '';
-  let buf = '';
-  let resolveFirst!: (v: unknown) => void;
-  let rejectFirst!: (e: unknown) => void;
-  const firstLine = new Promise<unknown>((res, rej) => {
-    resolveFirst = res;
-    rejectFirst = rej;
-  });
+/** A client process against the same server (test/support/json-child.ts); `firstLine` is its first report. */
+function runClient(args: string[]): JsonChild & { firstLine: Promise<unknown> } {
+  const child = spawnJsonChild(CLIENT, args);
+  const firstLine = child.next(() => true);
   firstLine.catch(() => {}); // callers that never await it must not see an unhandled rejection
-  child.stdout.on('data', (d: Buffer) => {
-    buf += d.toString();
-    let nl;
-    while ((nl = buf.indexOf('\n')) !== -1) {
-      const line = JSON.parse(buf.slice(0, nl)) as unknown;
-      buf = buf.slice(nl + 1);
-      if (lines.length === 0) resolveFirst(line);
-      lines.push(line);
-    }
-  });
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const done = new Promise<ChildResult>((resolve) =>
-    child.on('close', (code) => {
-      rejectFirst(new Error(`client exited (${code}) before printing: ${stderr.slice(-2000)}`));
-      resolve({ code, lines, stderr });
-    }),
-  );
-  const killOnExit = (): void => void child.kill('SIGKILL');
-  process.once('exit', killOnExit);
-  void done.then(() => process.removeListener('exit', killOnExit));
-  return { done, pid: child.pid!, firstLine };
+  return Object.assign(child, { firstLine });
 }
 
 const text = (s: string): Uint8Array => encodeText(s);

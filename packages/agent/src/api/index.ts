@@ -5,6 +5,7 @@
  */
 
 import type { AgentContext, Face } from '../context.ts';
+import { CniAttachments } from '../cni/attachments.ts';
 import { listenUnix } from '../unix-http.ts';
 import { handleApiRequest } from './server.ts';
 
@@ -17,7 +18,7 @@ export { connectSchema, createNetworkSchema, validate, type ConnectInput, type C
 /** Starts the local API on the configured socket. */
 export async function startApi(ctx: AgentContext): Promise<Face> {
   const logger = ctx.logger.child({ component: 'api' });
-  const routes = { networks: ctx.networks, status: ctx.status, logger };
+  const routes = { networks: ctx.networks, status: ctx.status, logger, cni: new CniAttachments(ctx) };
   const server = await listenUnix(
     ctx.config.socketPath,
     (req, res) => void handleApiRequest(req, res, routes),

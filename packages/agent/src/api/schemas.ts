@@ -104,3 +104,50 @@ export function validate<T>(schema: z.ZodType<T>, body: unknown): T {
   });
   throw new InvalidInputError(problems.join('; '));
 }
+
+// ---- the CNI plugin's calls (/v1/cni/…) ----
+
+/** CNI's rule for container ids and network configuration names (SPEC.md, "Parameters"). */
+const CNI_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const CNI_ID_MAX_CHARS = 1024;
+const cniId = z.string().refine((s) => s.length <= CNI_ID_MAX_CHARS && CNI_ID.test(s), {
+  message: `must start with a letter or digit and contain only letters, digits, "_", "." and "-" (at most ${CNI_ID_MAX_CHARS})`,
+});
+const cniIfname = z.string().refine((s) => IFNAME.test(s) && s !== '.' && s !== '..', { message: 'must be 1-15 letters, digits, "_", "." or "-"' });
+/** A network by name, id or id prefix. */
+const networkRef = z.string().min(1).max(NAME_MAX_CHARS);
+
+/** One CNI attachment of this host: the kvnet network, `CNI_CONTAINERID`, `CNI_IFNAME`. */
+export const cniAttachmentRefSchema = z
+  .object({
+    network: networkRef,
+    containerId: cniId,
+    ifname: cniIfname,
+  })
+  .strict();
+export type CniAttachmentRefInput = z.infer<typeof cniAttachmentRefSchema>;
+
+/** `POST /v1/cni/attachments`: CNI ADD. */
+export const cniAttachSchema = z
+  .object({
+    network: networkRef,
+    containerId: cniId,
+    ifname: cniIfname,
+    netns: connectSchema.shape.netns,
+    /** The CNI network configuration's name. */
+    netconf: cniId,
+    name: name.optional(),
+    ip: ip.optional(),
+  })
+  .strict();
+export type CniAttachInput = z.infer<typeof cniAttachSchema>;
+
+/** `POST /v1/cni/gc`: CNI GC — every attachment of `netconf` on `network` on this host not listed goes. */
+export const cniGcSchema = z
+  .object({
+    network: networkRef,
+    netconf: cniId,
+    valid: z.array(z.object({ containerId: z.string(), ifname: z.string() }).strict()).max(1_000_000),
+  })
+  .strict();
+export type CniGcInput = z.infer<typeof cniGcSchema>;

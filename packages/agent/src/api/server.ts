@@ -10,7 +10,8 @@ import type { StatusSource } from '../context.ts';
 import { errorCode, errorKind, InvalidInputError } from '../errors.ts';
 import type { NetworkService } from '../network-service.ts';
 import { readBody, sendJson } from '../unix-http.ts';
-import { connectSchema, createNetworkSchema, validate } from './schemas.ts';
+import type { CniAttachments } from '../cni/attachments.ts';
+import { cniAttachmentRefSchema, cniAttachSchema, cniGcSchema, connectSchema, createNetworkSchema, validate } from './schemas.ts';
 
 class HttpError extends Error {
   constructor(
@@ -57,6 +58,8 @@ export interface ApiRoutes {
   readonly networks: NetworkService;
   readonly status: StatusSource;
   readonly logger: Logger;
+  /** The CNI plugin's calls (`/v1/cni/…`). */
+  readonly cni?: CniAttachments;
 }
 
 /** Answers one API request; never throws. */
@@ -91,7 +94,20 @@ export async function handleApiRequest(req: IncomingMessage, res: ServerResponse
         return sendJson(res, 204);
       }
     }
-    throw new HttpError(parts.length > 1 && ['status', 'nodes', 'networks'].includes(resource!) ? 405 : 404, `no such API call: ${method} ${url.pathname}`, 'KVNET_NO_ROUTE');
+    if (resource === 'cni' && routes.cni && parts.length === 3) {
+      if (ref === 'attachments' && method === 'POST') {
+        const { created, attachment } = await routes.cni.attach(validate(cniAttachSchema, await readJson(req)));
+        return sendJson(res, created ? 201 : 200, attachment);
+      }
+      if (ref === 'attachments' && (method === 'GET' || method === 'DELETE')) {
+        const attachment = validate(cniAttachmentRefSchema, Object.fromEntries(url.searchParams));
+        if (method === 'GET') return sendJson(res, 200, await routes.cni.describe(attachment));
+        await routes.cni.detach(attachment);
+        return sendJson(res, 204);
+      }
+      if (ref === 'gc' && method === 'POST') return sendJson(res, 200, await routes.cni.gc(validate(cniGcSchema, await readJson(req))));
+    }
+    throw new HttpError(parts.length > 1 && ['status', 'nodes', 'networks', 'cni'].includes(resource!) ? 405 : 404, `no such API call: ${method} ${url.pathname}`, 'KVNET_NO_ROUTE');
   } catch (err) {
     const code = statusOf(err);
     const message = err instanceof Error ? err.message : String(err);

@@ -58,6 +58,11 @@ export interface DockerDriverOptions {
   readonly scope?: 'local' | 'global';
   /** The local Engine API, to learn network names; without it networks keep their provisional name. */
   readonly engine?: DockerEngine;
+  /**
+   * Around every DeleteNetwork of a kvnet network (`nid`): `finished` gets kvnet's refusal, if it
+   * refused — dockerd removes its network anyway.
+   */
+  readonly onDelete?: { starting(nid: string): void; finished(nid: string, refusal: string | undefined): void };
 }
 
 function stringOptions(generic: unknown): Record<string, string> {
@@ -185,8 +190,24 @@ export class DockerDriver implements PluginHandlers {
     }
   }
 
+  /**
+   * `docker network rm` / `prune`. A refusal (another host still has endpoints on it) reaches only
+   * dockerd's log: dockerd deletes its network whatever a remote driver answers here. So the refusal is
+   * also handed to {@link DockerDriverOptions.onDelete}, which puts the network back into this
+   * dockerd at once, with the reason on it.
+   */
   async deleteNetwork(req: NetworkRequest): Promise<void> {
-    await this.opts.backend.deleteNetwork(req.NetworkID);
+    const net = this.opts.backend.findNetwork(req.NetworkID);
+    if (net) this.opts.onDelete?.starting(net.id);
+    let refusal: string | undefined;
+    try {
+      await this.opts.backend.deleteNetwork(req.NetworkID);
+    } catch (err) {
+      refusal = (err as Error).message;
+      throw err;
+    } finally {
+      if (net) this.opts.onDelete?.finished(net.id, refusal);
+    }
   }
 
   async createEndpoint(req: CreateEndpointRequest): Promise<{ Interface?: { MacAddress?: string } }> {

@@ -49,9 +49,24 @@ export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}):
   const logger = ctx.logger.child({ component: 'docker' });
   const engine = deps.engine ?? (config.dockerSocket === undefined || config.dockerSocket === 'off' ? undefined : new DockerEngine(config.dockerSocket));
   const backend = new StoreDockerBackend({ ...ctx, logger });
-  const driver = new DockerDriver({ backend, logger, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}) });
+  const stopping = new AbortController();
+  let sync: DockerNetworkSync | undefined;
+  // dockerd removes its network whatever kvnet answers: put it back at once (scope local; in scope global
+  // dockerd's own cluster store keeps it)
+  const onDelete = {
+    starting: (nid: string): void => sync?.holdBack(nid),
+    finished: (nid: string, refusal: string | undefined): void => {
+      if (!sync) return;
+      if (refusal !== undefined && config.dockerScope !== 'global') {
+        logger.warn({ nid, reason: refusal }, 'docker removed a network kvnet refused to remove; putting it back');
+        void sync.restoreRefused(nid, refusal, () => ctx.cluster.view(), stopping.signal);
+      }
+      sync.release(nid);
+    },
+  };
+  const driver = new DockerDriver({ backend, logger, onDelete, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}) });
   const plugin = new DockerPluginServer({ socketPath: config.dockerPlugin!, handlers: driver, logger });
-  const sync = engine
+  sync = engine
     ? new DockerNetworkSync({
         engine,
         node: ctx.node.name,
@@ -83,6 +98,7 @@ export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}):
         });
     },
     async stop(): Promise<void> {
+      stopping.abort();
       await plugin.stop();
       await driver.stop();
     },

@@ -63,8 +63,19 @@ export interface SyncResult {
   readonly errors: Array<{ network: string; message: string }>;
 }
 
-/** The Engine API body that makes a Docker network mirroring `n`. */
-export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = PLUGIN_NAME): Record<string, unknown> {
+/**
+ * Label on a Docker network this host's dockerd deleted although kvnet refused (`docker network rm` or
+ * `prune` while another host had endpoints on it) and the sync put back: when, and kvnet's reason —
+ * what `docker network inspect` shows, since `docker network rm` itself reports success.
+ */
+export const REFUSED_REMOVAL_LABEL = 'kvnet.removal-refused';
+/** How long after a refused removal the sync keeps trying to put the network back (dockerd drops it right after DeleteNetwork). */
+export const RESTORE_WINDOW_MS = 10_000;
+/** Pause between those attempts. */
+export const RESTORE_RETRY_MS = 50;
+
+/** The Engine API body that makes a Docker network mirroring `n` (`notice`: a {@link REFUSED_REMOVAL_LABEL} value). */
+export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = PLUGIN_NAME, notice?: string): Record<string, unknown> {
   const pools = networkPools(n);
   const hasV4 = pools.some((p) => p.family === 4);
   const hasV6 = pools.some((p) => p.family === 6);
@@ -75,7 +86,7 @@ export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = P
     Internal: n.internal,
     ...(hasV6 ? { EnableIPv6: true } : {}),
     ...(hasV4 ? {} : { EnableIPv4: false }),
-    Labels: n.labels ?? {},
+    Labels: { ...n.labels, ...(notice ? { [REFUSED_REMOVAL_LABEL]: notice } : {}) },
     Options: { ...n.options, ...(n.mtu !== undefined ? { [MTU_OPTION]: String(n.mtu) } : {}) },
     IPAM: {
       Driver: driverName,
@@ -95,8 +106,45 @@ export class DockerNetworkSync {
   /** Endpoint id → the container name it could not take (another endpoint of the network had it). */
   private readonly unnameable = new Map<string, string>();
   private again = false;
+  /** nid → why its removal was refused, until the network is back in dockerd. */
+  private readonly refused = new Map<string, string>();
+  /**
+   * Networks dockerd is removing right now (DeleteNetwork in flight): not created again meanwhile —
+   * dockerd may already have dropped them from its list, and a copy made now would lack the notice of
+   * a refusal that is still to come.
+   */
+  private readonly removing = new Set<string>();
+
+  /** DeleteNetwork of `nid` started on this host. */
+  holdBack(nid: string): void {
+    this.removing.add(nid);
+  }
+
+  /** DeleteNetwork of `nid` ended (see {@link restoreRefused} for a refusal). */
+  release(nid: string): void {
+    this.removing.delete(nid);
+  }
 
   constructor(private readonly opts: DockerNetworkSyncOptions) {}
+
+  /**
+   * kvnet refused to remove network `nid` but dockerd removed its copy anyway: the next passes put it
+   * back (labelled with the reason), retrying every {@link RESTORE_RETRY_MS} for up to
+   * {@link RESTORE_WINDOW_MS} while dockerd finishes removing its copy. Resolves when it is back (or
+   * the window is over, for the periodic sync to finish).
+   */
+  async restoreRefused(nid: string, reason: string, view: () => ClusterView, signal?: AbortSignal): Promise<boolean> {
+    this.refused.set(nid, `${new Date().toISOString()} docker network rm refused: ${reason}`);
+    const deadline = Date.now() + RESTORE_WINDOW_MS;
+    while (Date.now() < deadline && !signal?.aborted) {
+      const name = view().networks.get(nid)?.name;
+      if (!name) return false; // removed for real after all
+      const r = await this.run(view).catch(() => undefined);
+      if (r?.created.includes(name)) return true;
+      await new Promise((res) => setTimeout(res, RESTORE_RETRY_MS));
+    }
+    return false;
+  }
 
   /** One pass (joined if one is running; then one more pass follows it). */
   run(view: () => ClusterView): Promise<SyncResult> {
@@ -130,13 +178,17 @@ export class DockerNetworkSync {
       const mine = n.docker?.networks[node];
       if (mine) boundHere.add(mine);
       if (!mirror) continue;
-      if (n.deleting || n.docker?.provisionalName) continue;
+      if (n.deleting || n.docker?.provisionalName || this.removing.has(n.id)) continue;
       if (mine && dockerIds.has(mine)) continue;
       if (byName.has(n.name)) continue; // being created right now (CreateNetwork binds it), or a name clash logged below
       try {
-        await engine.createNetwork(dockerNetworkSpec(n, driverName));
+        const notice = this.refused.get(n.id);
+        await engine.createNetwork(dockerNetworkSpec(n, driverName, notice));
         result.created.push(n.name);
-        logger.info({ nid: n.id, network: n.name }, 'kvnet network created in the local dockerd');
+        if (notice) {
+          this.refused.delete(n.id);
+          logger.warn({ nid: n.id, network: n.name, notice }, 'put a kvnet network back into the local dockerd, which removed it although kvnet refused');
+        } else logger.info({ nid: n.id, network: n.name }, 'kvnet network created in the local dockerd');
       } catch (err) {
         result.errors.push({ network: n.name, message: (err as Error).message });
         logger.warn({ err, nid: n.id, network: n.name }, 'cannot create the kvnet network in the local dockerd; will retry');

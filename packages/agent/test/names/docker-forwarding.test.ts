@@ -1,0 +1,79 @@
+/**
+ * The Docker behaviour the names design rests on, checked against real dockerds (root): with
+ * `--dns 169.254.53.53` (daemon.json's `dns`), Docker's embedded resolver forwards a container's outside
+ * names to that address **from inside the container's network namespace**, also for a container only on
+ * an `--internal` network; so a connected route to it over the container's kvnet interface brings the
+ * query to kvnet's resolver in the overlay namespace. And what an upstream's REFUSED (kvnet's answer for
+ * internal-only sandboxes) becomes in the container: REFUSED on 20.10, SERVFAIL on 28 and 29.
+ *
+ * No kvnet here: a bridge network stands in for the kvnet network (the route is added by hand, as the
+ * plugin's Join answer would), and the DNS server on 169.254.53.53 in the host namespace logs the source
+ * of each query. Runs on Debian's dockerd 20.10 always, and on 28.5.2 / 29.8.1 when they are built in
+ * /var/cache/kvnet (environment.md), each in its own simulated host.
+ */
+
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { canRunDockerd, startDockerd } from '../../../../test/support/dockerd.ts';
+import { REPO_ROOT, run, runId, startProcess, waitFor } from '../../../../test/support/process.ts';
+import { createSimNetwork } from '../../../../test/support/sim-hosts.ts';
+import { UPSTREAM_ANSWER } from '../../../../test/support/dns-upstream-server.ts';
+
+const RESOLVER = '169.254.53.53';
+const CACHE = '/var/cache/kvnet';
+/**
+ * `refused`: what the container sees when the upstream answers REFUSED. 20.10 passes the REFUSED on;
+ * newer engines try their next server and then answer SERVFAIL (moby v28.5.2 `forwardExtDNS`).
+ */
+const ENGINES: Array<{ version: string; path: string[]; refused: 'REFUSED' | 'SERVFAIL' }> = [
+  { version: '20.10', path: [], refused: 'REFUSED' },
+  ...(existsSync(join(CACHE, 'docker-28.5.2', 'dockerd')) ? [{ version: '28.5.2', path: [join(CACHE, 'docker-28.5.2')], refused: 'SERVFAIL' as const }] : []),
+  ...(existsSync(join(CACHE, 'docker-29.8.1', 'dockerd')) && existsSync(join(CACHE, 'runc-v1.5.3', 'runc'))
+    ? [{ version: '29.8.1', path: [join(CACHE, 'docker-29.8.1'), join(CACHE, 'runc-v1.5.3')], refused: 'SERVFAIL' as const }]
+    : []),
+];
+
+for (const engine of ENGINES) {
+  test.serial(`Docker ${engine.version}: an internal-only container's outside names are forwarded to the --dns address from the container's own namespace; an upstream REFUSED reaches the container as ${engine.refused}`, async (t) => {
+    t.true(await canRunDockerd(), 'this machine can run dockerd (root, docker.io, busybox-static)');
+    const savedPath = process.env.PATH;
+    // startDockerd runs `dockerd` and `docker` from PATH; the modern engines' directories go first.
+    process.env.PATH = [...engine.path, savedPath].join(':');
+    const id = runId();
+    const sim = await createSimNetwork({ hosts: 1, prefix: id });
+    const host = sim.hosts[0]!;
+    let dockerd: Awaited<ReturnType<typeof startDockerd>> | undefined;
+    let upstream: ReturnType<typeof startProcess> | undefined;
+    try {
+      await run('ip', ['-n', host.name, 'address', 'add', `${RESOLVER}/32`, 'dev', 'lo']);
+      upstream = startProcess('dns-upstream', process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'test/support/dns-upstream-server.ts'), RESOLVER, '53'], { netns: host.name, cwd: REPO_ROOT });
+      await waitFor('the DNS server', () => upstream!.log().includes('listening'), 20_000, 100);
+      dockerd = await startDockerd({ host, runId: id, extraArgs: ['--dns', RESOLVER] });
+      t.true((await dockerd.dockerOk('version', '--format', '{{.Server.Version}}')).startsWith(engine.version));
+      await dockerd.dockerOk('network', 'create', '--internal', '--subnet', '172.29.0.0/24', `in${id}`);
+      await dockerd.dockerOk('network', 'create', '--subnet', '172.28.0.0/24', `ex${id}`);
+      for (const [c, net, subnet] of [['ci', `in${id}`, '172.29.0.'], ['ce', `ex${id}`, '172.28.0.']] as const) {
+        const name = `${c}${id}`;
+        await dockerd.dockerOk('run', '-d', '--name', name, '--network', net, dockerd.image, 'sleep', '600');
+        const pid = await dockerd.dockerOk('inspect', '-f', '{{.State.Pid}}', name);
+        // What the kvnet plugin's Join answer gives: a connected route over the network's interface.
+        await run('nsenter', ['-t', pid, '-n', 'ip', 'route', 'replace', `${RESOLVER}/32`, 'dev', 'eth0', 'scope', 'link']);
+        const q = `q${c}${id}.up.test`;
+        const r = await dockerd.docker('exec', name, 'busybox', 'nslookup', q);
+        t.regex(r.stdout, new RegExp(`Address: ${UPSTREAM_ANSWER.replace(/\./g, '\\.')}`), `${c}: answered through Docker's resolver`);
+        const seen = await waitFor(`the server to log ${q}`, () => upstream!.log().split('\n').find((l) => l.includes(` ${q} 1`)), 5000);
+        const source = seen.split(' ')[2]!;
+        t.true(source.startsWith(subnet), `${c}: the query came from the container's own address (${source}), not the host`);
+        const refused = await dockerd.docker('exec', name, 'busybox', 'nslookup', `refused${id}.example`);
+        t.regex(refused.stdout + refused.stderr, new RegExp(`can't find refused${id}\\.example: ${engine.refused}`), `${c}: an upstream REFUSED reaches the container as ${engine.refused}`);
+        t.notRegex(refused.stdout, /^Address: (?!127\.0\.0\.11)/m, `${c}: and no address`);
+      }
+    } finally {
+      process.env.PATH = savedPath;
+      await dockerd?.stop();
+      await upstream?.kill();
+      await sim.destroy();
+    }
+  });
+}
