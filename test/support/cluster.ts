@@ -90,6 +90,8 @@ export interface ClusterOptions {
   readonly underlayMtu?: number;
   /** Give hosts (and the outside namespace) IPv6 underlay addresses too (2001:2::/64), so the host has IPv6 to give. */
   readonly ipv6?: boolean;
+  /** Agents advertise their IPv6 underlay address (an IPv6 underlay: VXLAN over IPv6); needs `ipv6`. */
+  readonly advertiseIpv6?: boolean;
   /** Agent `--log-level`. Default `info`. */
   readonly logLevel?: string;
   /** `--cluster-store-opt` values for every agent (e.g. `kv.timeout=3000`). */
@@ -255,7 +257,7 @@ export class Cluster {
       'agent',
       '--cluster-store', this.storeUrl,
       ...(this.options.storeOpts ?? []).flatMap((o) => ['--cluster-store-opt', o]),
-      '--cluster-advertise', host.address,
+      '--cluster-advertise', this.options.advertiseIpv6 && host.address6 ? host.address6 : host.address,
       '--node-name', host.node,
       '--socket', host.socket,
       '--state-dir', host.stateDir,
