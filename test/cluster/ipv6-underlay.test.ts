@@ -34,7 +34,7 @@ test.serial('agents advertising IPv6 underlay addresses: MTU 1400 − 70, FDB en
   const c = cluster;
   const [h1, h2] = c.hosts as [ClusterHost, ClusterHost];
   const status = JSON.parse(await c.kvnetOk(h1, 'status')) as { advertise: string; underlay: { family: number; mtu: number; overlayMtu: number }; defaultMtu: number };
-  t.is(status.advertise, h1.address6);
+  t.is(status.advertise, h1.address6!);
   t.like(status.underlay, { family: 6, mtu: 1400, overlayMtu: MTU });
   t.deepEqual((await c.nodes(h2)).map((n) => n.advertise).sort(), [h1.address6!, h2.address6!].sort());
 
