@@ -18,7 +18,6 @@ import type { Logger } from 'pino';
 import {
   checkNetworkMtu,
   DEFAULT_UNDERLAY_MTU,
-  DEFAULT_VXLAN_PORT,
   overlayMtuFor,
   type DataplaneError,
   type UnderlayInfo,
@@ -49,11 +48,6 @@ export interface DatapathSettings {
 /** The default MTU of networks this host creates: `--default-mtu`, else the underlay's MTU − the VXLAN overhead. */
 export function defaultNetworkMtu(flag: number | undefined, underlay: UnderlayInfo | undefined): number {
   return flag ?? underlay?.overlayMtu ?? overlayMtuFor(DEFAULT_UNDERLAY_MTU, 4);
-}
-
-/** Settings for an agent whose data plane cannot read its underlay (tests' stand-ins). */
-export function unknownDatapath(vxlanPort = DEFAULT_VXLAN_PORT, defaultMtu?: number): DatapathSettings {
-  return { vxlanPort, defaultMtu: defaultNetworkMtu(defaultMtu, undefined) };
 }
 
 /**

@@ -353,7 +353,7 @@ export class NetworkService {
   /** `opts.cni`: the endpoint is a CNI attachment (the CNI face finds it again by that). */
   async connect(ref: string, input: ConnectInput, opts: { cni?: CniAttachmentRef } = {}): Promise<EndpointView> {
     checkNetnsPath(input.netns);
-    const { store, ipam, logger, records, node } = this.ctx;
+    const { store, logger, records, node } = this.ctx;
     for (let attempt = 1; ; attempt++) {
       const { record: net, entry: netEntry } = await this.resolveNetwork(ref);
       if (net.deleting) throw new NetworkInUseError(`network ${net.name} is being removed`);
