@@ -73,6 +73,13 @@ export const REFUSED_REMOVAL_LABEL = 'kvnet.removal-refused';
 export const RESTORE_WINDOW_MS = 10_000;
 /** Pause between those attempts. */
 export const RESTORE_RETRY_MS = 50;
+/**
+ * A network bound on this host that vanished from dockerd is made again only after this long, unless a
+ * refused removal explains it ({@link DockerNetworkSync.restoreRefused} makes it at once, with the
+ * reason): dockerd drops a network from its list before it asks the plugin to delete it (`docker
+ * network prune` notably), and a copy made in that gap would hide the refusal that follows.
+ */
+export const VANISHED_GRACE_MS = 3_000;
 
 /** The Engine API body that makes a Docker network mirroring `n` (`notice`: a {@link REFUSED_REMOVAL_LABEL} value). */
 export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = PLUGIN_NAME, notice?: string): Record<string, unknown> {
@@ -114,6 +121,8 @@ export class DockerNetworkSync {
    * a refusal that is still to come.
    */
   private readonly removing = new Set<string>();
+  /** nid → when its Docker network bound on this host was first seen missing from dockerd. */
+  private readonly vanished = new Map<string, number>();
 
   /** DeleteNetwork of `nid` started on this host. */
   holdBack(nid: string): void {
@@ -174,17 +183,31 @@ export class DockerNetworkSync {
     const byName = new Map<string, EngineNetwork>(docker.map((d) => [d.Name, d]));
     const boundHere = new Set<string>();
     const mirror = this.opts.mirrorNetworks ?? true;
+    const now = (this.opts.now ?? Date.now)();
+    for (const nid of [...this.vanished.keys()]) if (!view.networks.has(nid)) this.vanished.delete(nid);
     for (const n of view.networks.values() as Iterable<DockerNetworkRecord>) {
       const mine = n.docker?.networks[node];
       if (mine) boundHere.add(mine);
       if (!mirror) continue;
       if (n.deleting || n.docker?.provisionalName || this.removing.has(n.id)) continue;
-      if (mine && dockerIds.has(mine)) continue;
+      if (mine && dockerIds.has(mine)) {
+        this.vanished.delete(n.id);
+        continue;
+      }
+      if (mine && !this.refused.has(n.id)) {
+        const since = this.vanished.get(n.id) ?? now;
+        this.vanished.set(n.id, since);
+        if (now - since < VANISHED_GRACE_MS) {
+          result.pending++; // look again soon
+          continue;
+        }
+      }
       if (byName.has(n.name)) continue; // being created right now (CreateNetwork binds it), or a name clash logged below
       try {
         const notice = this.refused.get(n.id);
         await engine.createNetwork(dockerNetworkSpec(n, driverName, notice));
         result.created.push(n.name);
+        this.vanished.delete(n.id);
         if (notice) {
           this.refused.delete(n.id);
           logger.warn({ nid: n.id, network: n.name, notice }, 'put a kvnet network back into the local dockerd, which removed it although kvnet refused');
