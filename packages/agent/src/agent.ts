@@ -12,23 +12,26 @@
 
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import { Dataplane } from '@kvnet/dataplane';
+import { Dataplane, readUnderlay, type UnderlayInfo } from '@kvnet/dataplane';
 import { Ipam } from '@kvnet/ipam';
 import { hasCode, openStore, parseStoreOpts, sleep, StoreUnavailableError, type KVStore } from '@kvnet/store';
 import { startApi } from './api/index.ts';
 import { startCni } from './cni/index.ts';
 import { ClusterMirror, StoreHealth } from './cluster-mirror.ts';
+import { settleVxlanPort } from './cluster-settings.ts';
 import type { ClusterView } from './cluster-view.ts';
 import { resolveAdvertise, validateConfig, type Advertise, type AgentConfig } from './config.ts';
 import type { AgentContext, Face, StatusSource } from './context.ts';
 import { startDocker, type DockerFace } from './docker/index.ts';
 import type { DockerEngine } from './docker/engine.ts';
 import { describeServers, probeServers, readableDataplane, startDoctor, type DoctorCheck } from './doctor/index.ts';
+import { InvalidConfigError } from './errors.ts';
 import { Janitor, startJanitorLoop } from './janitor.ts';
 import type { NodeRecord } from './layout.ts';
 import { LocalState, StateDirLock } from './local-state.ts';
 import { Membership } from './membership.ts';
 import { AgentMetrics, startMetricsServer } from './metrics.ts';
+import { defaultMtuProblem, defaultNetworkMtu, MtuWarningLog, networkMtuWarnings, type DatapathSettings } from './network-mtu.ts';
 import { NetworkService } from './network-service.ts';
 import { Reaper, REAP_GRACE_MS } from './reaper.ts';
 import { Reconciler, type DataplanePort } from './reconciler.ts';
@@ -68,6 +71,7 @@ export class Agent implements StatusSource {
   private reaper: Reaper | undefined;
   private advertise: Advertise | undefined;
   private nodeId: string | undefined;
+  private datapath: DatapathSettings | undefined;
   private ctx: AgentContext | undefined;
   private faces: Face[] = [];
   private dockerFace: DockerFace | undefined;
@@ -116,13 +120,16 @@ export class Agent implements StatusSource {
       const guarded = guardStore(store, health);
       const ipam = new Ipam({ store: guarded, logger });
       const records = new Records(guarded, ipam, logger);
+      const datapath = (this.datapath = await this.settleDatapath(store, advertise));
       const dataplane =
         this.deps.dataplane ??
         new Dataplane({
           namePrefix: config.namePrefix,
           vtep: advertise.ip,
-          ...(config.vxlanPort !== undefined ? { vxlanPort: config.vxlanPort } : {}),
-          gatewayBridge: config.gatewayBridge === 'none' ? false : { name: config.gatewayBridge },
+          vxlanPort: datapath.vxlanPort,
+          ...(datapath.underlay ? { underlayMtu: datapath.underlay.mtu } : {}),
+          // IPv6 egress wherever the host has IPv6 to give (the reconciler hands out the addresses)
+          gatewayBridge: config.gatewayBridge === 'none' ? false : { name: config.gatewayBridge, ipv6: 'auto' },
           logger,
         });
       const node = { name: config.nodeName, id: state.nodeId, vtep: advertise.ip };
@@ -167,6 +174,7 @@ export class Agent implements StatusSource {
         ready: () => cluster.isSynced,
         metrics,
         logger,
+        mtuWarnings: new MtuWarningLog(datapath.underlay, metrics, logger),
         afterReconcile: (view) => this.afterReconcile(view),
       }));
       const dockerSweeps = config.dockerPlugin !== undefined && config.dockerPlugin !== 'off' && config.dockerSocket !== 'off';
@@ -190,7 +198,7 @@ export class Agent implements StatusSource {
       if (firstErrors.length > 0) logger.warn({ errors: firstErrors.length }, 'first reconcile left data plane errors; retrying in the background');
       reconciler.start();
 
-      const core = { config, logger, metrics, store: guarded, ipam, records, node, cluster, reconciler };
+      const core = { config, logger, metrics, store: guarded, ipam, records, node, cluster, reconciler, datapath };
       const ctx: AgentContext = (this.ctx = { ...core, networks: new NetworkService(core), status: this });
       const doctor = startDoctor(ctx, { ...(readableDataplane(dataplane) ? { dataplane: readableDataplane(dataplane)! } : {}), egress: () => state.egress, ...(this.deps.doctorChecks ? { checks: this.deps.doctorChecks } : {}) });
       this.faces.push(doctor);
@@ -219,6 +227,29 @@ export class Agent implements StatusSource {
     const url = this.store?.url ?? this.config.storeUrl;
     const detail = (err as Error).message.replace(/^cluster store \S+ is unavailable: /, '');
     return new StoreUnavailableError(url, `${detail} [${servers}]`, { cause: err });
+  }
+
+  /**
+   * What must hold before the data plane is built: the cluster's VXLAN port (recorded by the first
+   * agent; refuses to start when `--vxlan-port` disagrees, naming both), this host's underlay interface
+   * and MTU (read in this process's network namespace, where the VTEP address is), and the default MTU
+   * of networks this agent creates (`--default-mtu` must fit the underlay).
+   */
+  private async settleDatapath(store: KVStore, advertise: Advertise): Promise<DatapathSettings> {
+    const { config, logger } = this;
+    const port = await settleVxlanPort(store, config.vxlanPort, config.nodeName);
+    if (port.recorded) logger.info({ vxlanPort: port.port }, "recorded the cluster's VXLAN port");
+    let underlay: UnderlayInfo | undefined;
+    try {
+      underlay = this.deps.dataplane ? await this.deps.dataplane.readUnderlay?.() : await readUnderlay({ address: advertise.ip });
+    } catch (err) {
+      throw new InvalidConfigError(`cannot read the underlay interface of --cluster-advertise ${advertise.ip} (its MTU decides the overlay's): ${(err as Error).message}`, { cause: err });
+    }
+    const problem = defaultMtuProblem(config.defaultMtu, underlay);
+    if (problem) throw new InvalidConfigError(problem);
+    const settings: DatapathSettings = { vxlanPort: port.port, ...(underlay ? { underlay } : {}), defaultMtu: defaultNetworkMtu(config.defaultMtu, underlay) };
+    logger.info({ vxlanPort: settings.vxlanPort, underlay: underlay?.ifname, underlayMtu: underlay?.mtu, defaultMtu: settings.defaultMtu }, 'data path settled');
+    return settings;
   }
 
   /** Stops faces, watches and timers and releases (not revokes) the lease. The data plane is left as it is. */
@@ -288,6 +319,20 @@ export class Agent implements StatusSource {
       phase: this.stopping ? 'stopping' : this.ready ? 'running' : 'starting',
       store: { url: this.store?.url ?? this.config.storeUrl, ...this.health?.report() },
       ...(this.config.dockerPlugin !== undefined && this.config.dockerPlugin !== 'off' ? { dockerPlugin: this.config.dockerPlugin } : {}),
+      ...this.datapathStatus(),
+    };
+  }
+
+  /** The data path part of `/v1/status`: VXLAN port, underlay, default MTU, and the networks this underlay cannot carry. */
+  private datapathStatus(): Record<string, unknown> {
+    const dp = this.datapath;
+    if (!dp) return {};
+    const u = dp.underlay;
+    return {
+      vxlanPort: dp.vxlanPort,
+      ...(u ? { underlay: { ifname: u.ifname, mtu: u.mtu, address: u.address, family: u.family, overlayMtu: u.overlayMtu } } : {}),
+      defaultMtu: dp.defaultMtu,
+      networkWarnings: this.cluster ? networkMtuWarnings(this.cluster.view(), u) : [],
     };
   }
 

@@ -77,3 +77,12 @@ export class NodeAliveError extends AgentError {
   readonly code = 'KVNET_NODE_ALIVE';
   readonly kind = 'conflict';
 }
+
+/**
+ * This agent's settings disagree with what the cluster recorded (its `--vxlan-port` is not the
+ * cluster's port): it refuses to start rather than send traffic nobody receives.
+ */
+export class ClusterSettingMismatchError extends AgentError {
+  readonly code = 'KVNET_CLUSTER_SETTING_MISMATCH';
+  readonly kind = 'conflict';
+}

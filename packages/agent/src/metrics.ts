@@ -45,6 +45,14 @@ export class AgentMetrics {
     this.buildInfo.reset();
     this.buildInfo.set({ version: info.version, commit: info.commit, nodejs: info.node }, 1);
   }
+  /** Networks whose MTU this host's underlay cannot carry (network-mtu.ts). */
+  readonly networksOverUnderlayMtu = new Gauge({ name: 'kvnet_networks_over_underlay_mtu', help: "Networks whose MTU is larger than this host's underlay carries (large packets to other hosts are dropped)", registers: [this.registry] });
+  readonly networkWarnings = new Counter({
+    name: 'kvnet_network_warnings_total',
+    help: 'Networks reported as not working fully on this host, once each when seen (code KVNET_DATAPLANE_MTU_EXCEEDS_UNDERLAY: MTU above what the underlay carries)',
+    labelNames: ['code'] as const,
+    registers: [this.registry],
+  });
 
   constructor() {
     const metrics = this;

@@ -17,7 +17,7 @@ import type { Ipam } from '@kvnet/ipam';
 import type { KVEntry, KVStore } from '@kvnet/store';
 import { allEndpoints, type ClusterView } from './cluster-view.ts';
 import { InvalidInputError, NodeAliveError, NotFoundError } from './errors.ts';
-import { decodeRecord, ENDPOINTS, keys, type EndpointRecord, type NetworkRecord, type NodeRecord, type RestartMarker, type VtepClaim } from './layout.ts';
+import { decodeRecord, endpointAddresses, ENDPOINTS, keys, networkPool, type EndpointRecord, type NetworkRecord, type NodeRecord, type RestartMarker, type VtepClaim } from './layout.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { Records } from './records.ts';
 
@@ -145,12 +145,13 @@ export async function reapNode(
     const current = await store.get(keys.endpoint(ep.network, ep.id));
     if (!current) continue;
     const tombstone = { node: deadNode, reapedBy: ctx.self, reapedAt: new Date().toISOString() };
-    if (!(await records.deleteEndpoint(ep, { revision: current.revision, tombstone, ...(networks.get(ep.network) ? { poolId: networks.get(ep.network)!.poolId } : {}) }))) {
+    const net = networks.get(ep.network);
+    if (!(await records.deleteEndpoint(ep, { revision: current.revision, tombstone, ...(net ? { poolId: net.poolId, poolId6: net.poolId6 } : {}) }))) {
       log.info('endpoint changed while reaping; left for the next round');
       continue;
     }
     reaped++;
-    log.info({ address: ep.address, name: ep.name }, 'reaped endpoint of dead node');
+    log.info({ address: ep.address, address6: ep.address6, name: ep.name }, 'reaped endpoint of dead node');
   }
   return { reaped };
 }
@@ -224,8 +225,8 @@ export async function removeNode(ctx: ReapContext, node: string, opts: { readonl
   }
   let endpoints = 0;
   for (const { ep, revision } of mine) {
-    const poolId = opts.networks.get(ep.network)?.poolId;
-    if (await records.deleteEndpoint(ep, { revision, ...(poolId ? { poolId } : {}) })) {
+    const net = opts.networks.get(ep.network);
+    if (await records.deleteEndpoint(ep, { revision, ...(net ? { poolId: net.poolId, poolId6: net.poolId6 } : {}) })) {
       endpoints++;
       log.info({ nid: ep.network, eid: ep.id, endpoint: ep.name, address: ep.address }, 'removed endpoint of a removed node');
     }
@@ -284,10 +285,16 @@ export async function restoreReaped(ctx: RestoreContext, tombstones: readonly KV
       continue;
     }
     const net = decodeRecord<NetworkRecord>(netEntry.value, netEntry.key);
+    // the same addresses again, in each family's pool (records.releaseAddresses undoes a half-done pair)
+    const held = endpointAddresses(ep);
     try {
-      await ipam.allocateAddress(net.poolId, { owner: ep.id, address: ep.ip });
+      for (const [family, address] of [[4, held.v4], [6, held.v6]] as const) {
+        const pool = address ? networkPool(net, family) : undefined;
+        if (pool && address) await ipam.allocateAddress(pool.poolId, { owner: ep.id, address });
+      }
     } catch (err) {
-      log.error({ err, address: ep.address }, 'cannot restore a reaped endpoint: its address is taken; it will be removed here');
+      log.error({ err, address: ep.address, address6: ep.address6 }, 'cannot restore a reaped endpoint: its address is taken; it will be removed here');
+      await records.releaseAddresses(net, ep);
       await store.deleteIf(entry.key, entry.revision).catch(() => undefined);
       continue;
     }
@@ -297,7 +304,7 @@ export async function restoreReaped(ctx: RestoreContext, tombstones: readonly KV
       await ctx.waitForView?.(keys.endpoint(ep.network, ep.id));
     } else {
       log.error('cannot restore a reaped endpoint: its name or network changed; it will be removed here');
-      await records.releaseAddress(net.poolId, ep);
+      await records.releaseAddresses(net, ep);
       await store.deleteIf(entry.key, entry.revision).catch(() => undefined);
     }
   }

@@ -24,6 +24,15 @@ test('advertise: an IP, an IP with a port, or an interface name', (t) => {
   t.throws(() => resolveAdvertise('198.18.0.1:99999', ifaces), { message: /port 99999/ });
 });
 
+test('advertise: an IPv6 underlay address, bare or bracketed with a port, written canonically', (t) => {
+  t.deepEqual(resolveAdvertise('2001:2::1', ifaces), { ip: '2001:2::1', address: '2001:2::1' });
+  t.deepEqual(resolveAdvertise('[2001:0002:0:0::A]:7946', ifaces), { ip: '2001:2::a', address: '[2001:2::a]:7946' });
+  t.throws(() => resolveAdvertise('fe80::1', ifaces), { message: /fe80::1 cannot be reached by other hosts/ });
+  t.throws(() => resolveAdvertise('[::1]', ifaces), { message: /::1 cannot be reached/ });
+  t.throws(() => resolveAdvertise('[2001:2::1]:0', ifaces), { message: /port 0 is not 1…65535/ });
+  t.throws(() => resolveAdvertise('[2001:2::zz]', ifaces), { message: /not an IPv6 address/ });
+});
+
 test('ttl durations', (t) => {
   t.is(parseTtl('10s'), 10);
   t.is(parseTtl('1m'), 60);

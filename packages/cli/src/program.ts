@@ -20,6 +20,9 @@ import {
   DEFAULT_SOCKET,
   DEFAULT_STATE_DIR,
   DEFAULT_TTL_S,
+  MAX_DEFAULT_MTU,
+  MIN_DEFAULT_MTU,
+  parseIntegerFlag,
   parseTtl,
   resolveAdvertise,
   resolveStoreUrl,
@@ -60,6 +63,18 @@ export class CliExit extends Error {
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** An integer flag value, or a usage error naming the flag and the value. */
+function integerFlag(flag: string, text: string, min: number, max: number, what: string): number {
+  try {
+    return parseIntegerFlag(flag, text, min, max, what);
+  } catch (err) {
+    throw new CliExit((err as Error).message, EXIT_USAGE);
+  }
+}
+
+/** One value as a string, several as a list (the local API takes both). */
+const oneOrList = (values: readonly string[]): string | string[] => (values.length === 1 ? values[0]! : [...values]);
 
 function kvMap(flag: string, values: readonly string[]): Record<string, string> | undefined {
   if (values.length === 0) return undefined;
@@ -246,6 +261,8 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .addOption(new Option('--docker-scope <scope>', 'scope the Docker plugin reports').choices(['local', 'global']).default('local'))
     .addOption(new Option('--docker-driver-name <name>', 'the name dockerd knows the plugin by: kvnet, or a managed plugin\'s reference such as kvnet:latest').env('KVNET_DOCKER_DRIVER_NAME').default('kvnet'))
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
+    .option('--vxlan-port <port>', "the cluster's VXLAN UDP port: recorded by the first agent (default 4789); an agent given another port refuses to start")
+    .option('--default-mtu <bytes>', "MTU of networks this agent creates without --mtu (default: the underlay interface's MTU - 50, or - 70 over IPv6)")
     .action(async (opts, cmd) => {
       if (!opts.clusterAdvertise) throw new CliExit('--cluster-advertise is required (or set KVNET_CLUSTER_ADVERTISE)', EXIT_USAGE);
       const ttlS = usage(() => parseTtl(opts.ttl));
@@ -265,6 +282,8 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
         dockerSocket: opts.dockerSocket,
         dockerScope: opts.dockerScope,
         dockerDriverName: opts.dockerDriverName,
+        ...(opts.vxlanPort !== undefined ? { vxlanPort: integerFlag('--vxlan-port', opts.vxlanPort, 1, 65535, 'a UDP port number') } : {}),
+        ...(opts.defaultMtu !== undefined ? { defaultMtu: integerFlag('--default-mtu', opts.defaultMtu, MIN_DEFAULT_MTU, MAX_DEFAULT_MTU, 'an MTU in bytes') } : {}),
       };
       const { parseStoreUrl, parseStoreOpts } = await import('@kvnet/store');
       usage(() => {
@@ -427,9 +446,12 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .command('create')
     .description('create a network (visible on every host)')
     .argument('<name>', 'network name, unique in the cluster')
-    .option('--subnet <cidr>', 'subnet (default: next free /24 of 10.0.0.0/8)')
-    .option('--gateway <ip>', 'gateway address (default: first usable address)')
-    .option('--ip-range <cidr>', 'allocate dynamic addresses from this range of the subnet')
+    .option('--subnet <cidr>', 'subnet, one per family: IPv4 and/or IPv6 (default: next free /24 of 10.0.0.0/8; only IPv6 subnets: an IPv6-only network)', collect, [] as string[])
+    .option('--gateway <ip>', 'gateway address of the subnet it lies in, repeatable (default: first usable address)', collect, [] as string[])
+    .option('--ip-range <cidr>', 'allocate dynamic addresses from this range of the subnet it lies in, repeatable', collect, [] as string[])
+    .option('--ipv6', "an IPv6 subnet too (the cluster's next free /64 unless an IPv6 --subnet is given)", false)
+    .option('--no-ipv4', 'no IPv4 subnet: an IPv6-only network')
+    .option('--mtu <bytes>', "MTU of the network on every host (default: this host's underlay MTU - 50, or the agent's --default-mtu)")
     .option('--aux-address <name=ip>', 'reserve an address, repeatable', collect, [] as string[])
     .option('--internal', 'no egress: containers get no way out', false)
     .option('--label <k=v>', 'label, repeatable', collect, [] as string[])
@@ -437,9 +459,12 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .action(async (name, opts, cmd) => {
       const body = {
         name,
-        ...(opts.subnet ? { subnet: opts.subnet } : {}),
-        ...(opts.gateway ? { gateway: opts.gateway } : {}),
-        ...(opts.ipRange ? { ipRange: opts.ipRange } : {}),
+        ...(opts.subnet.length ? { subnet: oneOrList(opts.subnet) } : {}),
+        ...(opts.gateway.length ? { gateway: oneOrList(opts.gateway) } : {}),
+        ...(opts.ipRange.length ? { ipRange: oneOrList(opts.ipRange) } : {}),
+        ...(opts.ipv6 ? { ipv6: true } : {}),
+        ...(opts.ipv4 === false ? { ipv4: false } : {}),
+        ...(opts.mtu !== undefined ? { mtu: integerFlag('--mtu', opts.mtu, 1, 65535, 'an MTU in bytes') } : {}),
         ...(opts.auxAddress.length ? { auxAddresses: kvMap('--aux-address', opts.auxAddress) } : {}),
         ...(opts.internal ? { internal: true } : {}),
         ...(opts.label.length ? { labels: kvMap('--label', opts.label) } : {}),
@@ -545,10 +570,11 @@ export function buildProgram(io: CliIo): Command<[], { socket: string }> {
     .argument('<network>', 'network name or id')
     .requiredOption('--netns <path>', 'network namespace path, e.g. /run/netns/c1')
     .option('--name <name>', 'endpoint name, unique in the network (default: start of its id)')
-    .option('--ip <ip>', 'a specific address in the subnet')
+    .option('--ip <ip>', 'a specific IPv4 address in the subnet')
+    .option('--ip6 <ip>', 'a specific IPv6 address in the IPv6 subnet')
     .option('--ifname <name>', 'interface name inside the namespace (default: eth0, or the next free ethN)')
     .action(async (net, opts, cmd) => {
-      const body = { netns: opts.netns, ...(opts.ifname ? { ifname: opts.ifname } : {}), ...(opts.name ? { name: opts.name } : {}), ...(opts.ip ? { ip: opts.ip } : {}) };
+      const body = { netns: opts.netns, ...(opts.ifname ? { ifname: opts.ifname } : {}), ...(opts.name ? { name: opts.name } : {}), ...(opts.ip ? { ip: opts.ip } : {}), ...(opts.ip6 ? { ip6: opts.ip6 } : {}) };
       json(await client(cmd).call<EndpointView>('POST', `/v1/networks/${encodeURIComponent(net)}/endpoints`, body));
     });
   network

@@ -2,8 +2,10 @@
  * Makes every kvnet network appear in this host's dockerd, and disappear with it. With the plugin's
  * default `local` scope Docker keeps a network only on the host where `docker network create` ran;
  * this closes the gap: for each kvnet network this host's dockerd lacks, it creates a Docker network
- * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnet, gateway,
- * ip-range, aux addresses, `--internal`, options, labels and IPAM options, plus the IPAM option
+ * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnets (IPv4
+ * and IPv6, `EnableIPv6`; an IPv6-only one with `EnableIPv4: false`, which Docker 28 and later honour),
+ * gateways, ip-ranges, aux addresses, `--internal`, options (with its MTU as
+ * `com.docker.network.driver.mtu`, so `docker network inspect` shows it), labels and IPAM options, plus the IPAM option
  * `kvnet.network=<nid>` so the plugin adopts the existing pool instead of reserving a new one (and
  * CreateNetwork binds the new Docker id to the same kvnet network). A Docker network of driver kvnet
  * whose kvnet network is gone is removed from dockerd.
@@ -16,6 +18,8 @@
 import type { Logger } from 'pino';
 import type { ClusterView } from '../cluster-view.ts';
 import { allEndpoints } from '../cluster-view.ts';
+import { networkPools } from '../layout.ts';
+import { MTU_OPTION } from '../network-mtu.ts';
 import type { DockerEndpointRecord, DockerNetworkRecord } from './backend.ts';
 import { ADOPT_NETWORK_OPTION, PLUGIN_NAME } from './protocol.ts';
 import type { DockerEngine, EngineContainer, EngineNetwork } from './engine.ts';
@@ -79,24 +83,27 @@ export const VANISHED_GRACE_MS = 3_000;
 
 /** The Engine API body that makes a Docker network mirroring `n` (`notice`: a {@link REFUSED_REMOVAL_LABEL} value). */
 export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = PLUGIN_NAME, notice?: string): Record<string, unknown> {
+  const pools = networkPools(n);
+  const hasV4 = pools.some((p) => p.family === 4);
+  const hasV6 = pools.some((p) => p.family === 6);
   return {
     Name: n.name,
     Driver: driverName,
     CheckDuplicate: true,
     Internal: n.internal,
+    ...(hasV6 ? { EnableIPv6: true } : {}),
+    ...(hasV4 ? {} : { EnableIPv4: false }),
     Labels: { ...n.labels, ...(notice ? { [REFUSED_REMOVAL_LABEL]: notice } : {}) },
-    Options: n.options ?? {},
+    Options: { ...n.options, ...(n.mtu !== undefined ? { [MTU_OPTION]: String(n.mtu) } : {}) },
     IPAM: {
       Driver: driverName,
       Options: { ...n.docker?.ipamOptions, [ADOPT_NETWORK_OPTION]: n.id },
-      Config: [
-        {
-          Subnet: n.subnet,
-          Gateway: n.gateway,
-          ...(n.ipRange ? { IPRange: n.ipRange } : {}),
-          ...(Object.keys(n.auxAddresses ?? {}).length ? { AuxiliaryAddresses: n.auxAddresses } : {}),
-        },
-      ],
+      Config: pools.map((p) => ({
+        Subnet: p.subnet,
+        Gateway: p.gateway,
+        ...(p.ipRange ? { IPRange: p.ipRange } : {}),
+        ...(Object.keys(p.auxAddresses).length ? { AuxiliaryAddresses: p.auxAddresses } : {}),
+      })),
     },
   };
 }

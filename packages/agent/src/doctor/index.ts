@@ -18,7 +18,7 @@
  */
 
 import { statfsSync } from 'node:fs';
-import { DEFAULT_VXLAN_PORT, type Dataplane, type SandboxProbe } from '@kvnet/dataplane';
+import type { Dataplane, SandboxProbe } from '@kvnet/dataplane';
 import { computeDesiredState } from '../desired-state.ts';
 import type { AgentContext, Face } from '../context.ts';
 import type { NodeProbe } from '../nodes.ts';
@@ -105,7 +105,7 @@ export function startDoctor(ctx: AgentContext, deps: DoctorDeps): DoctorFace {
         const sandboxes = new Map<string, SandboxProbe>();
         for (const n of desired.networks) for (const e of n.endpoints) if (e.sandbox) sandboxes.set(e.sandbox.path, probeSandbox(e.sandbox.path));
         const gatewayBridge = ctx.config.gatewayBridge === 'none' ? undefined : ctx.config.gatewayBridge;
-        const diff = kernelDiff({ desired, actual, prefix: dp.prefix, vtep: ctx.node.vtep, vxlanPort: ctx.config.vxlanPort ?? DEFAULT_VXLAN_PORT, gatewayBridge, sandboxes, names });
+        const diff = kernelDiff({ desired, actual, prefix: dp.prefix, vtep: ctx.node.vtep, vxlanPort: ctx.datapath.vxlanPort, gatewayBridge, sandboxes, names });
         findings.push(...diff);
         if (!diff.some((f) => f.area === 'kernel')) {
           const peers = desired.networks.reduce((s, n) => s + n.peers.length, 0);
@@ -125,7 +125,7 @@ export function startDoctor(ctx: AgentContext, deps: DoctorDeps): DoctorFace {
     const { targets, skipped } = chooseProbeTargets(view, self, (netns) => probeSandbox(netns) === 'netns');
     const outcomes = await runProbes(targets, mtuOf, signal);
     const at = new Date().toISOString();
-    const probed = probeFindings(outcomes, skipped, at, ctx.config.vxlanPort ?? DEFAULT_VXLAN_PORT);
+    const probed = probeFindings(outcomes, skipped, at, ctx.datapath.vxlanPort);
     findings.push(...probed.findings);
     if (targets.length === 0 && skipped.length === 0) {
       findings.push({ area: 'vxlan', status: 'skip', summary: 'no network has endpoints both on this host and on another one: nothing to probe over VXLAN' });

@@ -7,7 +7,7 @@
  */
 
 import { execFile } from 'node:child_process';
-import { BRIDGE_IFNAME, overlayNetnsName, overlayVethName, VXLAN_IFNAME, VXLAN_OVERHEAD_BYTES, type ActualState, type DesiredState } from '@kvnet/dataplane';
+import { BRIDGE_IFNAME, overlayNetnsName, overlayVethName, VXLAN_IFNAME, vxlanOverhead, type ActualState, type DesiredState } from '@kvnet/dataplane';
 import type { DiffNames } from './kernel-diff.ts';
 import type { DoctorFinding } from './report.ts';
 
@@ -48,7 +48,9 @@ export function mtuFindings(input: {
   if (!underlay) {
     out.push({ area: 'mtu', status: 'warn', summary: `no interface in this host's network namespace holds the VTEP address ${input.vtep}; the underlay MTU cannot be checked`, fix: 'check --cluster-advertise' });
   }
-  const room = underlay ? underlay.mtu - VXLAN_OVERHEAD_BYTES : undefined;
+  // 50 bytes of VXLAN over an IPv4 underlay, 70 over IPv6
+  const overhead = vxlanOverhead(input.vtep.includes(':') ? 6 : 4);
+  const room = underlay ? underlay.mtu - overhead : undefined;
   let checked = 0;
   for (const net of desired.networks) {
     const a = actual.networks.find((n) => n.id === net.id);
@@ -69,8 +71,8 @@ export function mtuFindings(input: {
         area: 'mtu',
         status: 'fail',
         network: name,
-        summary: `network ${name}: overlay MTU ${want} + ${VXLAN_OVERHEAD_BYTES} bytes of VXLAN exceeds underlay ${underlay!.ifname}'s MTU ${underlay!.mtu}: packets over ${room} bytes are dropped`,
-        fix: `raise ${underlay!.ifname}'s MTU to at least ${want + VXLAN_OVERHEAD_BYTES}, or give the network an MTU of at most ${room}`,
+        summary: `network ${name}: overlay MTU ${want} + ${overhead} bytes of VXLAN exceeds underlay ${underlay!.ifname}'s MTU ${underlay!.mtu}: packets over ${room} bytes are dropped`,
+        fix: `raise ${underlay!.ifname}'s MTU to at least ${want + overhead}, or give the network an MTU of at most ${room}`,
       });
     }
     checked++;
