@@ -1,7 +1,7 @@
 /**
  * The names face measured on the real kernel, without an agent or Docker (the stage of
  * test/support/names-fixture.ts): {@link benchResolve} returns one row per measured case, with the
- * keys of shared/docs/benchmarks.md's `dns` suite where they apply. `npm run bench -- dns` calls it;
+ * keys of the `dns` suite (see the root README's Benchmarks) where they apply. `npm run bench -- dns` calls it;
  * a later Docker-based dns suite can call it too and add its own rows.
  *
  * - `name: 'table'`: a kvnet name (an endpoint on another host) asked from a container, over its kvnet

@@ -23,8 +23,6 @@ import { canRunDockerd, startDockerd, type Dockerd } from '../support/dockerd.ts
 import { makeTempDir, run, waitFor, type ManagedProcess } from '../support/process.ts';
 import { installPlugin, missingCniTools, removeCniCache, startPodmanHost, writeConflist, type PodmanHost } from './support.ts';
 
-/** Docker Engine 28.5.2 as scripts/install-docker.sh builds it; without it, Debian's 20.10. */
-const DOCKER28 = process.env.KVNET_DOCKER28_DIR ?? '/var/cache/kvnet/docker-28.5.2';
 const SUBNET = '10.96.1.0/24';
 const PUBLISHED_PORT = 18081;
 
@@ -46,7 +44,6 @@ let setup: Setup | undefined;
 
 test.before(async (t) => {
   if (missing.length > 0) return;
-  if (existsSync(join(DOCKER28, 'dockerd')) && existsSync(join(DOCKER28, 'docker'))) process.env.PATH = `${DOCKER28}:${process.env.PATH}`;
   if (!(await canRunDockerd())) return;
   const cluster = await Cluster.create({ backend: 'local', hosts: 3, outside: true, startAgents: false });
   const podman = new Map<string, PodmanHost>();

@@ -149,7 +149,7 @@ export interface PodmanHost {
 }
 
 /**
- * Sets up podman for `hostNs` as shared/docs/environment.md describes: a containers.conf selecting the
+ * Sets up podman for `hostNs`: a containers.conf selecting the
  * CNI backend with `pluginDirs` and a per-host configuration directory, its own root, run root and tmp
  * dir (vfs storage: overlay on this machine's overlay root fails), cgroupfs, file events and file locks
  * (the default shm lock segment would be shared by every podman on the machine), and the ulimits this

@@ -88,6 +88,12 @@ export interface ClusterOptions {
   readonly ttlFor?: (node: string) => string | undefined;
   /** Also build the outside namespace (egress target). */
   readonly outside?: boolean;
+  /** MTU of the underlay links (sim-hosts.ts; default 1500). */
+  readonly underlayMtu?: number;
+  /** Give hosts (and the outside namespace) IPv6 underlay addresses too (2001:2::/64), so the host has IPv6 to give. */
+  readonly ipv6?: boolean;
+  /** Agents advertise their IPv6 underlay address (an IPv6 underlay: VXLAN over IPv6); needs `ipv6`. */
+  readonly advertiseIpv6?: boolean;
   /** Agent `--log-level`. Default `info`. */
   readonly logLevel?: string;
   /** `--cluster-store-opt` values for every agent (e.g. `kv.timeout=3000`). */
@@ -188,7 +194,13 @@ export class Cluster {
     const id = runId();
     const runDir = makeTempDir(`cluster-${id}`);
     progress(`building ${options.hosts} simulated hosts (namespaces ${id}h1…${id}h${options.hosts}) on underlay ${id}u`);
-    const sim = await createSimNetwork({ hosts: options.hosts, prefix: id, outside: options.outside ?? false });
+    const sim = await createSimNetwork({
+      hosts: options.hosts,
+      prefix: id,
+      outside: options.outside ?? false,
+      ...(options.underlayMtu !== undefined ? { underlayMtu: options.underlayMtu } : {}),
+      ...(options.ipv6 ? { ipv6: true } : {}),
+    });
     let server: KvServer | undefined;
     let cluster: Cluster | undefined;
     try {
@@ -247,7 +259,7 @@ export class Cluster {
       'agent',
       '--cluster-store', this.storeUrl,
       ...(this.options.storeOpts ?? []).flatMap((o) => ['--cluster-store-opt', o]),
-      '--cluster-advertise', host.address,
+      '--cluster-advertise', this.options.advertiseIpv6 && host.address6 ? host.address6 : host.address,
       '--node-name', host.node,
       '--socket', host.socket,
       '--state-dir', host.stateDir,
@@ -506,10 +518,11 @@ export class Cluster {
     return JSON.parse(await this.kvnetOk(host, 'node', 'ls', '--format', 'json')) as { name: string; advertise: string; version: string; startedAt: string }[];
   }
 
-  /** `kvnet network connect NET --netns <container> [--name] [--ip]` on the container's host. */
-  async connect(container: Container, network: string, opts: { name?: string; ip?: string } = {}): Promise<Endpoint> {
+  /** `kvnet network connect NET --netns <container> [--name] [--ip] [--ip6]` on the container's host. */
+  async connect(container: Container, network: string, opts: { name?: string; ip?: string; ip6?: string } = {}): Promise<Endpoint> {
     const args = ['network', 'connect', network, '--netns', container.path, '--name', opts.name ?? container.short];
     if (opts.ip) args.push('--ip', opts.ip);
+    if (opts.ip6) args.push('--ip6', opts.ip6);
     return JSON.parse(await this.kvnetOk(container.host, ...args)) as Endpoint;
   }
 
@@ -593,6 +606,19 @@ export class Cluster {
   async addresses(ns: string, ifname: string): Promise<string[]> {
     const r = await run('ip', ['-n', ns, '-j', '-4', 'addr', 'show', 'dev', ifname], { allowFailure: true });
     return parseJsonArray<{ addr_info?: { local: string }[] }>(r.stdout).flatMap((l) => (l.addr_info ?? []).map((a) => a.local));
+  }
+
+  /** The global IPv6 addresses on `ifname` in a namespace (link-local ones left out). */
+  async addresses6(ns: string, ifname: string): Promise<string[]> {
+    const r = await run('ip', ['-n', ns, '-j', '-6', 'addr', 'show', 'dev', ifname, 'scope', 'global'], { allowFailure: true });
+    // iproute2 prints `{}` in addr_info for each address the scope filter leaves out
+    return parseJsonArray<{ addr_info?: { local?: string }[] }>(r.stdout).flatMap((l) => (l.addr_info ?? []).flatMap((a) => (a.local ? [a.local] : [])));
+  }
+
+  /** The MTU of `ifname` in a namespace (undefined when there is no such interface). */
+  async mtu(ns: string, ifname: string): Promise<number | undefined> {
+    const r = await run('ip', ['-n', ns, '-j', 'link', 'show', 'dev', ifname], { allowFailure: true });
+    return parseJsonArray<{ mtu?: number }>(r.stdout)[0]?.mtu;
   }
 
   /**

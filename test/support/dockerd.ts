@@ -1,5 +1,5 @@
 /**
- * A real dockerd on a simulated host, as shared/docs/environment.md describes: in the host's network
+ * A real dockerd on a simulated host: in the host's network
  * namespace plus its own UTS and mount namespaces (`nsenter --net=/run/netns/H unshare --uts --mount`;
  * `ip netns exec` would remount /sys and break dockerd's cgroup setup), with a per-host directory
  * bind-mounted over /run/docker/plugins inside that mount namespace — so a plugin socket created in

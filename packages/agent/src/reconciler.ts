@@ -11,12 +11,13 @@
  */
 
 import type { Logger } from 'pino';
-import type { Dataplane, DataplaneError } from '@kvnet/dataplane';
+import type { Dataplane, DataplaneError, GatewayBridgeInfo } from '@kvnet/dataplane';
 import { allEndpoints, type ClusterView } from './cluster-view.ts';
 import { computeDesiredState } from './desired-state.ts';
-import { assignEgress } from './egress.ts';
+import { assignEgress, assignEgress6 } from './egress.ts';
 import type { LocalState } from './local-state.ts';
 import type { AgentMetrics } from './metrics.ts';
+import type { MtuWarningLog } from './network-mtu.ts';
 
 /** Changes arriving within this window are folded into one reconcile. */
 export const RECONCILE_DEBOUNCE_MS = 5;
@@ -26,8 +27,11 @@ export const RECONCILE_RETRY_CAP_MS = 30_000;
 /** An unchanged desired state is re-applied after this long anyway (drift repair). */
 export const PERIODIC_APPLY_MS = 30_000;
 
-/** What the loop needs of the data plane (the real `Dataplane`, or a stand-in in unit tests). */
-export type DataplanePort = Pick<Dataplane, 'apply' | 'ensureGatewayBridge'>;
+/**
+ * What the loop needs of the data plane (the real `Dataplane`, or a stand-in in unit tests);
+ * `readUnderlay` is asked once at start for the underlay's MTU when the agent was given its data plane.
+ */
+export type DataplanePort = Pick<Dataplane, 'apply' | 'ensureGatewayBridge'> & Partial<Pick<Dataplane, 'readUnderlay'>>;
 
 export interface ReconcilerOptions {
   readonly node: string;
@@ -42,6 +46,8 @@ export interface ReconcilerOptions {
   readonly logger: Logger;
   /** Runs after every reconcile with the view it used (dead-node checks, faces' follow-up work). */
   readonly afterReconcile: (view: ClusterView) => void;
+  /** Reports networks this host's underlay cannot carry, once each (with the data plane's apply warnings). */
+  readonly mtuWarnings?: MtuWarningLog;
 }
 
 export class Reconciler {
@@ -55,7 +61,7 @@ export class Reconciler {
   private retryDelay = RECONCILE_RETRY_BASE_MS;
   private waiters: Array<{ gen: number; resolve: (errors: readonly DataplaneError[]) => void }> = [];
   private loopDone: Promise<void> = Promise.resolve();
-  private gateway: { subnet: string; gateway: string } | undefined;
+  private gateway: GatewayBridgeInfo | undefined;
   /** The last desired state applied without errors (JSON), and when. */
   private lastApplied: { state: string; at: number } | undefined;
 
@@ -149,12 +155,16 @@ export class Reconciler {
     })();
   }
 
-  /** Host-local egress addresses on the gateway bridge for local endpoints of non-internal networks. */
-  private async egress(view: ClusterView): Promise<Map<string, string>> {
+  /**
+   * Host-local egress addresses on the gateway bridge for local endpoints of non-internal networks
+   * (IPv4, and IPv6 where the bridge has an IPv6 subnet and the sandbox an IPv6 address).
+   */
+  private async egress(view: ClusterView): Promise<{ egress: Map<string, string>; egress6: Map<string, string> }> {
     const { node, state, dataplane, logger } = this.opts;
     const local = allEndpoints(view).filter((e) => e.node === node);
     const wantsEgress = local.some((e) => e.netns && view.networks.get(e.network) && !view.networks.get(e.network)!.internal);
     let egress = new Map<string, string>();
+    let egress6 = new Map<string, string>();
     if (this.opts.gatewayBridge !== 'none' && wantsEgress) {
       if (!this.gateway) {
         try {
@@ -170,10 +180,11 @@ export class Reconciler {
         if (assigned.unassigned.length > 0) {
           logger.error({ eids: assigned.unassigned, subnet: this.gateway.subnet }, 'gateway bridge subnet is full; some endpoints get no egress');
         }
+        egress6 = assignEgress6(egress, local, view.networks, this.gateway);
       }
     }
     state.setEgress(egress);
-    return egress;
+    return { egress, egress6 };
   }
 
   private async reconcileOnce(): Promise<readonly DataplaneError[]> {
@@ -181,13 +192,14 @@ export class Reconciler {
     if (!this.opts.ready()) return [];
     const stopTimer = metrics.reconcileDuration.startTimer();
     const view = this.opts.view();
-    const desired = computeDesiredState({ view, node: this.opts.node, egress: await this.egress(view) });
+    const desired = computeDesiredState({ view, node: this.opts.node, ...(await this.egress(view)) });
     let errors: readonly DataplaneError[] = [];
     const stateJson = JSON.stringify(desired.state);
     const unchanged = this.lastApplied?.state === stateJson && Date.now() - this.lastApplied.at < PERIODIC_APPLY_MS;
     try {
-      const report = unchanged ? { errors: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state);
+      const report = unchanged ? { errors: [], warnings: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state);
       errors = report.errors;
+      this.opts.mtuWarnings?.update(view, report.warnings);
       this.lastApplied = errors.length === 0 ? { state: stateJson, at: unchanged ? this.lastApplied!.at : Date.now() } : undefined;
       metrics.peersProgrammed.set(desired.peers);
       metrics.localEndpoints.set(desired.state.networks.reduce((s, n) => s + n.endpoints.length, 0));

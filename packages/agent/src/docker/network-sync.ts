@@ -2,8 +2,10 @@
  * Makes every kvnet network appear in this host's dockerd, and disappear with it. With the plugin's
  * default `local` scope Docker keeps a network only on the host where `docker network create` ran;
  * this closes the gap: for each kvnet network this host's dockerd lacks, it creates a Docker network
- * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnet, gateway,
- * ip-range, aux addresses, `--internal`, options, labels and IPAM options, plus the IPAM option
+ * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnets (IPv4
+ * and IPv6, `EnableIPv6`; an IPv6-only one with `EnableIPv4: false`, which Docker 28 and later honour),
+ * gateways, ip-ranges, aux addresses, `--internal`, options (with its MTU as
+ * `com.docker.network.driver.mtu`, so `docker network inspect` shows it), labels and IPAM options, plus the IPAM option
  * `kvnet.network=<nid>` so the plugin adopts the existing pool instead of reserving a new one (and
  * CreateNetwork binds the new Docker id to the same kvnet network). A Docker network of driver kvnet
  * whose kvnet network is gone is removed from dockerd.
@@ -16,6 +18,8 @@
 import type { Logger } from 'pino';
 import type { ClusterView } from '../cluster-view.ts';
 import { allEndpoints } from '../cluster-view.ts';
+import { networkPools } from '../layout.ts';
+import { MTU_OPTION } from '../network-mtu.ts';
 import type { DockerEndpointRecord, DockerNetworkRecord } from './backend.ts';
 import { ADOPT_NETWORK_OPTION, PLUGIN_NAME } from './protocol.ts';
 import { containerAliases, type DockerEngine, type EngineContainer, type EngineEndpointSettings, type EngineNetwork } from './engine.ts';
@@ -72,27 +76,37 @@ export const REFUSED_REMOVAL_LABEL = 'kvnet.removal-refused';
 export const RESTORE_WINDOW_MS = 10_000;
 /** Pause between those attempts. */
 export const RESTORE_RETRY_MS = 50;
+/**
+ * A network bound on this host that vanished from dockerd is made again only after this long, unless a
+ * refused removal explains it ({@link DockerNetworkSync.restoreRefused} makes it at once, with the
+ * reason): dockerd drops a network from its list before it asks the plugin to delete it (`docker
+ * network prune` notably), and a copy made in that gap would hide the refusal that follows.
+ */
+export const VANISHED_GRACE_MS = 3_000;
 
 /** The Engine API body that makes a Docker network mirroring `n` (`notice`: a {@link REFUSED_REMOVAL_LABEL} value). */
 export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = PLUGIN_NAME, notice?: string): Record<string, unknown> {
+  const pools = networkPools(n);
+  const hasV4 = pools.some((p) => p.family === 4);
+  const hasV6 = pools.some((p) => p.family === 6);
   return {
     Name: n.name,
     Driver: driverName,
     CheckDuplicate: true,
     Internal: n.internal,
+    ...(hasV6 ? { EnableIPv6: true } : {}),
+    ...(hasV4 ? {} : { EnableIPv4: false }),
     Labels: { ...n.labels, ...(notice ? { [REFUSED_REMOVAL_LABEL]: notice } : {}) },
-    Options: n.options ?? {},
+    Options: { ...n.options, ...(n.mtu !== undefined ? { [MTU_OPTION]: String(n.mtu) } : {}) },
     IPAM: {
       Driver: driverName,
       Options: { ...n.docker?.ipamOptions, [ADOPT_NETWORK_OPTION]: n.id },
-      Config: [
-        {
-          Subnet: n.subnet,
-          Gateway: n.gateway,
-          ...(n.ipRange ? { IPRange: n.ipRange } : {}),
-          ...(Object.keys(n.auxAddresses ?? {}).length ? { AuxiliaryAddresses: n.auxAddresses } : {}),
-        },
-      ],
+      Config: pools.map((p) => ({
+        Subnet: p.subnet,
+        Gateway: p.gateway,
+        ...(p.ipRange ? { IPRange: p.ipRange } : {}),
+        ...(Object.keys(p.auxAddresses).length ? { AuxiliaryAddresses: p.auxAddresses } : {}),
+      })),
     },
   };
 }
@@ -110,6 +124,8 @@ export class DockerNetworkSync {
    * a refusal that is still to come.
    */
   private readonly removing = new Set<string>();
+  /** nid → when its Docker network bound on this host was first seen missing from dockerd. */
+  private readonly vanished = new Map<string, number>();
 
   /** DeleteNetwork of `nid` started on this host. */
   holdBack(nid: string): void {
@@ -170,17 +186,31 @@ export class DockerNetworkSync {
     const byName = new Map<string, EngineNetwork>(docker.map((d) => [d.Name, d]));
     const boundHere = new Set<string>();
     const mirror = this.opts.mirrorNetworks ?? true;
+    const now = (this.opts.now ?? Date.now)();
+    for (const nid of [...this.vanished.keys()]) if (!view.networks.has(nid)) this.vanished.delete(nid);
     for (const n of view.networks.values() as Iterable<DockerNetworkRecord>) {
       const mine = n.docker?.networks[node];
       if (mine) boundHere.add(mine);
       if (!mirror) continue;
       if (n.deleting || n.docker?.provisionalName || this.removing.has(n.id)) continue;
-      if (mine && dockerIds.has(mine)) continue;
+      if (mine && dockerIds.has(mine)) {
+        this.vanished.delete(n.id);
+        continue;
+      }
+      if (mine && !this.refused.has(n.id)) {
+        const since = this.vanished.get(n.id) ?? now;
+        this.vanished.set(n.id, since);
+        if (now - since < VANISHED_GRACE_MS) {
+          result.pending++; // look again soon
+          continue;
+        }
+      }
       if (byName.has(n.name)) continue; // being created right now (CreateNetwork binds it), or a name clash logged below
       try {
         const notice = this.refused.get(n.id);
         await engine.createNetwork(dockerNetworkSpec(n, driverName, notice));
         result.created.push(n.name);
+        this.vanished.delete(n.id);
         if (notice) {
           this.refused.delete(n.id);
           logger.warn({ nid: n.id, network: n.name, notice }, 'put a kvnet network back into the local dockerd, which removed it although kvnet refused');

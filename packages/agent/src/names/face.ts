@@ -28,8 +28,11 @@ import { resolverSocketFor } from '../config.ts';
 import type { AgentContext, Face } from '../context.ts';
 import type { EndpointRecord } from '../layout.ts';
 import { PLUMB_HOOK_BUDGET_MS } from '../network-service.ts';
-// The one thing this face needs to know about dockerd: which process it is (to enter its mount namespace).
-import { findDockerd } from '../docker/dns-setup.ts';
+// What this face needs to know about dockerd: which process it is (to enter its mount namespace), and
+// whether its containers ask the resolver at all (for doctor).
+import { assessDockerDns, findDockerd, readDockerDnsFacts } from '../docker/dns-setup.ts';
+import { DockerEngine } from '../docker/engine.ts';
+import type { DoctorCheck, DoctorFinding } from '../doctor/report.ts';
 import { DockerSandboxes } from './docker-sandboxes.ts';
 import { buildNameTable, listenersFor, localSandboxes, routeHolder } from './name-table.ts';
 import { DEFAULT_RESOLVER_ADDRESS, type Names, type NamesContext, type ResolverStatus } from './names.ts';
@@ -66,8 +69,13 @@ export interface NamesFace extends Face {
   dockerLeave(endpointId: string): Promise<void>;
   /** Resolves after a pass that started after this call (table sent, listeners open or failed, routes added). */
   settle(): Promise<void>;
-  /** The resolver process as it reports itself (for `kvnet doctor`). */
+  /** The resolver process as it reports itself. */
   status(): Promise<ResolverStatus>;
+  /**
+   * `kvnet doctor`'s DNS checks (area `dns`): the resolver process answering, every listener open, and
+   * on a Docker host whether dockerd sends its containers' queries to it (docker/dns-setup.ts).
+   */
+  readonly doctorCheck: DoctorCheck;
   /** Uninstall: the resolver process exits and removes the addresses it added; the face stops. */
   uninstall(): Promise<void>;
 }
@@ -238,8 +246,32 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
   first.abort();
   logger.info({ address, socket: socketPath, resolver: names.resolverPid, startedResolver: names.startedResolver, hostListener: docker }, 'names face ready');
 
+  const doctorCheck: DoctorCheck = async (signal) => {
+    const out: DoctorFinding[] = [];
+    try {
+      const st = await names.status();
+      const view = ctx.cluster.view();
+      const failed = st.listeners.filter((l) => l.state === 'failed');
+      for (const l of failed) {
+        const net = l.network ? (view.networks.get(l.network)?.name ?? l.network.slice(0, 12)) : undefined;
+        out.push({ area: 'dns', status: 'fail', summary: `DNS listener ${l.netns === 'host' ? 'in the host namespace' : `in ${l.netns}`} does not listen: ${l.error ?? 'failed'}`, fix: `containers${net ? ` on ${net}` : ''} get no answers from ${address} here; the resolver retries it (its log: ${namesCtx.resolverLog})`, ...(net ? { network: net } : {}) });
+      }
+      const c = st.counters;
+      out.push({ area: 'dns', status: 'ok', summary: `kvnet resolver (pid ${st.pid}) answers at ${address} with ${st.listeners.length - failed.length} of ${st.listeners.length} listeners; ${c.answered ?? 0} names answered, ${c.forwarded ?? 0} forwarded, ${c.refused ?? 0} refused since ${st.startedAt}` });
+    } catch (err) {
+      out.push({ area: 'dns', status: 'fail', summary: `the kvnet resolver on ${socketPath} does not answer: ${(err as Error).message}`, fix: `containers get no names across hosts; the agent starts another (see ${namesCtx.resolverLog})` });
+    }
+    if (docker && config.dockerSocket !== 'off') {
+      const findings = assessDockerDns(await readDockerDnsFacts(new DockerEngine(config.dockerSocket), signal), address);
+      for (const f of findings) out.push({ area: 'dns', status: f.level === 'error' ? 'fail' : f.level === 'warn' ? 'warn' : 'skip', summary: f.message });
+      if (findings.length === 0) out.push({ area: 'dns', status: 'ok', summary: `dockerd sends its containers' DNS queries to ${address}` });
+    }
+    return out;
+  };
+
   return {
     address,
+    doctorCheck,
     afterReconcile(): void {
       void sync();
     },

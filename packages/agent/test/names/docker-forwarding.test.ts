@@ -9,7 +9,7 @@
  * No kvnet here: a bridge network stands in for the kvnet network (the route is added by hand, as the
  * plugin's Join answer would), and the DNS server on 169.254.53.53 in the host namespace logs the source
  * of each query. Runs on Debian's dockerd 20.10 always, and on 28.5.2 / 29.8.1 when they are built in
- * /var/cache/kvnet (environment.md), each in its own simulated host.
+ * /var/cache/kvnet (scripts/install-docker.sh), each in its own simulated host.
  */
 
 import test from 'ava';
