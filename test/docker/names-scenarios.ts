@@ -266,7 +266,7 @@ export function registerDockerNamesScenarios(options: { label: string; engine?: 
     t.deepEqual((await lookup(2, 'c2', 'c3')).addresses, [ips.c3!.multi!]);
   });
 
-  rt('malformed and oversized packets get no crash; the agent log confirms dockerd\'s dns setting', async (t) => {
+  rt('malformed and oversized packets get no crash; the agent log and kvnet doctor confirm the resolver and dockerd\'s dns setting', async (t) => {
     const probe = await probeIn(2, 'c2');
     const header = (flags: string, qd = '0001'): string => `0001${flags}${qd}000000000000`;
     const bad = ['', 'ff', header('0100', '0000'), `${header('0100')}3f6331`, `${header('0100')}c00c00010001`, `${header('2800')}0263310000010001`, 'ab'.repeat(60_000)];
@@ -276,6 +276,10 @@ export function registerDockerNamesScenarios(options: { label: string; engine?: 
     t.deepEqual(answers(await probe.query('c1', 1, 'tcp')), [ips.c1!.multi!], 'TCP after the junk');
     t.deepEqual(readDaemonDns(d(1).socket).dns, [RESOLVER], 'the check reads the real dockerd\'s --dns');
     t.regex(agents[0]!.log(), /dockerd sends its containers' DNS queries to kvnet's resolver 169\.254\.53\.53/);
+    const doctor = JSON.parse((await kvnetCli(sockets[0]!, 'doctor', '--json')).stdout) as { findings: Array<{ area: string; status: string; summary: string }> };
+    const dns = doctor.findings.filter((f) => f.area === 'dns');
+    t.true(dns.some((f) => f.status === 'ok' && /^kvnet resolver \(pid \d+\) answers at 169\.254\.53\.53 with (\d+) of \1 listeners/.test(f.summary)), `kvnet doctor: ${JSON.stringify(dns)}`);
+    t.true(dns.some((f) => f.status === 'ok' && /^dockerd sends its containers' DNS queries to 169\.254\.53\.53$/.test(f.summary)));
   });
 
   rt('a dead host\'s names stop resolving everywhere once it is reaped', async (t) => {

@@ -36,7 +36,8 @@ test.before(async (t) => {
   if (!(await canRunDockerd())) throw new Error('cannot run: this needs root, dockerd, containerd, runc and busybox-static (scripts/setup.sh installs them)');
   dir = makeTempDir(`doctor-docker-${id}`);
   sim = await createSimNetwork({ hosts: 1, prefix: id });
-  dockerd = await startDockerd({ host: sim.hosts[0]!, runId: id });
+  // a kvnet Docker host as deploy/README.md sets one up: dockerd's dns is kvnet's resolver (doctor's dns checks)
+  dockerd = await startDockerd({ host: sim.hosts[0]!, runId: id, extraArgs: ['--dns', '169.254.53.53'] });
   socket = join(dir, 'h1.sock');
   agent = startDockerAgent({ id, dir, index: 0, host: sim.hosts[0]!, dockerd, apiSocket: socket, store: `local://${dir}/store.db` });
   await waitAgentReady(agent);
