@@ -17,7 +17,7 @@
 import { statfsSync, statSync } from 'node:fs';
 import type { AddressAllocation, Ipam, PoolInfo } from '@kvnet/ipam';
 import { cidrContainsIp, parseInterfaceAddress, parseIp } from '@kvnet/netaddr';
-import type { DataplaneError } from '@kvnet/dataplane';
+import { NSFS_MAGIC, type DataplaneError } from '@kvnet/dataplane';
 import { sleep, type KVEntry } from '@kvnet/store';
 import type { ConnectInput, CreateNetworkInput } from './api/schemas.ts';
 import { allEndpoints } from './cluster-view.ts';
@@ -32,7 +32,6 @@ import { defaultIfname } from './egress.ts';
 
 /** Connect retries when the network record changed under it (e.g. an aborted `rm`). */
 export const CONNECT_MAX_ATTEMPTS = 3;
-const NSFS_MAGIC = 0x6e736673;
 /** Docker's option naming a VXLAN id for the network. */
 export const VXLANID_OPTION = 'com.docker.network.driver.overlay.vxlanid_list';
 

@@ -17,8 +17,7 @@
  * Runs are serialised (a request during a run gets that run's report). Nothing is changed anywhere.
  */
 
-import { statfsSync } from 'node:fs';
-import type { Dataplane, SandboxProbe } from '@kvnet/dataplane';
+import { probeNetns, type Dataplane, type SandboxProbe } from '@kvnet/dataplane';
 import { computeDesiredState } from '../desired-state.ts';
 import type { AgentContext, Face } from '../context.ts';
 import type { NodeProbe } from '../nodes.ts';
@@ -34,8 +33,6 @@ export { describeServers, probeServers } from './store-checks.ts';
 
 /** Upper bound of one doctor run. */
 export const DOCTOR_RUN_TIMEOUT_MS = 60_000;
-/** statfs magic of a network namespace file (nsfs). */
-const NSFS_MAGIC = 0x6e736673;
 
 /** What doctor needs of the data plane: read the kernel, its prefix and default overlay MTU. */
 export type DoctorDataplane = Pick<Dataplane, 'readState' | 'prefix' | 'overlayMtu'>;
@@ -60,14 +57,6 @@ export interface DoctorFace extends Face {
 /** Whether a data plane port can also read the kernel. */
 export function readableDataplane(dp: unknown): DoctorDataplane | undefined {
   return dp !== null && typeof dp === 'object' && typeof (dp as { readState?: unknown }).readState === 'function' ? (dp as DoctorDataplane) : undefined;
-}
-
-function probeSandbox(path: string): SandboxProbe {
-  try {
-    return Number(statfsSync(path).type) === NSFS_MAGIC ? 'netns' : 'not-netns';
-  } catch {
-    return 'missing';
-  }
 }
 
 /** Starts the doctor face (it listens on nothing: the local API serves it). */
@@ -103,7 +92,7 @@ export function startDoctor(ctx: AgentContext, deps: DoctorDeps): DoctorFace {
       try {
         const actual = await dp.readState({ iptables: true, signal });
         const sandboxes = new Map<string, SandboxProbe>();
-        for (const n of desired.networks) for (const e of n.endpoints) if (e.sandbox) sandboxes.set(e.sandbox.path, probeSandbox(e.sandbox.path));
+        for (const n of desired.networks) for (const e of n.endpoints) if (e.sandbox) sandboxes.set(e.sandbox.path, probeNetns(e.sandbox.path));
         const gatewayBridge = ctx.config.gatewayBridge === 'none' ? undefined : ctx.config.gatewayBridge;
         const diff = kernelDiff({ desired, actual, prefix: dp.prefix, vtep: ctx.node.vtep, vxlanPort: ctx.datapath.vxlanPort, gatewayBridge, sandboxes, names });
         findings.push(...diff);
@@ -122,7 +111,7 @@ export function startDoctor(ctx: AgentContext, deps: DoctorDeps): DoctorFace {
       }
     }
 
-    const { targets, skipped } = chooseProbeTargets(view, self, (netns) => probeSandbox(netns) === 'netns');
+    const { targets, skipped } = chooseProbeTargets(view, self, (netns) => probeNetns(netns) === 'netns');
     const outcomes = await runProbes(targets, mtuOf, signal);
     const at = new Date().toISOString();
     const probed = probeFindings(outcomes, skipped, at, ctx.datapath.vxlanPort);

@@ -16,7 +16,8 @@
  */
 
 import { execFile } from 'node:child_process';
-import { statfsSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
+import { isNetns } from '@kvnet/dataplane';
 import { ListenerError } from './errors.ts';
 
 /** Any one `ip`/`nsenter` invocation; they normally take a few milliseconds. */
@@ -41,23 +42,15 @@ async function ipIn(netnsPath: string | undefined, lines: readonly string[], wha
   if (r.code !== 0) throw new ListenerError(`${what}: ${r.stderr.trim() || `ip exited ${r.code}`}`);
 }
 
-/** The filesystem type of a network namespace bind mount (nsfs). */
-const NSFS_MAGIC = 0x6e736673;
 
 /**
- * Whether `path` is a network namespace here: a SandboxKey seen from outside dockerd's mount namespace
- * is the plain (empty) file the bind mount covers there.
+ * The namespace's identity (nsfs inode); undefined when the path holds no namespace: gone, or the plain
+ * file `ip netns add` makes before its bind mount is in place (taking that file's inode for the namespace
+ * would open a listener that is torn down again a moment later). A re-created namespace at the same path
+ * has another identity.
  */
-function isNetnsFile(path: string): boolean {
-  try {
-    return Number(statfsSync(path).type) === NSFS_MAGIC;
-  } catch {
-    return false;
-  }
-}
-
-/** The namespace's identity (nsfs inode); undefined when the path is gone. A re-created namespace at the same path has another. */
 export function netnsIdentity(netnsPath: string): string | undefined {
+  if (!isNetns(netnsPath)) return undefined;
   try {
     const st = statSync(netnsPath);
     return `${st.dev}:${st.ino}`;
@@ -99,7 +92,7 @@ export async function ensureSandboxRoute(sandboxPath: string, ifname: string, ad
  * interface, or ip refuses.
  */
 export async function ensureSandboxRouteByMac(sandboxPath: string, mac: string, address: string, dockerdPid?: number): Promise<string> {
-  const enter = isNetnsFile(sandboxPath) || dockerdPid === undefined ? ['nsenter', `--net=${sandboxPath}`] : ['nsenter', `--mount=/proc/${dockerdPid}/ns/mnt`, 'nsenter', `--net=${sandboxPath}`];
+  const enter = isNetns(sandboxPath) || dockerdPid === undefined ? ['nsenter', `--net=${sandboxPath}`] : ['nsenter', `--mount=/proc/${dockerdPid}/ns/mnt`, 'nsenter', `--net=${sandboxPath}`];
   const where = enter.length > 2 ? `sandbox ${sandboxPath} (in dockerd's mount namespace, pid ${dockerdPid})` : `sandbox ${sandboxPath}`;
   const r = await run(enter[0]!, [...enter.slice(1), 'ip', '-j', 'link', 'show']);
   if (r.code !== 0) throw new ListenerError(`cannot list the interfaces of ${where}: ${r.stderr.trim() || `nsenter exited ${r.code}`}`);
