@@ -30,12 +30,11 @@ import { UPSTREAM_ANSWER } from '../support/dns-upstream-server.ts';
 import { DnsProbe } from '../support/names-fixture.ts';
 import { makeTempDir, removeTempDir, REPO_ROOT, run, runId, startProcess, waitFor, type ManagedProcess } from '../support/process.ts';
 import { createSimNetwork, OUTSIDE_ADDRESS, type SimNetwork } from '../support/sim-hosts.ts';
-import { percentile, type BenchRow } from './dns-resolve.ts';
+import { percentile, sampleInRounds, type BenchRow } from './dns-resolve.ts';
 
 const RESOLVER = '169.254.53.53';
 const DOCKER_RESOLVER = '127.0.0.11';
 const HOSTS = 3;
-const ROUNDS = 10;
 const READY_TIMEOUT_MS = 120_000;
 const VISIBLE_TIMEOUT_MS = 60_000;
 /** How often the visibility clients ask. */
@@ -136,15 +135,8 @@ export async function benchDockerNames(options: DockerDnsBenchOptions): Promise<
       const got = (a.answers ?? []).map((x) => x.data);
       if (!got.includes(c.want)) throw new Error(`${c.impl} ${c.name}: ${c.req.name} via ${c.req.server} answered ${JSON.stringify(a)}, not ${c.want}`);
     }
-    const perRound = Math.max(1, Math.ceil(options.samples / ROUNDS));
-    progress(`resolve: ${cases.length} cases × ${ROUNDS} rounds × ${perRound} queries from c2 (h2)`);
-    for (let round = 0; round < ROUNDS; round++) {
-      for (const c of cases) {
-        const r = await c.probe.request({ op: 'bench', type: 1, count: perRound, warmup: round === 0 ? options.warmup : 0, timeoutMs: 2000, ...c.req });
-        if (!r.ok || (r.failures ?? 0) > 0) throw new Error(`${c.impl}/${c.name}: ${r.failures ?? '?'} queries failed (${r.error ?? ''})`);
-        c.samples.push(...r.samplesMs!);
-      }
-    }
+    progress(`resolve: ${cases.length} cases × ${options.samples} queries each from c2 (h2), taking turns`);
+    await sampleInRounds(cases, options.samples, options.warmup);
     for (const c of cases) {
       rows.push({ suite: 'dns', impl: c.impl, docker: version, hosts: HOSTS, name: c.name, resolve_p50_ms: round2(percentile(c.samples, 50)), resolve_p99_ms: round2(percentile(c.samples, 99)), samples: c.samples.length });
     }

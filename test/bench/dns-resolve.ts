@@ -23,7 +23,7 @@ import { pino } from 'pino';
 import { buildNameTable, localSandboxes } from '../../packages/agent/src/names/name-table.ts';
 import type { Names, NamespaceListener } from '../../packages/agent/src/names/names.ts';
 import { startNames } from '../../packages/agent/src/names/names-client.ts';
-import { createNamesFixture, UPSTREAM_ADDRESS, type NamesFixture } from '../support/names-fixture.ts';
+import { createNamesFixture, UPSTREAM_ADDRESS, type DnsProbe, type NamesFixture } from '../support/names-fixture.ts';
 import { makeTempDir, REPO_ROOT, run, runId } from '../support/process.ts';
 
 export interface ResolveBenchOptions {
@@ -45,6 +45,31 @@ export function percentile(xs: readonly number[], p: number): number {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+/** One resolve case: queries sent by `probe` with `req` (name, server), its samples collected in `samples`. */
+export interface ResolveCase {
+  readonly impl: string;
+  readonly name: string;
+  readonly probe: Pick<DnsProbe, 'request'>;
+  readonly req: Record<string, unknown>;
+  readonly samples: number[];
+}
+
+/**
+ * Sends `samples` queries per case, the cases taking turns over {@link ROUNDS} rounds (so a slow moment of
+ * the shared machine falls on every case alike); the first round is preceded by `warmup` unmeasured ones.
+ * Any failed query fails the benchmark: a figure with failures left out would flatter.
+ */
+export async function sampleInRounds(cases: readonly ResolveCase[], samples: number, warmup: number): Promise<void> {
+  const perRound = Math.max(1, Math.ceil(samples / ROUNDS));
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const c of cases) {
+      const r = await c.probe.request({ op: 'bench', type: 1, count: perRound, warmup: round === 0 ? warmup : 0, timeoutMs: 2000, ...c.req });
+      if (!r.ok || (r.failures ?? 0) > 0) throw new Error(`${c.impl}/${c.name}: ${r.failures ?? '?'} queries failed (${r.error ?? ''})`);
+      c.samples.push(...r.samplesMs!);
+    }
+  }
 }
 
 /** Bundles resolver-main.ts the way a production build would (plain JavaScript, no loader). */
@@ -104,19 +129,12 @@ export async function benchResolve(options: ResolveBenchOptions): Promise<BenchR
       // machine's load (it is shared) hits them alike.
       const client = await fx.probe('ca1');
       const hostClient = await fx.probe('h1');
-      const cases: Array<{ impl: string; name: string; probe: typeof client; req: Record<string, unknown>; samples: number[] }> = [
+      const cases: ResolveCase[] = [
         { impl: 'kvnet', name: 'table', probe: client, req: { name: 'r1' }, samples: [] },
         { impl: 'kvnet', name: 'forwarded', probe: client, req: { name: 'www.up.test' }, samples: [] },
         { impl: 'upstream-direct', name: 'forwarded', probe: hostClient, req: { name: 'www.up.test', server: UPSTREAM_ADDRESS }, samples: [] },
       ];
-      const perRound = Math.max(1, Math.ceil(options.samples / ROUNDS));
-      for (let round = 0; round < ROUNDS; round++) {
-        for (const c of cases) {
-          const r = await c.probe.request({ op: 'bench', type: 1, count: perRound, warmup: round === 0 ? options.warmup : 0, timeoutMs: 2000, ...c.req });
-          if (!r.ok || (r.failures ?? 0) > 0) throw new Error(`${c.impl}/${c.name}: ${r.failures ?? '?'} queries failed (${r.error ?? ''})`);
-          c.samples.push(...r.samplesMs!);
-        }
-      }
+      await sampleInRounds(cases, options.samples, options.warmup);
       for (const c of cases) {
         const xs = c.samples;
         rows.push({ suite: 'dns', impl: c.impl, docker: 'none', name: c.name, resolve_p50_ms: round2(percentile(xs, 50)), resolve_p99_ms: round2(percentile(xs, 99)), samples: xs.length });
