@@ -10,7 +10,7 @@ import test from 'ava';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster, type ClusterHost, type Container } from '../support/cluster.ts';
-import { makeTempDir, startProcess, waitFor } from '../support/process.ts';
+import { makeTempDir, run, startProcess, waitFor } from '../support/process.ts';
 import { cniError, cnitool, cnitoolContainerId, installPlugin, missingCniTools, removeCniCache, runPluginDirect, writeConflist } from './support.ts';
 
 const missing = missingCniTools();
@@ -71,6 +71,7 @@ interface AddResult {
   interfaces: { name: string; mac?: string; sandbox?: string }[];
   ips: { address: string; gateway?: string; interface?: number }[];
   routes: { dst: string; gw?: string }[];
+  dns?: { nameservers?: string[] };
 }
 
 test.serial('cnitool: ADD on two hosts (name and address honoured), ping across, CHECK, STATUS, a deleted interface fails CHECK, DEL twice', async (t) => {
@@ -106,6 +107,10 @@ test.serial('cnitool: ADD on two hosts (name and address honoured), ping across,
   t.deepEqual(web1?.cni, { containerId: await cnitoolContainerId(c1.path), ifname: 'eth0', netconf: name1 });
   t.true(await cluster.ping(c1, '10.94.1.77', { tries: 5 }), 'c1 (h1) pings c2 (h2)');
   t.true(await cluster.ping(c2, ip1, { tries: 5 }), 'c2 (h2) pings c1 (h1)');
+  // the result's dns names kvnet's resolver, and asking it from the container finds the other host's container
+  t.deepEqual(r1.dns, { nameservers: ['169.254.53.53'] });
+  const lookup = await run('nsenter', [`--net=${c1.path}`, 'busybox', 'nslookup', 'web2', r1.dns!.nameservers![0]!], { allowFailure: true, timeoutMs: 30_000 });
+  t.regex(lookup.stdout, /^Address:\s+10\.94\.1\.77$/m, `web2 (h2) resolves from c1 (h1) through the result's nameserver: ${lookup.stdout}${lookup.stderr}`);
   // the host route portmap needs
   t.regex(await hostRoutes(h1), new RegExp(`^${ip1.replaceAll('.', '\\.')} via ${r1.ips[1]!.address.split('/')[0]!.replaceAll('.', '\\.')} dev kvnet_gwbridge`));
 

@@ -86,6 +86,12 @@ export interface AgentConfig {
  * `/run/kvnet/kvnet-resolver.sock`. One per agent, so agents of simulated hosts on one machine never
  * share a resolver.
  */
+/** The resolver address containers ask for kvnet names, or undefined when names are off (`--dns-address off`). */
+export function resolverAddressOf(config: Pick<AgentConfig, 'dnsAddress'>): string | undefined {
+  if (config.dnsAddress === 'off') return undefined;
+  return config.dnsAddress || DEFAULT_DNS_ADDRESS;
+}
+
 export function resolverSocketFor(socketPath: string): string {
   return join(dirname(socketPath), `${basename(socketPath).replace(/\.sock$/, '')}-resolver.sock`);
 }

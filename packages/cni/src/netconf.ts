@@ -10,7 +10,7 @@
  * | `type` | `kvnet` (the executable's name in the runtime's CNI plugin directory) |
  * | `network` | the kvnet network, by name or id (default: the configuration's `name`) |
  * | `socket` | the agent's local API socket (default {@link DEFAULT_SOCKET}) |
- * | `dns` | passed through into the result (until kvnet names exist) |
+ * | `dns` | put in the result as given; without it the result names kvnet's resolver (the agent's `--dns-address`, 169.254.53.53 by default) unless names are off or the network is IPv6-only |
  *
  * Per container: a requested address from `runtimeConfig.ips` (capability `ips`), `args.cni.ips` or
  * `CNI_ARGS` `IP=` (in that order: the conventions say `args` wins over `CNI_ARGS`); the endpoint's

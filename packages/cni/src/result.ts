@@ -66,7 +66,8 @@ export function buildResult(att: CniAttachmentView, opts: ResultOptions): CniRes
     ips.push({ address: egress.address, gateway: egress.gateway, interface: base + 1 });
     routes.push({ dst: DEFAULT_ROUTE, gw: egress.gateway });
   }
-  const dns = opts.dns ?? prev?.dns;
+  // The network configuration's own `dns` wins (the operator chose it), then kvnet's resolver, then an earlier plugin's.
+  const dns = opts.dns ?? att.dns ?? prev?.dns;
   return {
     cniVersion: version,
     interfaces: [...(prev?.interfaces ?? []), ...interfaces].map((i) => interfaceFor(version, i)),

@@ -44,6 +44,15 @@ test('1.1.0 adds MTUs; 0.4.0 and 0.3.1 add the address family; dns from the conf
   t.is(buildResult(attachment(), { cniVersion: '0.3.1', ifname: 'eth0' }).cniVersion, '0.3.1');
 });
 
+test("dns: the configuration's own wins; without it the agent's resolver; an earlier plugin's only when neither gives one", (t) => {
+  const kvnet = attachment({ dns: { nameservers: ['169.254.53.53'] } });
+  t.deepEqual(buildResult(kvnet, { cniVersion: '1.0.0', ifname: 'eth0' }).dns, { nameservers: ['169.254.53.53'] });
+  t.deepEqual(buildResult(kvnet, { cniVersion: '1.0.0', ifname: 'eth0', dns: { nameservers: ['10.0.1.1'], search: ['corp'] } }).dns, { nameservers: ['10.0.1.1'], search: ['corp'] });
+  const prevResult = { cniVersion: '1.0.0', dns: { nameservers: ['192.0.2.53'] } } as const;
+  t.deepEqual(buildResult(kvnet, { cniVersion: '1.0.0', ifname: 'eth0', prevResult }).dns, { nameservers: ['169.254.53.53'] });
+  t.deepEqual(buildResult(attachment(), { cniVersion: '1.0.0', ifname: 'eth0', prevResult }).dns, { nameservers: ['192.0.2.53'] });
+});
+
 test('an internal network: one interface, one address, no route out', (t) => {
   const { egress: _drop, ...internal } = attachment({ network: { id: 'n'.repeat(64), name: 'multi', subnet: '10.0.1.0/24', gateway: '10.0.1.1', internal: true } });
   const r = buildResult(internal, { cniVersion: '1.0.0', ifname: 'eth0' });

@@ -14,7 +14,8 @@ import type { AgentContext } from '../context.ts';
 import { NameConflictError, NotFoundError } from '../errors.ts';
 import type { CniAttachInput, CniAttachmentRefInput, CniGcInput } from '../api/schemas.ts';
 import { EGRESS_IFNAME } from '../desired-state.ts';
-import type { EndpointRecord } from '../layout.ts';
+import { endpointAddresses, type EndpointRecord } from '../layout.ts';
+import { resolverAddressOf } from '../config.ts';
 import { toEndpointView, type EndpointView } from '../network-service.ts';
 import { applyHostRoutes } from './host-routes.ts';
 import { readSandbox, type SandboxState } from './sandbox.ts';
@@ -37,6 +38,12 @@ export interface CniAttachmentView {
   readonly egress?: { readonly ifname: string; readonly address: string; readonly gateway: string };
   /** What the container's network namespace holds now; absent when it is gone. */
   readonly sandbox?: SandboxState;
+  /**
+   * The resolver that answers kvnet names (the names face's address, reached over this interface: the
+   * agent routes it in the sandbox); absent when names are off and on IPv6-only networks. The plugin puts it in the result's `dns`
+   * unless the network configuration gives its own.
+   */
+  readonly dns?: { readonly nameservers: readonly string[] };
 }
 
 /** What `POST /v1/cni/gc` answers. */
@@ -168,11 +175,14 @@ export class CniAttachments {
     if (!net) throw new NotFoundError(`network ${record.network.slice(0, 12)} of endpoint ${record.name} is gone`);
     const egress = net.internal ? undefined : this.ctx.reconciler.egressOf(record.id);
     const sandbox = record.netns ? await readSandbox(record.netns) : undefined;
+    // The resolver listens on IPv4 only: an endpoint of an IPv6-only network has no address to ask from.
+    const resolver = endpointAddresses(record).v4 ? resolverAddressOf(this.ctx.config) : undefined;
     return {
       endpoint: toEndpointView(record),
       network: { id: net.id, name: net.name, subnet: net.subnet, gateway: net.gateway, internal: net.internal },
       ...(egress ? { egress: { ifname: EGRESS_IFNAME, address: egress.address, gateway: egress.gateway } } : {}),
       ...(sandbox ? { sandbox } : {}),
+      ...(resolver ? { dns: { nameservers: [resolver] } } : {}),
     };
   }
 }

@@ -24,7 +24,7 @@ import { overlayNetnsName } from '@kvnet/dataplane';
 import { sleep } from '@kvnet/store';
 import type { ClusterView } from '../cluster-view.ts';
 import { allEndpoints } from '../cluster-view.ts';
-import { resolverSocketFor } from '../config.ts';
+import { resolverAddressOf, resolverSocketFor } from '../config.ts';
 import type { AgentContext, Face } from '../context.ts';
 import type { EndpointRecord } from '../layout.ts';
 import { PLUMB_HOOK_BUDGET_MS } from '../network-service.ts';
@@ -98,7 +98,7 @@ export function resolverCommandFor(unit: string | undefined, base: readonly stri
 export async function startNamesFace(ctx: AgentContext, options: NamesFaceOptions = {}): Promise<NamesFace> {
   const { config, node } = ctx;
   const logger = ctx.logger.child({ component: 'names' });
-  const address = config.dnsAddress && config.dnsAddress !== 'off' ? config.dnsAddress : DEFAULT_RESOLVER_ADDRESS;
+  const address = resolverAddressOf(config) ?? DEFAULT_RESOLVER_ADDRESS;
   const socketPath = config.dnsSocket ?? resolverSocketFor(config.socketPath);
   const docker = config.dockerPlugin !== undefined && config.dockerPlugin !== 'off';
   const namesCtx: NamesContext = {
