@@ -19,6 +19,7 @@ import { openStore, parseStoreOpts, sleep, type KVStore } from '@kvnet/store';
 import { startApi } from './api/index.ts';
 import { startCni } from './cni/index.ts';
 import { ClusterMirror } from './cluster-mirror.ts';
+import { countingStore } from './counting-store.ts';
 import type { ClusterView } from './cluster-view.ts';
 import { resolveAdvertise, validateConfig, type Advertise, type AgentConfig } from './config.ts';
 import type { AgentContext, Face, StatusSource } from './context.ts';
@@ -31,7 +32,7 @@ import { Membership } from './membership.ts';
 import { AgentMetrics, startMetricsServer } from './metrics.ts';
 import { NetworkService } from './network-service.ts';
 import { Reaper, REAP_GRACE_MS } from './reaper.ts';
-import { Reconciler, type DataplanePort } from './reconciler.ts';
+import { Reconciler, type DataplanePort, type ReconcileInfo } from './reconciler.ts';
 import { Records } from './records.ts';
 
 /** How long to wait for the first listing of every prefix at start before giving up. */
@@ -68,6 +69,7 @@ export class Agent implements StatusSource {
   private cluster: ClusterMirror | undefined;
   private reconciler: Reconciler | undefined;
   private reaper: Reaper | undefined;
+  private dataplane: (DataplanePort & { close?: () => void }) | undefined;
   private advertise: Advertise | undefined;
   private nodeId: string | undefined;
   private ctx: AgentContext | undefined;
@@ -108,10 +110,11 @@ export class Agent implements StatusSource {
       const advertise = (this.advertise = resolveAdvertise(config.advertise));
       const state = LocalState.load(config.stateDir);
       this.nodeId = state.nodeId;
-      const store = (this.store = await openStore(config.storeUrl, { ...parseStoreOpts(config.storeUrl, config.storeOpts), logger: logger.child({ component: 'store' }) }));
+      const opened = await openStore(config.storeUrl, { ...parseStoreOpts(config.storeUrl, config.storeOpts), logger: logger.child({ component: 'store' }) });
+      const store = (this.store = countingStore(opened, metrics));
       const ipam = new Ipam({ store, logger });
       const records = new Records(store, ipam, logger);
-      const dataplane =
+      const dataplane = (this.dataplane =
         this.deps.dataplane ??
         new Dataplane({
           namePrefix: config.namePrefix,
@@ -119,7 +122,7 @@ export class Agent implements StatusSource {
           ...(config.vxlanPort !== undefined ? { vxlanPort: config.vxlanPort } : {}),
           gatewayBridge: config.gatewayBridge === 'none' ? false : { name: config.gatewayBridge },
           logger,
-        });
+        }));
       const node = { name: config.nodeName, id: state.nodeId, vtep: advertise.ip };
 
       const record: NodeRecord = { name: node.name, advertise: advertise.ip, advertiseAddr: advertise.address, version: AGENT_VERSION, startedAt: this.startedAt, nodeId: node.id };
@@ -139,7 +142,10 @@ export class Agent implements StatusSource {
         store,
         logger,
         node: node.name,
-        onChange: () => this.reconciler?.schedule(),
+        onChange: (change, resync) => {
+          this.reconciler?.noteChange(change, resync);
+          this.reconciler?.schedule();
+        },
         onStoreError: (prefix, err, first) => {
           metrics.storeErrors.inc();
           if (first) logger.warn({ prefix, err }, 'cluster store unreachable; keeping the data plane as it is');
@@ -156,7 +162,7 @@ export class Agent implements StatusSource {
         ready: () => cluster.isSynced,
         metrics,
         logger,
-        afterReconcile: (view) => this.afterReconcile(view),
+        afterReconcile: (view, info) => this.afterReconcile(view, info),
       }));
       const dockerSweeps = config.dockerPlugin !== undefined && config.dockerPlugin !== 'off' && config.dockerSocket !== 'off';
       this.reaper = new Reaper({
@@ -221,6 +227,7 @@ export class Agent implements StatusSource {
       }
       await this.cluster?.stop();
       await this.reconciler?.stop(); // lets a running apply finish: a half-applied batch is repaired next start anyway
+      this.dataplane?.close?.();
       if (this.membership?.currentLease) await this.membership.announceRestart();
       await this.membership?.stop();
       await this.store?.close();
@@ -240,10 +247,10 @@ export class Agent implements StatusSource {
     this.reconciler?.schedule();
   }
 
-  private afterReconcile(view: ClusterView): void {
+  private afterReconcile(view: ClusterView, info: ReconcileInfo): void {
     this.reaper?.check(view);
     if (!this.ready) return;
-    for (const face of this.faces) face.afterReconcile?.(view);
+    for (const face of this.faces) face.afterReconcile?.(view, info);
   }
 
   // ---- StatusSource ----
