@@ -65,11 +65,19 @@ export function countingStore(store: KVStore, metrics: AgentMetrics): KVStore {
       const events = metrics.storeWatchEvents.labels({ prefix: topSegment(prefix) });
       const inner = store.watch(prefix, fromRevision, options);
       return {
-        async *[Symbol.asyncIterator]() {
-          for await (const batch of inner) {
-            events.inc(batch.events.length);
-            yield batch;
-          }
+        // forwarding the iterator (not an async generator, which adds a promise round per batch on the
+        // path of every watch event)
+        [Symbol.asyncIterator]() {
+          const it = inner[Symbol.asyncIterator]();
+          return {
+            async next() {
+              const r = await it.next();
+              if (!r.done) events.inc(r.value.events.length);
+              return r;
+            },
+            return: async (value?: unknown) => (it.return ? it.return(value) : { done: true as const, value: undefined }),
+            throw: async (err?: unknown) => (it.throw ? it.throw(err) : Promise.reject(err)),
+          };
         },
       };
     },
