@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The seeds' demo on the docker-compose harness (docker-compose.yml): three Docker-in-Docker nodes, each
 # with its own dockerd and kvnet agent, sharing one KV server. A network is created on node1, listed on
-# node2 and node3, a container is started on each node and they ping each other across nodes by address.
+# node2 and node3, a container is started on each node and they ping each other across nodes by address,
+# then by name (kvnet's resolver; the nodes' daemon.json has "dns": ["169.254.53.53"]).
 #
 #   scripts/compose-demo.sh [--offline] [--keep] [--build-only] [consul|etcd|zookeeper]
 #
@@ -84,6 +85,13 @@ finish() {
   if [ "$up" = 1 ] && [ "$result" != PASS ]; then
     echo; echo "--- node logs (last 30 lines each) ---"
     compose logs --no-color --tail 30 "${NODES[@]}" 2>&1 || true
+    echo; echo "--- names: each node's resolver (kvnet dns status, its log) and its container's resolver route ---"
+    for n in "${NODES[@]}"; do
+      echo "[$n]"
+      on "$n" kvnet dns status 2>&1 | head -40 || true
+      on "$n" sh -c 'tail -n 15 /run/kvnet/kvnet-resolver.log' 2>&1 || true
+      on "$n" docker exec "c-$n" ip route 2>&1 || true
+    done
   fi
   if [ "$up" = 1 ]; then
     if [ "$keep" = 1 ]; then
@@ -171,6 +179,16 @@ for pair in node1:node2 node2:node3 node3:node1; do
   step "c-$from (on $from) pings c-$to (on $to) at ${ip[$to]}"
   retry "c-$from pings ${ip[$to]}" pings "$from" "${ip[$to]}"
   on "$from" docker exec "c-$from" ping -c 3 -W 2 "${ip[$to]}"
+done
+
+# names across nodes: Docker's resolver in each container forwards what it does not know (the other
+# nodes' containers) to kvnet's resolver, as the nodes' daemon.json says ("dns": ["169.254.53.53"])
+pings_name() { on "$1" docker exec "c-$1" ping -c 1 -W 2 "c-$2"; }
+for pair in node1:node2 node2:node3 node3:node1; do
+  from="${pair%%:*}" to="${pair##*:}"
+  step "c-$from (on $from) pings c-$to (on $to) by name"
+  retry "c-$from pings c-$to by name" pings_name "$from" "$to"
+  on "$from" docker exec "c-$from" ping -c 3 -W 2 "c-$to"
 done
 
 step "clean up the demo's containers and network"

@@ -5,11 +5,19 @@
  * the end — also on failure or Ctrl-C.
  */
 
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { Cluster, tail, type ClusterHost, type Container, type Endpoint } from '../test/support/cluster.ts';
-import { waitFor } from '../test/support/process.ts';
+import { run, waitFor } from '../test/support/process.ts';
 
 const SUBNET = '10.10.0.0/24';
 const NETWORK = 'demo';
+/** Every agent's resolver address (`kvnet agent --dns-address`, default). */
+const RESOLVER = '169.254.53.53';
+/** /etc/netns/<netns>/ directories the demo wrote (removed at the end, also on failure or Ctrl-C). */
+const netnsConfigs: string[] = [];
+process.on('exit', () => {
+  for (const dir of netnsConfigs) rmSync(dir, { recursive: true, force: true });
+});
 const tty = process.stdout.isTTY;
 const bold = (s: string): string => (tty ? `\x1b[1m${s}\x1b[0m` : s);
 const dim = (s: string): string => (tty ? `\x1b[2m${s}\x1b[0m` : s);
@@ -106,6 +114,25 @@ async function main(): Promise<void> {
     if (r.code !== 0) throw new Error(`ping from c${i + 1} to ${to.ip} failed`);
   }
 
+  section('Names across hosts: ping by name');
+  out(dim(`  every agent runs a small DNS resolver at ${RESOLVER} (link-local), reached over each container's kvnet interface;`));
+  out(dim('  a netns user sets it the way `ip netns exec` expects: /etc/netns/<netns>/resolv.conf (Docker users: daemon.json "dns")'));
+  for (const ct of containers) {
+    const dir = `/etc/netns/${ct.name}`;
+    mkdirSync(dir, { recursive: true });
+    netnsConfigs.push(dir);
+    writeFileSync(`${dir}/resolv.conf`, `nameserver ${RESOLVER}\n`);
+  }
+  out(`  $ echo nameserver ${RESOLVER} > /etc/netns/<netns>/resolv.conf    ${dim('# for each container')}`);
+  for (const [i, from] of containers.entries()) {
+    const j = (i + 1) % containers.length;
+    const name = `c${j + 1}`;
+    out(`  ${dim(`[c${i + 1} on ${from.host.node}]`)} $ ip netns exec ${from.name} ping -c 2 ${name}    ${dim(`# ${name} is on ${containers[j]!.host.node}`)}`);
+    const r = await run('ip', ['netns', 'exec', from.name, 'ping', '-c', '2', '-i', '0.3', name], { allowFailure: true, timeoutMs: 30_000 });
+    out(indent(r.stdout || r.stderr));
+    if (r.code !== 0) throw new Error(`ping ${name} by name from c${i + 1} failed: ${r.stderr.trim()}`);
+  }
+
   section('Inspect the network (from h3)');
   await show(h3, 'network', 'inspect', NETWORK);
 
@@ -124,6 +151,7 @@ try {
     for (const h of cluster.hosts) process.stderr.write(`--- ${h.node} agent log (last lines) ---\n${tail(cluster.agentLog(h), 15)}\n`);
   }
 } finally {
+  for (const dir of netnsConfigs) rmSync(dir, { recursive: true, force: true });
   if (cluster) {
     out(dim('  stopping the agents, deleting the hosts, containers and the store file'));
     await cluster.teardown();

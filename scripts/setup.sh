@@ -21,7 +21,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-APT_PACKAGES=(etcd-server zookeeper iproute2 iptables iputils-ping tcpdump busybox-static docker.io containerd runc debootstrap docker-compose
+APT_PACKAGES=(etcd-server zookeeper iproute2 iptables iputils-ping tcpdump busybox-static docker.io containerd runc debootstrap docker-compose time
   gcc libc6-dev pkg-config libseccomp-dev tini)
 # the CNI plugin's tests: podman (its CNI backend), the standard plugins (portmap, firewall, …), curl
 APT_PACKAGES+=(podman containernetworking-plugins curl)

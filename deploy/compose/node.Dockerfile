@@ -17,6 +17,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=docker-engine /usr/local/bin/dockerd /usr/local/bin/docker-proxy /usr/local/bin/docker /usr/local/bin/
 COPY deploy/compose/node-entrypoint.sh /usr/local/bin/kvnet-node
+# The host setting names across hosts need (packages/agent/src/names/README.md): dockerd forwards what
+# its embedded resolver does not know to kvnet's resolver address, for every container. dns-opts: a node
+# is itself a container on a compose network, whose resolv.conf Docker writes with `options ndots:0`;
+# inherited, any ndots makes the node's dockerd answer single-label names (c-node2) empty instead of
+# forwarding them, so the node's own options are replaced (timeout:5 is glibc's default).
+RUN mkdir -p /etc/docker && printf '{\n  "dns": ["169.254.53.53"],\n  "dns-opts": ["timeout:5"]\n}\n' > /etc/docker/daemon.json
 RUN ln -sf /usr/bin/tini-static /usr/local/bin/docker-init \
  && chmod 0755 /usr/local/bin/kvnet-node \
  && dockerd --version && docker --version

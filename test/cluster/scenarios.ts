@@ -28,11 +28,12 @@ import {
 import { waitFor } from '../support/process.ts';
 
 /**
- * Agent node-record TTLs: h4, the host that dies in scenario 3, gets a short one so that scenario does
- * not wait long for expiry; h1–h3 keep the agent's default, so an agent restart (scenarios 4 and 7,
- * seconds of Node start-up on a loaded machine) stays within its lease, as it would in production.
+ * Agent node-record TTLs: every host keeps the agent's default, so an agent restart (scenarios 4 and 7,
+ * seconds of Node start-up on a loaded machine) stays within its lease, as it would in production, and
+ * scenario 3 measures reaping as a default deployment gets it (issue 16: within TTL + 5 s on every
+ * backend; the figure is logged per backend).
  */
-const TTL_S = 3;
+const TTL_S = 10;
 const HOST_TTL_S = 10;
 /** Store call timeout for the agents: commands needing the store fail within seconds when it is down. */
 const STORE_TIMEOUT_MS = 3000;
@@ -55,7 +56,7 @@ export function registerClusterScenarios(backend: ClusterBackend): void {
       ttl: `${HOST_TTL_S}s`,
       ttlFor: (node) => (node === 'h4' ? `${TTL_S}s` : undefined),
       outside: true,
-      storeOpts: [`kv.timeout=${STORE_TIMEOUT_MS}`],
+      storeOpts: [`kv.timeout=${STORE_TIMEOUT_MS / 1000}s`],
       progress: (m) => t.log(m),
     });
     t.log(`cluster ${cluster.id} up on ${cluster.storeUrl} after ${Date.now() - started} ms`);
@@ -211,14 +212,15 @@ export function registerClusterScenarios(backend: ClusterBackend): void {
       await waitFor(
         "h4's endpoints gone from the store",
         async () => {
-          const n = await c.inspect(h1, 's3net');
-          return n && !n.endpoints.some((e) => e.node === 'h4');
+          // through h1's API, not the CLI: the figure logged below must not include a CLI start-up
+          const r = await c.api(h1, 'GET', '/v1/networks/s3net');
+          return r.status === 200 && !(r.body as Network).endpoints.some((e) => e.node === 'h4');
         },
         CONVERGE_MS + TTL_S * 1000,
-        200,
+        100,
       );
       const reapedAfter = Date.now() - killedAt;
-      t.log(`h4's endpoints gone from the store ${reapedAfter} ms after the kill (issue asks TTL + 5 s = ${TTL_S + 5} s)`);
+      t.log(`REAPING ${c.backend}: h4's endpoints gone from the store ${reapedAfter} ms after kill -9 with --ttl ${TTL_S}s (target TTL + 5 s = ${(TTL_S + 5) * 1000} ms)`);
       const left = await c.inspect(h2, 's3net');
       t.deepEqual(left!.endpoints.map((e) => e.name).sort(), ['s3a', 's3b'], 'only the live endpoints remain');
       t.false((await c.nodes(h1)).some((n) => n.name === 'h4'), 'node ls no longer lists h4');

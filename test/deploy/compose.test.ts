@@ -8,7 +8,8 @@
  * (Compose v5, scripts/install-docker.sh) for every KV backend, and once more with `docker-compose`
  * 1.29 (Debian's) on Consul: three Docker-in-Docker nodes each running dockerd 28.5.2 and the kvnet
  * agent, a network created on node1, listed on node2 and node3, one busybox container per node, pings
- * node1→node2, node2→node3, node3→node1 across the overlay, and the harness torn down.
+ * node1→node2, node2→node3, node3→node1 across the overlay by address and by name (the nodes' daemon.json
+ * points dockerd's `dns` at kvnet's resolver), and the harness torn down.
  *
  * Two per-run daemons (Docker 28.5.2, driven by its own CLI), never the machine's own /var/run/docker.sock:
  * - a "builder" dockerd in the root network namespace (so `docker build --network host` reaches Debian's
@@ -139,7 +140,7 @@ for (const { backend, tool } of RUNS) {
     const name = project(backend, tool);
     const r = await heartbeat('compose', `demo (${backend}, ${tool})`, demo(d.socket, name, [backend], DEMO_TIMEOUT_MS, tool));
     const out = r.stdout + r.stderr;
-    t.log(`compose-demo.sh ${backend} (${tool}): ${Math.round((Date.now() - started) / 1000)} s; its steps:\n${out.split('\n').filter((l) => /^(== |compose: |PASS|FAIL|c-node\d is |node\d runs |3 packets|timed out)/.test(l)).join('\n')}`);
+    t.log(`compose-demo.sh ${backend} (${tool}): ${Math.round((Date.now() - started) / 1000)} s; its steps:\n${out.split('\n').filter((l) => /^(== |compose: |PASS|FAIL|c-node\d is |node\d runs |PING |3 packets|timed out)/.test(l)).join('\n')}`);
     t.is(r.code, 0, out.slice(-6000));
     t.regex(out, new RegExp(`^PASS: compose demo \\(${backend}, project ${name}\\)`, 'm'));
     // which compose ran it: Compose v5 as the docker CLI plugin, or the Python 1.29
@@ -150,6 +151,8 @@ for (const { backend, tool } of RUNS) {
     t.is((out.match(/^[0-9a-f]{12}\s+demo\s+kvnet\s+local$/gm) ?? []).length, 2, 'demo listed by `docker network ls` on node2 and node3');
     for (const [from, to] of [['node1', 'node2'], ['node2', 'node3'], ['node3', 'node1']]) {
       t.regex(out, new RegExp(`c-${from} \\(on ${from}\\) pings c-${to} \\(on ${to}\\) at (10\\.220\\.0\\.\\d+)\\n(?:.*\\n)*?3 packets transmitted, 3 packets received`), `${from} → ${to}`);
+      // and by name, through kvnet's resolver (issue 14): the name resolved to the other node's container
+      t.regex(out, new RegExp(`c-${from} \\(on ${from}\\) pings c-${to} \\(on ${to}\\) by name\\n(?:.*\\n)*?PING c-${to} \\(10\\.220\\.0\\.\\d+\\)(?:.*\\n)*?3 packets transmitted, 3 packets received`), `${from} → ${to} by name`);
     }
     // the three containers got three different addresses from the one network
     const addrs = [...out.matchAll(/^c-node\d is (\S+)$/gm)].map((m) => m[1]);

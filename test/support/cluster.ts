@@ -36,6 +36,8 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSy
 import { join } from 'node:path';
 import type { EndpointView, NetworkView } from '../../packages/agent/src/network-service.ts';
 import { unixRequest } from '../../packages/agent/src/unix-http.ts';
+import { resolverSocketFor } from '../../packages/agent/src/config.ts';
+import { stopResolver } from '../../packages/agent/src/names/resolver-control.ts';
 import { startServer, type KvServer, type ServerBackend, type ServerOptions } from './kv-servers.ts';
 import { randomInt } from 'node:crypto';
 import { makeTempDir, removeTempDir, run as runCommand, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
@@ -92,6 +94,12 @@ export interface ClusterOptions {
   readonly ttlFor?: (node: string) => string | undefined;
   /** Also build the outside namespace (egress target). */
   readonly outside?: boolean;
+  /** MTU of the underlay links (sim-hosts.ts; default 1500). */
+  readonly underlayMtu?: number;
+  /** Give hosts (and the outside namespace) IPv6 underlay addresses too (2001:2::/64), so the host has IPv6 to give. */
+  readonly ipv6?: boolean;
+  /** Agents advertise their IPv6 underlay address (an IPv6 underlay: VXLAN over IPv6); needs `ipv6`. */
+  readonly advertiseIpv6?: boolean;
   /** Agent `--log-level`. Default `info`. */
   readonly logLevel?: string;
   /** `--cluster-store-opt` values for every agent (e.g. `kv.timeout=3000`). */
@@ -203,7 +211,13 @@ export class Cluster {
     const indexWidth = options.hosts > MAX_HOSTS_SHORT_ID ? 2 : 1;
     const runDir = makeTempDir(`cluster-${id}`);
     progress(`building ${options.hosts} simulated hosts (namespaces ${id}h1…${id}h${options.hosts}) on underlay ${id}u`);
-    const sim = await createSimNetwork({ hosts: options.hosts, prefix: id, outside: options.outside ?? false });
+    const sim = await createSimNetwork({
+      hosts: options.hosts,
+      prefix: id,
+      outside: options.outside ?? false,
+      ...(options.underlayMtu !== undefined ? { underlayMtu: options.underlayMtu } : {}),
+      ...(options.ipv6 ? { ipv6: true } : {}),
+    });
     let server: KvServer | undefined;
     let cluster: Cluster | undefined;
     try {
@@ -266,7 +280,7 @@ export class Cluster {
       'agent',
       '--cluster-store', this.storeUrl,
       ...(this.options.storeOpts ?? []).flatMap((o) => ['--cluster-store-opt', o]),
-      '--cluster-advertise', host.address,
+      '--cluster-advertise', this.options.advertiseIpv6 && host.address6 ? host.address6 : host.address,
       '--node-name', host.node,
       '--socket', host.socket,
       '--state-dir', host.stateDir,
@@ -526,10 +540,11 @@ export class Cluster {
     return JSON.parse(await this.kvnetOk(host, 'node', 'ls', '--format', 'json')) as { name: string; advertise: string; version: string; startedAt: string }[];
   }
 
-  /** `kvnet network connect NET --netns <container> [--name] [--ip]` on the container's host. */
-  async connect(container: Container, network: string, opts: { name?: string; ip?: string } = {}): Promise<Endpoint> {
+  /** `kvnet network connect NET --netns <container> [--name] [--ip] [--ip6]` on the container's host. */
+  async connect(container: Container, network: string, opts: { name?: string; ip?: string; ip6?: string } = {}): Promise<Endpoint> {
     const args = ['network', 'connect', network, '--netns', container.path, '--name', opts.name ?? container.short];
     if (opts.ip) args.push('--ip', opts.ip);
+    if (opts.ip6) args.push('--ip6', opts.ip6);
     return JSON.parse(await this.kvnetOk(container.host, ...args)) as Endpoint;
   }
 
@@ -615,6 +630,19 @@ export class Cluster {
     return parseJsonArray<{ addr_info?: { local: string }[] }>(r.stdout).flatMap((l) => (l.addr_info ?? []).map((a) => a.local));
   }
 
+  /** The global IPv6 addresses on `ifname` in a namespace (link-local ones left out). */
+  async addresses6(ns: string, ifname: string): Promise<string[]> {
+    const r = await run('ip', ['-n', ns, '-j', '-6', 'addr', 'show', 'dev', ifname, 'scope', 'global'], { allowFailure: true });
+    // iproute2 prints `{}` in addr_info for each address the scope filter leaves out
+    return parseJsonArray<{ addr_info?: { local?: string }[] }>(r.stdout).flatMap((l) => (l.addr_info ?? []).flatMap((a) => (a.local ? [a.local] : [])));
+  }
+
+  /** The MTU of `ifname` in a namespace (undefined when there is no such interface). */
+  async mtu(ns: string, ifname: string): Promise<number | undefined> {
+    const r = await run('ip', ['-n', ns, '-j', 'link', 'show', 'dev', ifname], { allowFailure: true });
+    return parseJsonArray<{ mtu?: number }>(r.stdout)[0]?.mtu;
+  }
+
   /**
    * Best-effort cleanup of one network: disconnects the endpoints each live host owns, removes the
    * network, deletes the given containers. Never throws; returns what failed.
@@ -644,6 +672,8 @@ export class Cluster {
     if (this.torn) return;
     this.torn = true;
     await Promise.all(this.hosts.map((h) => h.agent?.stop(AGENT_STOP_GRACE_MS).catch(() => undefined)));
+    // An agent's stop leaves its resolver process answering (by design); the run takes it along.
+    await Promise.all(this.hosts.map((h) => stopResolver(resolverSocketFor(h.socket)).catch(() => undefined)));
     await this.locker?.kill().catch(() => undefined);
     await this.sim.destroy();
     await this.server?.dispose().catch(() => undefined);

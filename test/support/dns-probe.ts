@@ -9,7 +9,11 @@
  *   without adding framing) → `{id, ok:true, hex}` with the first reply (UDP) or everything received
  *   until the server closed or the timeout (TCP; `closed` says whether the server closed);
  * - `{id, op:'bench', server, port?, name, type, count, warmup}`: sequential UDP queries →
- *   `{id, ok:true, samplesMs, failures}`.
+ *   `{id, ok:true, samplesMs, failures}`;
+ * - `{id, op:'wait', server, port?, name, type, want:'present'|'absent', ip?, intervalMs?, timeoutMs?}`:
+ *   asks every `intervalMs` (default 5) until an answer holds `ip` (or any address) — or, for `absent`,
+ *   holds none — → `{id, ok:true, at, polls}` with `at` the wall-clock time (Date.now()) of that answer,
+ *   or `{id, ok:false, error}` after `timeoutMs` (default 60 000).
  */
 
 import { createSocket } from 'node:dgram';
@@ -21,7 +25,7 @@ const DEFAULT_TIMEOUT_MS = 2_000;
 
 interface Request {
   id: number;
-  op: 'query' | 'raw' | 'bench';
+  op: 'query' | 'raw' | 'bench' | 'wait';
   server: string;
   port?: number;
   name?: string;
@@ -31,6 +35,9 @@ interface Request {
   timeoutMs?: number;
   count?: number;
   warmup?: number;
+  want?: 'present' | 'absent';
+  ip?: string;
+  intervalMs?: number;
 }
 
 function udpExchange(server: string, port: number, packet: Buffer, timeoutMs: number): Promise<Buffer | undefined> {
@@ -114,6 +121,19 @@ async function bench(r: Request): Promise<Record<string, unknown>> {
   return { ok: true, samplesMs, failures };
 }
 
+async function wait(r: Request): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + (r.timeoutMs ?? 60_000);
+  for (let polls = 1; ; polls++) {
+    const res = await query({ ...r, op: 'query', transport: 'udp', timeoutMs: 1000 });
+    const at = Date.now();
+    const ips = res.ok ? ((res.answers as Array<{ data: string }> | undefined) ?? []).map((a) => a.data) : [];
+    const present = r.ip ? ips.includes(r.ip) : ips.length > 0;
+    if (res.ok && present === (r.want !== 'absent')) return { ok: true, at, polls };
+    if (at > deadline) return { ok: false, error: `${r.name} not ${r.want ?? 'present'} after ${polls} queries` };
+    await new Promise((resolve) => setTimeout(resolve, r.intervalMs ?? 5));
+  }
+}
+
 const rl = createInterface({ input: process.stdin });
 rl.on('line', (line) => {
   let req: Request;
@@ -122,7 +142,7 @@ rl.on('line', (line) => {
   } catch {
     return;
   }
-  const run = req.op === 'raw' ? raw(req) : req.op === 'bench' ? bench(req) : query(req);
+  const run = req.op === 'raw' ? raw(req) : req.op === 'bench' ? bench(req) : req.op === 'wait' ? wait(req) : query(req);
   void run
     .catch((err: Error) => ({ ok: false, error: err.message }))
     .then((res) => process.stdout.write(`${JSON.stringify({ id: req.id, ...res })}\n`));

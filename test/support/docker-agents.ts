@@ -1,8 +1,9 @@
 /**
- * Real `kvnet agent --docker-plugin` processes beside the real dockerds of simulated hosts, as the tests
- * under test/docker run them: from the TypeScript sources (tsx), in the host's network namespace, node
- * `h<N>`, kernel names prefixed `<run id><N>`, no egress bridge, the plugin socket in that dockerd's own
- * plugin directory and its Engine API socket for names and mirroring.
+ * Real `kvnet agent` processes on simulated hosts, as the agent, CLI and Docker tests run them: from the
+ * TypeScript sources (tsx), in the host's network namespace, node `h<N>`, kernel names prefixed
+ * `<run id><N>`, state and log in the run's temp dir ({@link startSimAgent}); with Docker
+ * ({@link startDockerAgent}) also no egress bridge, the plugin socket in that dockerd's own plugin
+ * directory and its Engine API socket for names and mirroring.
  *
  * ```ts
  * const agent = startDockerAgent({ id, dir, index: 0, host: sim.hosts[0], dockerd: d1, apiSocket: join(dir, 'h1.sock'), store: `local://${dir}/store.db` });
@@ -26,7 +27,7 @@ export async function agentHasFlags(...flags: string[]): Promise<boolean> {
   return flags.every((f) => help.includes(f));
 }
 
-export interface DockerAgentOptions {
+export interface SimAgentOptions {
   /** The run id (names). */
   readonly id: string;
   /** The run's temp dir: state directories and logs go there. */
@@ -34,26 +35,44 @@ export interface DockerAgentOptions {
   /** 0-based; the node is `h<index + 1>`. */
   readonly index: number;
   readonly host: SimHost;
-  readonly dockerd: Dockerd;
   /** The agent's own API socket (what `kvnet --socket` talks to). */
   readonly apiSocket: string;
   /** `--cluster-store`. */
   readonly store: string;
+  /** `--cluster-advertise` (default `eth0`). */
+  readonly advertise?: string;
+  /** `--ttl` (default 4s). */
+  readonly ttl?: string;
+  /** `--gateway-bridge` (default none). */
+  readonly gatewayBridge?: string;
+  /** Serve /metrics on the default address (default off). */
+  readonly metrics?: boolean;
+  /** The log file's name in `dir` (default `agent-h<N>.log`; a restart appends to it). */
+  readonly logName?: string;
   /** More agent flags, e.g. `--docker-scope global`. */
   readonly extraArgs?: readonly string[];
 }
 
 /** Starts the agent (again, after a stop: same state dir, same log file). */
-export function startDockerAgent(o: DockerAgentOptions): ManagedProcess {
+export function startSimAgent(o: SimAgentOptions): ManagedProcess {
   const node = `h${o.index + 1}`;
   return startProcess(`agent-${o.id}-${node}`, process.execPath, [
     '--import', 'tsx', CLI, 'agent',
     '--cluster-store', o.store,
-    '--cluster-advertise', 'eth0', '--node-name', node, '--state-dir', join(o.dir, `state-${node}`),
-    '--socket', o.apiSocket, '--ttl', '4s', '--name-prefix', `${o.id}${o.index + 1}`, '--gateway-bridge', 'none', '--metrics-addr', 'off',
-    '--docker-plugin', join(o.dockerd.pluginDir, 'kvnet.sock'), '--docker-socket', o.dockerd.socket,
+    '--cluster-advertise', o.advertise ?? 'eth0', '--node-name', node, '--state-dir', join(o.dir, `state-${node}`),
+    '--socket', o.apiSocket, '--ttl', o.ttl ?? '4s', '--name-prefix', `${o.id}${o.index + 1}`, '--gateway-bridge', o.gatewayBridge ?? 'none',
+    ...(o.metrics ? [] : ['--metrics-addr', 'off']),
     ...(o.extraArgs ?? []),
-  ], { netns: o.host.name, cwd: REPO_ROOT, logFile: join(o.dir, `agent-${node}.log`) });
+  ], { netns: o.host.name, cwd: REPO_ROOT, logFile: join(o.dir, o.logName ?? `agent-${node}.log`) });
+}
+
+export interface DockerAgentOptions extends Omit<SimAgentOptions, 'gatewayBridge'> {
+  readonly dockerd: Dockerd;
+}
+
+/** {@link startSimAgent} with the Docker plugin in `dockerd`'s plugin directory and its Engine API. */
+export function startDockerAgent(o: DockerAgentOptions): ManagedProcess {
+  return startSimAgent({ ...o, extraArgs: ['--docker-plugin', join(o.dockerd.pluginDir, 'kvnet.sock'), '--docker-socket', o.dockerd.socket, ...(o.extraArgs ?? [])] });
 }
 
 /** Waits for "agent ready" in the log after `afterLogLength` characters (a restart appends to the same log). */

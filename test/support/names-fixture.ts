@@ -73,6 +73,9 @@ export interface ProbeAnswer {
   closed?: boolean;
   samplesMs?: number[];
   failures?: number;
+  /** `wait`: when (Date.now()) the awaited answer came, and after how many queries. */
+  at?: number;
+  polls?: number;
 }
 
 /** A DNS client process inside one namespace. */

@@ -19,7 +19,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import type { ApplyReport, DataplaneError, DesiredState, GatewayBridgeInfo } from '@kvnet/dataplane';
+import { overlayMtuFor, type ApplyReport, type DataplaneError, type DesiredState, type GatewayBridgeInfo, type UnderlayInfo } from '@kvnet/dataplane';
 import { Agent } from '../../packages/agent/src/agent.ts';
 import type { AgentContext } from '../../packages/agent/src/context.ts';
 import type { DockerFace } from '../../packages/agent/src/docker/index.ts';
@@ -31,6 +31,14 @@ export class RecordingDataplane implements DataplanePort {
   readonly applied: DesiredState[] = [];
   /** The errors the next applies report (a test sets it to make plumbing fail). */
   errors: (state: DesiredState) => DataplaneError[] = () => [];
+
+  /** @param underlayMtu what {@link readUnderlay} reports (the agent reads it once at start). */
+  constructor(private readonly underlayMtu = 1500) {}
+
+  /** A stand-in underlay `eth0` with {@link underlayMtu} (IPv4). */
+  async readUnderlay(): Promise<UnderlayInfo> {
+    return { ifname: 'eth0', mtu: this.underlayMtu, address: '198.18.0.1', family: 4, overlayMtu: overlayMtuFor(this.underlayMtu, 4) };
+  }
 
   async apply(state: DesiredState): Promise<ApplyReport> {
     this.applied.push(state);
@@ -62,7 +70,15 @@ export interface TestAgentOptions {
     readonly staleAfterMs?: number;
   };
   readonly ttlS?: number;
+  /** `--vxlan-port` and `--default-mtu`. */
+  readonly vxlanPort?: number;
+  readonly defaultMtu?: number;
   readonly logger?: Logger;
+  /**
+   * The names face (default off: it starts a resolver process that puts its address on `lo` of the
+   * namespace the test runs in). `{}` turns it on with a resolver of its own in the agent's temp dir.
+   */
+  readonly names?: { readonly address?: string; readonly upstreams?: readonly string[] };
 }
 
 export interface TestAgent {
@@ -98,6 +114,10 @@ export async function startTestAgent(opts: TestAgentOptions): Promise<TestAgent>
       dockerSocket: opts.docker?.engine ? opts.docker.engine.socketPath : 'off',
       ...(opts.docker?.scope ? { dockerScope: opts.docker.scope } : {}),
       ...(opts.docker?.staleAfterMs !== undefined ? { dockerStaleAfterMs: opts.docker.staleAfterMs } : {}),
+      dnsAddress: opts.names ? (opts.names.address ?? '169.254.53.53') : 'off',
+      ...(opts.names?.upstreams ? { dnsUpstreams: opts.names.upstreams } : {}),
+      ...(opts.vxlanPort !== undefined ? { vxlanPort: opts.vxlanPort } : {}),
+      ...(opts.defaultMtu !== undefined ? { defaultMtu: opts.defaultMtu } : {}),
       logger: opts.logger ?? pino({ level: 'silent' }),
     },
     { dataplane, ...(opts.docker?.engine ? { dockerEngine: opts.docker.engine } : {}) },
@@ -118,6 +138,8 @@ export async function startTestAgent(opts: TestAgentOptions): Promise<TestAgent>
     dataplane,
     socketPath,
     async stop() {
+      // An agent's stop leaves its resolver answering (restarts); a test's agent takes it along.
+      await agent.names?.uninstall().catch(() => undefined);
       await agent.stop();
       rmSync(dir, { recursive: true, force: true });
     },

@@ -10,43 +10,43 @@
  * own data plane or Engine API client through {@link AgentDeps}.
  */
 
-import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
-import { Dataplane } from '@kvnet/dataplane';
+import { Dataplane, readUnderlay, type UnderlayInfo } from '@kvnet/dataplane';
 import { Ipam } from '@kvnet/ipam';
-import { openStore, parseStoreOpts, sleep, type KVStore } from '@kvnet/store';
+import { hasCode, openStore, parseStoreOpts, sleep, StoreUnavailableError, type KVStore } from '@kvnet/store';
 import { startApi } from './api/index.ts';
 import { startCni } from './cni/index.ts';
-import { ClusterMirror } from './cluster-mirror.ts';
+import { ClusterMirror, StoreHealth } from './cluster-mirror.ts';
+import { settleVxlanPort } from './cluster-settings.ts';
 import { countingStore } from './counting-store.ts';
 import type { ClusterView } from './cluster-view.ts';
 import { resolveAdvertise, validateConfig, type Advertise, type AgentConfig } from './config.ts';
 import type { AgentContext, Face, StatusSource } from './context.ts';
 import { startDocker, type DockerFace } from './docker/index.ts';
 import type { DockerEngine } from './docker/engine.ts';
+import { describeServers, probeServers, readableDataplane, startDoctor, type DoctorCheck } from './doctor/index.ts';
+import { InvalidConfigError } from './errors.ts';
 import { Janitor, startJanitorLoop } from './janitor.ts';
 import type { NodeRecord } from './layout.ts';
-import { LocalState } from './local-state.ts';
+import { LocalState, StateDirLock } from './local-state.ts';
 import { Membership } from './membership.ts';
+import { startNamesFace, type NamesFace, type NamesFaceOptions } from './names/face.ts';
 import { AgentMetrics, startMetricsServer } from './metrics.ts';
+import { defaultMtuProblem, defaultNetworkMtu, MtuWarningLog, networkMtuWarnings, type DatapathSettings } from './network-mtu.ts';
 import { NetworkService } from './network-service.ts';
 import { Reaper, REAP_GRACE_MS } from './reaper.ts';
 import { Reconciler, type DataplanePort, type ReconcileInfo } from './reconciler.ts';
 import { Records } from './records.ts';
+import { guardStore } from './store-guard.ts';
+import { AGENT_VERSION, BUILD_INFO } from './version.ts';
+
+export { AGENT_VERSION } from './version.ts';
 
 /** How long to wait for the first listing of every prefix at start before giving up. */
 export const FIRST_SYNC_TIMEOUT_MS = 30_000;
 /** Budget of a clean stop (the contract says 5 s). */
 export const STOP_BUDGET_MS = 4_000;
-
-export const AGENT_VERSION: string = (() => {
-  try {
-    return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  } catch {
-    return '0.0.0';
-  }
-})();
 
 export interface AgentOptions extends AgentConfig {
   readonly logger: Logger;
@@ -58,6 +58,10 @@ export interface AgentDeps {
   readonly dataplane?: DataplanePort;
   /** Default: an Engine API client on `--docker-socket`. */
   readonly dockerEngine?: DockerEngine;
+  /** The names face's resolver launch (default: see names/face.ts). */
+  readonly names?: NamesFaceOptions;
+  /** More `kvnet doctor` checks (the names face's DNS checks). */
+  readonly doctorChecks?: readonly DoctorCheck[];
 }
 
 export class Agent implements StatusSource {
@@ -72,11 +76,15 @@ export class Agent implements StatusSource {
   private dataplane: (DataplanePort & { close?: () => void }) | undefined;
   private advertise: Advertise | undefined;
   private nodeId: string | undefined;
+  private datapath: DatapathSettings | undefined;
   private ctx: AgentContext | undefined;
   private faces: Face[] = [];
   private dockerFace: DockerFace | undefined;
+  private namesFace: NamesFace | undefined;
   private metricsServer: Server | undefined;
   private stopJanitor: (() => void) | undefined;
+  private lock: StateDirLock | undefined;
+  private health: StoreHealth | undefined;
   private ready = false;
   private stopping = false;
   private stopPromise: Promise<void> | undefined;
@@ -102,25 +110,38 @@ export class Agent implements StatusSource {
     return this.dockerFace;
   }
 
+  /** The names face, unless `--dns-address off`. */
+  get names(): NamesFace | undefined {
+    return this.namesFace;
+  }
+
   /** Starts everything; rejects (after cleaning up) when the agent cannot run. */
   async start(): Promise<void> {
     const { config, logger, metrics } = this;
     try {
       validateConfig(config);
       const advertise = (this.advertise = resolveAdvertise(config.advertise));
+      this.lock = StateDirLock.acquire(config.stateDir, config.nodeName);
       const state = LocalState.load(config.stateDir);
       this.nodeId = state.nodeId;
+      metrics.setBuildInfo(BUILD_INFO);
       const opened = await openStore(config.storeUrl, { ...parseStoreOpts(config.storeUrl, config.storeOpts), logger: logger.child({ component: 'store' }) });
       const store = (this.store = countingStore(opened, metrics));
-      const ipam = new Ipam({ store, logger });
-      const records = new Records(store, ipam, logger);
+      // Faces, IPAM and the record rules fail fast while the store is known to be down (store-guard.ts).
+      const health = (this.health = new StoreHealth(store.url));
+      const guarded = guardStore(store, health);
+      const ipam = new Ipam({ store: guarded, logger });
+      const records = new Records(guarded, ipam, logger);
+      const datapath = (this.datapath = await this.settleDatapath(store, advertise));
       const dataplane = (this.dataplane =
         this.deps.dataplane ??
         new Dataplane({
           namePrefix: config.namePrefix,
           vtep: advertise.ip,
-          ...(config.vxlanPort !== undefined ? { vxlanPort: config.vxlanPort } : {}),
-          gatewayBridge: config.gatewayBridge === 'none' ? false : { name: config.gatewayBridge },
+          vxlanPort: datapath.vxlanPort,
+          ...(datapath.underlay ? { underlayMtu: datapath.underlay.mtu } : {}),
+          // IPv6 egress wherever the host has IPv6 to give (the reconciler hands out the addresses)
+          gatewayBridge: config.gatewayBridge === 'none' ? false : { name: config.gatewayBridge, ipv6: 'auto' },
           logger,
         }));
       const node = { name: config.nodeName, id: state.nodeId, vtep: advertise.ip };
@@ -137,6 +158,11 @@ export class Agent implements StatusSource {
       });
       await this.membership.start();
       logger.info({ advertise: advertise.address, nodeId: node.id, store: store.url }, 'node registered');
+      const lease = this.membership.currentLease;
+      if (lease && lease.ttlMs + lease.expiryGraceMs > config.ttlS * 1000) {
+        // e.g. Consul's session_ttl_min (10 s by default) above half of --ttl
+        logger.warn({ ttlS: config.ttlS, leaseTtlMs: lease.ttlMs, leaseGraceMs: lease.expiryGraceMs }, `the store keeps a node record up to ${Math.round((lease.ttlMs + lease.expiryGraceMs) / 1000)} s after its agent died, longer than --ttl ${config.ttlS}s: dead nodes are noticed that much later (for Consul, set session_ttl_min to at most half of --ttl)`);
+      }
 
       const cluster = (this.cluster = new ClusterMirror({
         store,
@@ -151,6 +177,7 @@ export class Agent implements StatusSource {
           if (first) logger.warn({ prefix, err }, 'cluster store unreachable; keeping the data plane as it is');
         },
         onStoreBack: () => this.outageEnded(),
+        health,
       }));
       metrics.resyncSource = () => cluster.resyncs;
       const reconciler = (this.reconciler = new Reconciler({
@@ -162,11 +189,12 @@ export class Agent implements StatusSource {
         ready: () => cluster.isSynced,
         metrics,
         logger,
+        mtuWarnings: new MtuWarningLog(datapath.underlay, metrics, logger),
         afterReconcile: (view, info) => this.afterReconcile(view, info),
       }));
       const dockerSweeps = config.dockerPlugin !== undefined && config.dockerPlugin !== 'off' && config.dockerSocket !== 'off';
       this.reaper = new Reaper({
-        store,
+        store: guarded,
         ipam,
         logger: logger.child({ component: 'reaper' }),
         self: node.name,
@@ -185,23 +213,65 @@ export class Agent implements StatusSource {
       if (firstErrors.length > 0) logger.warn({ errors: firstErrors.length }, 'first reconcile left data plane errors; retrying in the background');
       reconciler.start();
 
-      const core = { config, logger, metrics, store, ipam, records, node, cluster, reconciler };
+      const core = { config, logger, metrics, store: guarded, ipam, records, node, cluster, reconciler, datapath };
       const ctx: AgentContext = (this.ctx = { ...core, networks: new NetworkService(core), status: this });
-      this.faces.push(await startApi(ctx));
+      // Names before the faces that create endpoints (its plumb hook and Docker's Join need it) and
+      // before doctor (it adds the DNS checks).
+      if (config.dnsAddress !== 'off') {
+        this.namesFace = await startNamesFace(ctx, this.deps.names);
+        this.faces.push(this.namesFace);
+      }
+      const checks = [...(this.deps.doctorChecks ?? []), ...(this.namesFace ? [this.namesFace.doctorCheck] : [])];
+      const doctor = startDoctor(ctx, { ...(readableDataplane(dataplane) ? { dataplane: readableDataplane(dataplane)! } : {}), egress: () => state.egress, ...(checks.length ? { checks } : {}) });
+      this.faces.push(doctor);
+      this.faces.push(await startApi(ctx, { doctor }));
       if (config.dockerPlugin !== undefined && config.dockerPlugin !== 'off') {
-        this.dockerFace = await startDocker(ctx, this.deps.dockerEngine ? { engine: this.deps.dockerEngine } : {});
+        this.dockerFace = await startDocker(ctx, { ...(this.deps.dockerEngine ? { engine: this.deps.dockerEngine } : {}), ...(this.namesFace ? { names: this.namesFace } : {}) });
         this.faces.push(this.dockerFace);
       }
       this.faces.push(await startCni(ctx));
       if (config.metricsAddr !== 'off') this.metricsServer = await startMetricsServer(config.metricsAddr, metrics, this);
-      this.stopJanitor = startJanitorLoop({ janitor: new Janitor({ store, ipam, logger: logger.child({ component: 'janitor' }) }), self: node.name, view: () => cluster.view(), storeHealthy: () => cluster.storeHealthy, metrics, logger });
+      this.stopJanitor = startJanitorLoop({ janitor: new Janitor({ store: guarded, ipam, logger: logger.child({ component: 'janitor' }) }), self: node.name, view: () => cluster.view(), storeHealthy: () => cluster.storeHealthy, metrics, logger });
       this.ready = true;
       if (this.faces.some((f) => f.afterReconcile)) reconciler.schedule(); // faces' first follow-up (e.g. mirroring networks into dockerd)
       logger.info({ socket: config.socketPath, metrics: config.metricsAddr, advertise: advertise.address }, 'agent ready');
     } catch (err) {
       await this.stop().catch(() => undefined);
-      throw err;
+      throw await this.explainStartFailure(err);
     }
+  }
+
+  /** A store that does not answer at start: say what a TCP connect to each server does (refused, no answer, …). */
+  private async explainStartFailure(err: unknown): Promise<unknown> {
+    if (!hasCode(err, 'KVNET_STORE_UNAVAILABLE')) return err;
+    const servers = describeServers(await probeServers(this.config.storeUrl).catch(() => []));
+    if (!servers) return err;
+    const url = this.store?.url ?? this.config.storeUrl;
+    const detail = (err as Error).message.replace(/^cluster store \S+ is unavailable: /, '');
+    return new StoreUnavailableError(url, `${detail} [${servers}]`, { cause: err });
+  }
+
+  /**
+   * What must hold before the data plane is built: the cluster's VXLAN port (recorded by the first
+   * agent; refuses to start when `--vxlan-port` disagrees, naming both), this host's underlay interface
+   * and MTU (read in this process's network namespace, where the VTEP address is), and the default MTU
+   * of networks this agent creates (`--default-mtu` must fit the underlay).
+   */
+  private async settleDatapath(store: KVStore, advertise: Advertise): Promise<DatapathSettings> {
+    const { config, logger } = this;
+    const port = await settleVxlanPort(store, config.vxlanPort, config.nodeName);
+    if (port.recorded) logger.info({ vxlanPort: port.port }, "recorded the cluster's VXLAN port");
+    let underlay: UnderlayInfo | undefined;
+    try {
+      underlay = this.deps.dataplane ? await this.deps.dataplane.readUnderlay?.() : await readUnderlay({ address: advertise.ip });
+    } catch (err) {
+      throw new InvalidConfigError(`cannot read the underlay interface of --cluster-advertise ${advertise.ip} (its MTU decides the overlay's): ${(err as Error).message}`, { cause: err });
+    }
+    const problem = defaultMtuProblem(config.defaultMtu, underlay);
+    if (problem) throw new InvalidConfigError(problem);
+    const settings: DatapathSettings = { vxlanPort: port.port, ...(underlay ? { underlay } : {}), defaultMtu: defaultNetworkMtu(config.defaultMtu, underlay) };
+    logger.info({ vxlanPort: settings.vxlanPort, underlay: underlay?.ifname, underlayMtu: underlay?.mtu, defaultMtu: settings.defaultMtu }, 'data path settled');
+    return settings;
   }
 
   /** Stops faces, watches and timers and releases (not revokes) the lease. The data plane is left as it is. */
@@ -236,6 +306,7 @@ export class Agent implements StatusSource {
     await Promise.race([work, sleep(STOP_BUDGET_MS, budget.signal).catch(() => undefined)]);
     budget.abort();
     await this.reconciler?.stop();
+    this.lock?.release();
     this.logger.info('agent stopped; data plane and node record left in place');
   }
 
@@ -256,14 +327,35 @@ export class Agent implements StatusSource {
   // ---- StatusSource ----
 
   status(): Record<string, unknown> {
+    const reason = this.notReadyReason();
     return {
       node: this.config.nodeName,
       nodeId: this.nodeId,
       advertise: this.advertise?.ip,
       version: AGENT_VERSION,
+      commit: BUILD_INFO.commit,
+      pid: process.pid,
       startedAt: this.startedAt,
       storeUrl: this.store?.url ?? this.config.storeUrl,
-      ready: this.notReadyReason() === undefined,
+      ready: reason === undefined,
+      ...(reason !== undefined ? { notReady: reason } : {}),
+      phase: this.stopping ? 'stopping' : this.ready ? 'running' : 'starting',
+      store: { url: this.store?.url ?? this.config.storeUrl, ...this.health?.report() },
+      ...(this.config.dockerPlugin !== undefined && this.config.dockerPlugin !== 'off' ? { dockerPlugin: this.config.dockerPlugin } : {}),
+      ...this.datapathStatus(),
+    };
+  }
+
+  /** The data path part of `/v1/status`: VXLAN port, underlay, default MTU, and the networks this underlay cannot carry. */
+  private datapathStatus(): Record<string, unknown> {
+    const dp = this.datapath;
+    if (!dp) return {};
+    const u = dp.underlay;
+    return {
+      vxlanPort: dp.vxlanPort,
+      ...(u ? { underlay: { ifname: u.ifname, mtu: u.mtu, address: u.address, family: u.family, overlayMtu: u.overlayMtu } } : {}),
+      defaultMtu: dp.defaultMtu,
+      networkWarnings: this.cluster ? networkMtuWarnings(this.cluster.view(), u) : [],
     };
   }
 
@@ -275,7 +367,11 @@ export class Agent implements StatusSource {
 
   notReadyReason(): string | undefined {
     if (!this.ready) return this.stopping ? 'agent is stopping' : 'first reconcile has not completed';
-    if (this.cluster && !this.cluster.storeHealthy) return `cluster store ${this.store?.url ?? this.config.storeUrl} is unreachable`;
+    const store = this.health?.report();
+    const url = this.store?.url ?? this.config.storeUrl;
+    const age = (since: string): string => `${Math.max(0, Math.round((Date.now() - Date.parse(since)) / 1000))} s`;
+    if (store?.state === 'unavailable') return `cluster store ${url} is unreachable since ${store.since} (${age(store.since)})${store.lastError ? `: ${store.lastError}` : ''}`;
+    if (store?.state === 'resyncing') return `resyncing with cluster store ${url} since ${store.since} (${age(store.since)}): it answers again, the view is being listed`;
     return undefined;
   }
 }

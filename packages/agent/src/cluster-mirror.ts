@@ -6,10 +6,16 @@
  *
  * While the store is unreachable the mirrors keep their last view: nothing is torn down, and API
  * reads are served from it. When every mirror has listed again the store counts as reachable.
+ *
+ * The store's state ({@link StoreHealth}: reachable, unavailable since when, resyncing) comes from
+ * three sources: the mirrors' watches, a read of this node's own record every
+ * {@link STORE_PROBE_INTERVAL_MS} (a frozen server breaks no watch: only a call notices it; after an
+ * outage only writes saw, a transaction that changes nothing), and the outcome of every call the
+ * faces make through the guarded store (store-guard.ts).
  */
 
 import type { Logger } from 'pino';
-import { PrefixMirror, sleep, type KVEntry, type KVStore } from '@kvnet/store';
+import { hasCode, PrefixMirror, sleep, StoreUnavailableError, type KVEntry, type KVStore } from '@kvnet/store';
 import { ClusterViewState, type ClusterView, type ViewChange, type ViewPart } from './cluster-view.ts';
 import { AgentNotReadyError } from './errors.ts';
 import { ENDPOINTS, keys, NETWORKS, NODES } from './layout.ts';
@@ -20,6 +26,134 @@ const NO_VIEW_CHANGE: ViewChange = { networks: new Set(), endpoints: new Map(), 
 const VIEW_POLL_MS = 10;
 /** How long a write waits for this agent's own view to show it before answering anyway. */
 export const VIEW_CATCHUP_TIMEOUT_MS = 5_000;
+/** Pause between two reads of this node's record that tell whether the store answers (each bounded by the store's own timeout). */
+export const STORE_PROBE_INTERVAL_MS = 2_000;
+
+/** What the agent knows about the store: `unavailable` from the first failure; `resyncing` while it answers but the mirrors have not listed again. */
+export type StoreState = 'reachable' | 'unavailable' | 'resyncing';
+
+/** The store's state as `/v1/status`, `/readyz` and `kvnet doctor` show it. */
+export interface StoreHealthReport {
+  readonly state: StoreState;
+  /** When the store entered this state (ISO 8601). */
+  readonly since: string;
+  /** The failure that made it unavailable, without the "cluster store … is unavailable:" prefix. */
+  readonly lastError?: string;
+  /** Round trip of the last successful probe read, in milliseconds. */
+  readonly latencyMs?: number;
+  /** When the last probe read answered (ISO 8601). */
+  readonly lastAnsweredAt?: string;
+}
+
+/** Where a failure or success was observed. */
+export type StoreSignal = 'mirror' | 'probe' | 'call';
+
+/**
+ * The store's state, from every signal the agent has. Pure bookkeeping (the clock is passed in):
+ * - any failure makes it `unavailable` (the time is kept from the first one); while unavailable every
+ *   call through the guarded store is refused at once ({@link admits});
+ * - an outage seen by reads (a probe read or a mirror failed) ends when a read answers again;
+ * - an outage seen only by a call (a write that timed out while reads work: the embedded store's
+ *   file locked by another process) ends only when the write path answers: meanwhile the probe
+ *   ({@link needsWriteProbe}) runs a transaction that changes nothing instead of a plain read;
+ * - after an outage it is `resyncing` until every mirror has listed again, then `reachable`.
+ */
+export class StoreHealth {
+  private state: StoreState = 'reachable';
+  private since: number;
+  private lastError: string | undefined;
+  private latencyMs: number | undefined;
+  private lastAnsweredAt: number | undefined;
+  private mirrorsOk = true;
+  private failedOnCall = false;
+  private readonly listeners = new Set<(from: StoreState, to: StoreState) => void>();
+
+  /** `url` (without credentials) goes into {@link unavailableError}; `now` is the clock. */
+  constructor(
+    private readonly url: string,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.since = now();
+  }
+
+  /** `listener` hears every change of {@link StoreState}; returns its removal. */
+  subscribe(listener: (from: StoreState, to: StoreState) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  get current(): StoreState {
+    return this.state;
+  }
+
+  /** The outage was seen by a call only: the probe must test the write path to see it end. */
+  get needsWriteProbe(): boolean {
+    return this.state === 'unavailable' && this.failedOnCall;
+  }
+
+  report(): StoreHealthReport {
+    return {
+      state: this.state,
+      since: new Date(this.since).toISOString(),
+      ...(this.state !== 'reachable' && this.lastError !== undefined ? { lastError: this.lastError } : {}),
+      ...(this.latencyMs !== undefined ? { latencyMs: this.latencyMs } : {}),
+      ...(this.lastAnsweredAt !== undefined ? { lastAnsweredAt: new Date(this.lastAnsweredAt).toISOString() } : {}),
+    };
+  }
+
+  /** A failure to reach the store, seen by `source` (`call`: a call through the guarded store, or the write probe). */
+  failure(source: StoreSignal, err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    this.lastError = message.replace(/^cluster store \S+ is unavailable: /, '');
+    if (source !== 'call') this.failedOnCall = false;
+    else if (this.state !== 'unavailable') this.failedOnCall = true;
+    this.set('unavailable');
+  }
+
+  /** A probe read answered after `latencyMs`. */
+  probeOk(latencyMs: number): void {
+    this.latencyMs = Math.round(latencyMs * 10) / 10;
+    this.lastAnsweredAt = this.now();
+    if (this.state === 'unavailable' && !this.failedOnCall) this.recovered();
+  }
+
+  /** A call (or the write probe) answered: successfully, or with an answer that is not about reachability. */
+  callOk(): void {
+    if (this.state === 'unavailable') this.recovered();
+  }
+
+  /** Whether every mirror currently has the store (false from a watch error until it has listed again). */
+  mirrors(ok: boolean): void {
+    this.mirrorsOk = ok;
+    if (!ok) return;
+    if (this.state === 'resyncing') this.set('reachable');
+    else if (this.state === 'unavailable' && !this.failedOnCall) this.recovered();
+  }
+
+  /** Whether a call may go to the store now; false while unavailable (refuse it with {@link unavailableError}). */
+  admits(): boolean {
+    return this.state !== 'unavailable';
+  }
+
+  /** The error every refused call gets: the store's own kind, saying since when and why. */
+  unavailableError(): StoreUnavailableError {
+    const secs = Math.max(0, Math.round((this.now() - this.since) / 1000));
+    return new StoreUnavailableError(this.url, `unreachable since ${new Date(this.since).toISOString()} (${secs} s)${this.lastError ? `; last error: ${this.lastError}` : ''}`);
+  }
+
+  private recovered(): void {
+    this.failedOnCall = false;
+    this.set(this.mirrorsOk ? 'reachable' : 'resyncing');
+  }
+
+  private set(next: StoreState): void {
+    if (next === this.state) return;
+    const prev = this.state;
+    this.state = next;
+    this.since = this.now();
+    for (const l of this.listeners) l(prev, next);
+  }
+}
 
 export interface ClusterMirrorOptions {
   readonly store: KVStore;
@@ -33,8 +167,10 @@ export interface ClusterMirrorOptions {
   readonly onChange: (change: ViewChange, resync: boolean) => void;
   /** A mirror lost the store; `first` is true for the first report of an outage. */
   readonly onStoreError: (prefix: string, err: unknown, first: boolean) => void;
-  /** Every mirror reaches the store again after an outage. */
+  /** The store is reachable again after an outage (it answers and every mirror has listed again). */
   readonly onStoreBack: () => void;
+  /** The store's state, when the caller made it before the mirror (to guard the store it hands out); default a new one. */
+  readonly health?: StoreHealth;
 }
 
 export class ClusterMirror {
@@ -45,11 +181,18 @@ export class ClusterMirror {
   private readonly all: readonly PrefixMirror[];
   private readonly state: ClusterViewState;
   private syncedAll = false;
-  private healthy = true;
   private stopped = false;
+  /** The store's state (reachable / unavailable since when / resyncing); the guarded store reports calls to it. */
+  readonly health: StoreHealth;
+  private readonly probeStop = new AbortController();
+  private probeLoop: Promise<void> | undefined;
 
   constructor(private readonly opts: ClusterMirrorOptions) {
     this.state = new ClusterViewState((key, err) => opts.logger.warn({ key, err }, 'skipping unreadable store record'));
+    this.health = opts.health ?? new StoreHealth(opts.store.url);
+    this.health.subscribe((from, to) => {
+      if (to === 'reachable' && from !== 'reachable') opts.onStoreBack();
+    });
     const mirror = (prefix: string, part: ViewPart | undefined): PrefixMirror =>
       new PrefixMirror(opts.store, prefix, {
         logger: opts.logger.child({ component: 'mirror', prefix }),
@@ -65,6 +208,35 @@ export class ClusterMirror {
 
   start(): void {
     for (const m of this.all) m.start();
+    this.probeLoop = this.probe();
+  }
+
+  /** Reads this node's record every {@link STORE_PROBE_INTERVAL_MS}; each read is bounded by the store's timeout. */
+  private async probe(): Promise<void> {
+    const signal = this.probeStop.signal;
+    while (!signal.aborted) {
+      await sleep(STORE_PROBE_INTERVAL_MS, signal).catch(() => undefined);
+      if (signal.aborted) return;
+      const t0 = performance.now();
+      const writePath = this.health.needsWriteProbe;
+      try {
+        const key = keys.node(this.opts.node);
+        const rec = await this.opts.store.get(key, { signal });
+        this.health.probeOk(performance.now() - t0);
+        if (writePath) {
+          // A transaction that changes nothing goes the way writes go (the embedded store: its write lock).
+          await this.opts.store.txn([{ op: 'check', key, if: rec ? { revision: rec.revision } : { absent: true } }], { signal });
+          this.health.callOk();
+        }
+      } catch (err) {
+        if (signal.aborted) return;
+        if (hasCode(err, 'KVNET_STORE_UNAVAILABLE')) {
+          const first = this.health.current !== 'unavailable';
+          this.health.failure(writePath ? 'call' : 'probe', err);
+          this.opts.onStoreError('probe', err, first);
+        }
+      }
+    }
   }
 
   /** Resolves once every mirror has listed; rejects with AgentNotReadyError after `timeoutMs`. */
@@ -90,9 +262,9 @@ export class ClusterMirror {
     return this.syncedAll;
   }
 
-  /** The store answers every mirror (false from the first failure until all have listed again). */
+  /** The store is reachable and every mirror has listed (false from the first failure until then). */
   get storeHealthy(): boolean {
-    return this.healthy;
+    return this.health.current === 'reachable';
   }
 
   /** Re-lists of all mirrors since start. */
@@ -137,17 +309,18 @@ export class ClusterMirror {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    await Promise.all(this.all.map((m) => m.stop()));
+    this.probeStop.abort();
+    await Promise.all([...this.all.map((m) => m.stop()), this.probeLoop]);
   }
 
   private onHealth(prefix: string, ok: boolean, err: unknown): void {
     if (!ok) {
-      const first = this.healthy;
-      this.healthy = false;
+      const first = this.health.current !== 'unavailable';
+      this.health.mirrors(false);
+      this.health.failure('mirror', err);
       this.opts.onStoreError(prefix, err, first);
-    } else if (!this.healthy && this.all.every((m) => m.healthy)) {
-      this.healthy = true;
-      this.opts.onStoreBack();
+    } else if (this.all.every((m) => m.healthy)) {
+      this.health.mirrors(true);
     }
   }
 }

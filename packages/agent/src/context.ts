@@ -11,6 +11,7 @@ import type { ClusterMirror } from './cluster-mirror.ts';
 import type { ClusterView } from './cluster-view.ts';
 import type { AgentConfig } from './config.ts';
 import type { AgentMetrics } from './metrics.ts';
+import type { DatapathSettings } from './network-mtu.ts';
 import type { NetworkService } from './network-service.ts';
 import type { ReconcileInfo, Reconciler } from './reconciler.ts';
 import type { Records } from './records.ts';
@@ -43,8 +44,10 @@ export interface CoreContext {
   readonly ipam: Ipam;
   readonly records: Records;
   readonly node: NodeIdentity;
-  readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy'>;
+  readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy' | 'health'>;
   readonly reconciler: Pick<Reconciler, 'reconcileNow' | 'schedule' | 'scheduleRetry' | 'egressOf'>;
+  /** This host's data path as settled at start: the cluster's VXLAN port, the underlay, the default network MTU. */
+  readonly datapath: DatapathSettings;
 }
 
 export interface AgentContext extends CoreContext {

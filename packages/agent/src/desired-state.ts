@@ -9,12 +9,17 @@
  * in the endpoint. A node record that lapses for a moment (an agent restart longer than the TTL, a
  * store outage during which every lease expired) must not cut traffic; a dead node's entries go when
  * the reaper deletes its endpoints.
+ *
+ * Both families: a network's subnets are all its pools (IPv4 and IPv6) with their gateways; an
+ * endpoint carries `address` and/or `addressIPv6`, a peer `ip` and/or `ipv6` (one NDP entry beside
+ * the ARP one); the network's recorded MTU is passed as is (old records without one get each host's
+ * default).
  */
 
 import type { DesiredEndpoint, DesiredNetwork, DesiredPeer, DesiredState, PeerDelta } from '@kvnet/dataplane';
 import { endpointsOfNode, type ClusterView, type ViewChange } from './cluster-view.ts';
 import { byAge } from './egress.ts';
-import type { EndpointRecord, NodeRecord } from './layout.ts';
+import { endpointAddresses, networkPools, type EndpointRecord, type NodeRecord } from './layout.ts';
 
 /** Name of the egress interface inside a container (Docker's eth1). */
 export const EGRESS_IFNAME = 'eth1';
@@ -26,7 +31,17 @@ export interface DesiredStateInput {
   readonly node: string;
   /** Gateway bridge addresses of local endpoints (eid → `ip/len`); absent = no egress. */
   readonly egress: ReadonlyMap<string, string>;
+  /** IPv6 gateway bridge addresses of local endpoints that have IPv4 egress too (eid → `ip/len`). */
+  readonly egress6?: ReadonlyMap<string, string>;
 }
+
+/** The data plane's address fields of an endpoint record. */
+function addressFields(e: EndpointRecord): { address?: string; addressIPv6?: string } {
+  const { v4, v6 } = endpointAddresses(e);
+  return { ...(v4 ? { address: v4 } : {}), ...(v6 ? { addressIPv6: v6 } : {}) };
+}
+
+const bare = (cidr: string): string => cidr.slice(0, cidr.indexOf('/'));
 
 export interface DesiredStateResult {
   readonly state: DesiredState;
@@ -53,18 +68,19 @@ export function computeDesiredState(input: DesiredStateInput): DesiredStateResul
     for (const e of local) {
       if (!e.netns) continue; // a runtime endpoint (below), or a record with nothing to plumb here
       const egressAddress = net.internal ? undefined : input.egress.get(e.id);
+      const egressIPv6 = egressAddress ? input.egress6?.get(e.id) : undefined;
       endpoints.push({
         id: e.id,
-        address: e.address,
+        ...addressFields(e),
         mac: e.mac,
         sandbox: {
           path: e.netns,
           ifname: e.ifname ?? DEFAULT_IFNAME,
-          ...(egressAddress ? { egress: { ifname: EGRESS_IFNAME, address: egressAddress } } : {}),
+          ...(egressAddress ? { egress: { ifname: EGRESS_IFNAME, address: egressAddress, ...(egressIPv6 ? { addressIPv6: egressIPv6 } : {}) } } : {}),
         },
       });
     }
-    for (const e of local) if (!e.netns && e.handoff) endpoints.push({ id: e.id, address: e.address, mac: e.mac, handoff: { hostIfname: e.handoff } });
+    for (const e of local) if (!e.netns && e.handoff) endpoints.push({ id: e.id, ...addressFields(e), mac: e.mac, handoff: { hostIfname: e.handoff } });
     if (endpoints.length === 0) continue;
     const peers: DesiredPeer[] = [];
     for (const e of eps) {
@@ -77,7 +93,8 @@ export function computeDesiredState(input: DesiredStateInput): DesiredStateResul
       id: nid,
       vni: net.vni,
       internal: net.internal,
-      subnets: [{ cidr: net.subnet, gateway: net.gateway }],
+      subnets: networkPools(net).map((p) => ({ cidr: p.subnet, gateway: p.gateway })),
+      ...(net.mtu !== undefined ? { mtu: net.mtu } : {}),
       endpoints,
       peers,
     });
@@ -91,7 +108,9 @@ export function computeDesiredState(input: DesiredStateInput): DesiredStateResul
  */
 export function desiredPeer(e: EndpointRecord, nodes: ReadonlyMap<string, NodeRecord>): DesiredPeer | undefined {
   const vtep = nodes.get(e.node)?.advertise ?? e.vtep;
-  return vtep ? { ip: e.ip, mac: e.mac, vtep } : undefined;
+  if (!vtep) return undefined;
+  const { v4, v6 } = endpointAddresses(e);
+  return { ...(v4 ? { ip: bare(v4) } : {}), ...(v6 ? { ipv6: bare(v6) } : {}), mac: e.mac, vtep };
 }
 
 function samePeer(a: DesiredPeer | undefined, b: DesiredPeer | undefined): boolean {

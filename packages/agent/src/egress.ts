@@ -5,8 +5,9 @@
  * bridge exists per host), kept across restarts in the state file, new ones the lowest free.
  */
 
+import { formatIp, parseInterfaceAddress } from '@kvnet/netaddr';
 import { cidrContains, lowestFreeAddress, parseCidr } from './ipv4.ts';
-import type { EndpointRecord, NetworkRecord } from './layout.ts';
+import { endpointAddresses, type EndpointRecord, type NetworkRecord } from './layout.ts';
 
 export interface EgressAssignment {
   /** eid → `ip/len` on the gateway bridge. */
@@ -62,6 +63,44 @@ export function assignEgress(
     used.add(addr.split('/')[0]!);
   }
   return { egress, unassigned };
+}
+
+/**
+ * The IPv6 address on the gateway bridge paired with an egress IPv4 address: the same host number in
+ * the bridge's IPv6 /64 (172.18.0.5/16 → fd6b:766e:6777::5/64). Unique because the IPv4 ones are, and
+ * stable across restarts without being stored. Undefined when the bridge has no IPv6 subnet or the
+ * pairing would hit the bridge's own IPv6 address.
+ */
+export function egressIpv6For(ipv4: string, bridge: { readonly subnet: string; readonly subnet6?: string; readonly gateway6?: string }): string | undefined {
+  const v4 = parseInterfaceAddress(ipv4);
+  const net4 = parseInterfaceAddress(bridge.subnet);
+  const net6 = bridge.subnet6 ? parseInterfaceAddress(bridge.subnet6) : undefined;
+  if (!v4 || !net4 || !net6 || v4.ip.family !== 4 || net6.network.family !== 6) return undefined;
+  const ip = formatIp(6, net6.network.base + (v4.ip.value - net4.network.base));
+  return ip === bridge.gateway6 ? undefined : `${ip}/${net6.network.prefix}`;
+}
+
+/**
+ * IPv6 egress addresses (eid → `ip/len`) for the endpoints that have IPv4 egress (`egress`) and whose
+ * sandbox has an IPv6 address on some non-internal network: a container of IPv4-only networks keeps an
+ * IPv4-only way out, as Docker's docker_gwbridge gives it.
+ */
+export function assignEgress6(
+  egress: ReadonlyMap<string, string>,
+  local: readonly EndpointRecord[],
+  networks: ReadonlyMap<string, NetworkRecord>,
+  bridge: { readonly subnet: string; readonly subnet6?: string; readonly gateway6?: string },
+): Map<string, string> {
+  const out = new Map<string, string>();
+  if (!bridge.subnet6) return out;
+  const wantsIpv6 = new Set(local.filter((e) => e.netns && networks.get(e.network)?.internal === false && endpointAddresses(e).v6).map((e) => e.netns!));
+  for (const e of local) {
+    const v4 = egress.get(e.id);
+    if (!v4 || !e.netns || !wantsIpv6.has(e.netns)) continue;
+    const v6 = egressIpv6For(v4, bridge);
+    if (v6) out.set(e.id, v6);
+  }
+  return out;
 }
 
 /**

@@ -65,3 +65,24 @@ export class AgentNotReadyError extends AgentError {
   readonly code = 'KVNET_AGENT_NOT_READY';
   readonly kind = 'unavailable';
 }
+
+/** Another live agent holds the state dir (its lock names the pid). */
+export class StateDirLockedError extends AgentError {
+  readonly code = 'KVNET_STATE_DIR_LOCKED';
+  readonly kind = 'conflict';
+}
+
+/** `kvnet node rm` of a node whose agent still holds its record (without `--force`). */
+export class NodeAliveError extends AgentError {
+  readonly code = 'KVNET_NODE_ALIVE';
+  readonly kind = 'conflict';
+}
+
+/**
+ * This agent's settings disagree with what the cluster recorded (its `--vxlan-port` is not the
+ * cluster's port): it refuses to start rather than send traffic nobody receives.
+ */
+export class ClusterSettingMismatchError extends AgentError {
+  readonly code = 'KVNET_CLUSTER_SETTING_MISMATCH';
+  readonly kind = 'conflict';
+}

@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import type { Ipam } from '@kvnet/ipam';
 import type { KVStore } from '@kvnet/store';
 import type { ClusterView } from './cluster-view.ts';
-import { decodeRecord, decodeText, EPNAMES, ID_PATTERN, keys, REAPED, RESTARTING } from './layout.ts';
+import { decodeRecord, decodeText, EPNAMES, ID_PATTERN, keys, networkPools, REAPED, RESTARTING } from './layout.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { chooseReaper } from './reaper.ts';
 
@@ -84,26 +84,29 @@ export class Janitor {
     }
 
     const next = new Set<string>();
+    // every pool of every network: IPv4 and IPv6 addresses alike
     for (const net of view.networks.values()) {
-      let allocations;
-      try {
-        allocations = await ipam.listAllocations(net.poolId);
-      } catch (err) {
-        if ((err as { kind?: string }).kind === 'not-found') continue;
-        throw err;
-      }
-      const endpoints = view.endpoints.get(net.id);
-      for (const a of allocations) {
-        if (endpoints?.has(a.owner)) continue;
-        const suspect = `${net.poolId} ${a.address} ${a.owner}`;
-        if (!this.suspects.has(suspect)) {
-          next.add(suspect);
-          continue;
+      for (const { poolId } of networkPools(net)) {
+        let allocations;
+        try {
+          allocations = await ipam.listAllocations(poolId);
+        } catch (err) {
+          if ((err as { kind?: string }).kind === 'not-found') continue;
+          throw err;
         }
-        if (ID_PATTERN.test(a.owner) && (await store.get(keys.endpoint(net.id, a.owner)))) continue;
-        if (await ipam.releaseAddress(net.poolId, a.address, a.owner)) {
-          addresses++;
-          logger.info({ nid: net.id, network: net.name, address: a.address, owner: a.owner }, 'released an address whose endpoint record is gone');
+        const endpoints = view.endpoints.get(net.id);
+        for (const a of allocations) {
+          if (endpoints?.has(a.owner)) continue;
+          const suspect = `${poolId} ${a.address} ${a.owner}`;
+          if (!this.suspects.has(suspect)) {
+            next.add(suspect);
+            continue;
+          }
+          if (ID_PATTERN.test(a.owner) && (await store.get(keys.endpoint(net.id, a.owner)))) continue;
+          if (await ipam.releaseAddress(poolId, a.address, a.owner)) {
+            addresses++;
+            logger.info({ nid: net.id, network: net.name, address: a.address, owner: a.owner }, 'released an address whose endpoint record is gone');
+          }
         }
       }
     }

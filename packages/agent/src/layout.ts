@@ -12,6 +12,12 @@
  * | `vteps/<advertise ip>` | {@link VtepClaim} | on the agent's lease (ephemeral) |
  * | `restarting/<node name>` | {@link RestartMarker} | written by an agent that stops cleanly; removed when it starts |
  * | `reaped/<node name>/<eid>` | {@link EndpointRecord} | written by the reaper; removed by the node when it returns, or by the janitor after an hour |
+ * | `cluster/vxlan-port` | {@link VxlanPortRecord} | written once, create-only, by the first agent of the cluster; never changed |
+ *
+ * Addresses of both families: a network's `poolId`/`subnet`/`gateway`/… are its first pool (IPv4 when it
+ * has one, else IPv6) and its `*6` fields its IPv6 pool whenever it has one (so an IPv6-only network
+ * has the same pool in both); likewise an endpoint's `address`/`ip` and `address6`/`ip6`. Records
+ * written before IPv6 existed have only the first set, and no `mtu`.
  */
 
 import { randomBytes } from 'node:crypto';
@@ -25,6 +31,7 @@ export const NODES = 'nodes';
 export const VTEPS = 'vteps';
 export const REAPED = 'reaped';
 export const RESTARTING = 'restarting';
+export const CLUSTER = 'cluster';
 
 /** Network and endpoint ids: 64 lowercase hex digits, like Docker's. */
 export const ID_PATTERN = /^[0-9a-f]{64}$/;
@@ -47,6 +54,7 @@ export const keys = {
   reaped: (node: string, eid: string) => `${REAPED}/${node}/${eid}`,
   restarting: (node: string) => `${RESTARTING}/${node}`,
   reapedOf: (node: string) => `${REAPED}/${node}`,
+  vxlanPort: () => `${CLUSTER}/vxlan-port`,
 };
 
 export interface NetworkRecord {
@@ -68,19 +76,45 @@ export interface NetworkRecord {
   createdBy: string;
   /** Set while `network rm` checks for endpoints; connects are refused meanwhile. */
   deleting?: boolean;
+  /**
+   * MTU of every overlay interface of the network, on every host (`--mtu`,
+   * `com.docker.network.driver.mtu`, else the creating host's underlay MTU − 50, or − 70 over IPv6).
+   * Absent in records written before networks carried one: each host then uses its own default.
+   */
+  mtu?: number;
+  /** The IPv6 pool (dual stack: the second pool; IPv6-only: the same as `poolId`). */
+  poolId6?: string;
+  /** The IPv6 subnet, e.g. `fd00:20::/64`. */
+  subnet6?: string;
+  /** The IPv6 gateway, bare. */
+  gateway6?: string;
+  ipRange6?: string;
+  auxAddresses6?: Record<string, string>;
 }
 
 export interface EndpointRecord {
   id: string;
   name: string;
+  /**
+   * More names of the endpoint on its network, resolved like `name` by the names face: Docker's
+   * `--network-alias` / `docker network connect --alias`, `kvnet network connect --alias`. Absent in
+   * records written before aliases existed, and on Docker endpoints until they are learned from dockerd.
+   */
+  aliases?: string[];
   network: string;
   /** Node name of the host the endpoint lives on. */
   node: string;
   /** That node's persistent identity (see local-state.ts). */
   nodeId: string;
-  /** `ip/len`. */
+  /** `ip/len`: the IPv4 address, or for an endpoint of an IPv6-only network its IPv6 one. */
   address: string;
+  /** `address` without the prefix length. */
   ip: string;
+  /** `ip/len`: the IPv6 address, whenever the endpoint has one. */
+  address6?: string;
+  /** `address6` without the prefix length. */
+  ip6?: string;
+  /** `endpointMac` of `@kvnet/netaddr` at creation (`02:42:` + the IPv4 bytes when it has an IPv4 address). */
   mac: string;
   /** Standalone endpoints: the sandbox's netns path and the interface name in it. */
   netns?: string;
@@ -140,6 +174,52 @@ export interface RestartMarker {
 export interface VtepClaim {
   node: string;
   nodeId: string;
+}
+
+/** The cluster's VXLAN UDP port (`cluster/vxlan-port`), fixed by the first agent that started. */
+export interface VxlanPortRecord {
+  port: number;
+  /** Node that recorded it, and when (ISO time). */
+  setBy: string;
+  setAt: string;
+}
+
+/** One IPAM pool of a network, as its record names it. */
+export interface NetworkPool {
+  readonly family: 4 | 6;
+  readonly poolId: string;
+  readonly subnet: string;
+  /** Bare IP. */
+  readonly gateway: string;
+  readonly ipRange?: string;
+  readonly auxAddresses: Record<string, string>;
+}
+
+/** The family of an address or CIDR text (`:` only occurs in IPv6). */
+export function familyOf(text: string): 4 | 6 {
+  return text.includes(':') ? 6 : 4;
+}
+
+/** The network's pools, IPv4 first; one per family (an IPv6-only network's pool once). */
+export function networkPools(n: NetworkRecord): NetworkPool[] {
+  const first: NetworkPool = { family: familyOf(n.subnet), poolId: n.poolId, subnet: n.subnet, gateway: n.gateway, ...(n.ipRange ? { ipRange: n.ipRange } : {}), auxAddresses: n.auxAddresses ?? {} };
+  const pools = [first];
+  if (n.poolId6 && n.subnet6 && n.gateway6 && n.poolId6 !== n.poolId) {
+    pools.push({ family: 6, poolId: n.poolId6, subnet: n.subnet6, gateway: n.gateway6, ...(n.ipRange6 ? { ipRange: n.ipRange6 } : {}), auxAddresses: n.auxAddresses6 ?? {} });
+  }
+  return pools;
+}
+
+/** The network's pool of one family, if it has one. */
+export function networkPool(n: NetworkRecord, family: 4 | 6): NetworkPool | undefined {
+  return networkPools(n).find((p) => p.family === family);
+}
+
+/** An endpoint's addresses by family (`ip/len`), whatever fields the record was written with. */
+export function endpointAddresses(e: Pick<EndpointRecord, 'address' | 'address6'>): { readonly v4?: string; readonly v6?: string } {
+  const v4 = familyOf(e.address) === 4 ? e.address : undefined;
+  const v6 = e.address6 ?? (familyOf(e.address) === 6 ? e.address : undefined);
+  return { ...(v4 ? { v4 } : {}), ...(v6 ? { v6 } : {}) };
 }
 
 export const encodeRecord = encodeJson;

@@ -51,6 +51,27 @@ export class AgentMetrics {
     labelNames: ['prefix'] as const,
     registers: [this.registry],
   });
+  /** Always 1; the labels say which build runs (Prometheus' `*_build_info` convention). */
+  readonly buildInfo = new Gauge({
+    name: 'kvnet_build_info',
+    help: 'The kvnet build this agent runs: version, git commit, Node.js version (value always 1)',
+    labelNames: ['version', 'commit', 'nodejs'] as const,
+    registers: [this.registry],
+  });
+
+  /** Sets {@link buildInfo} (once, at start). */
+  setBuildInfo(info: { readonly version: string; readonly commit: string; readonly node: string }): void {
+    this.buildInfo.reset();
+    this.buildInfo.set({ version: info.version, commit: info.commit, nodejs: info.node }, 1);
+  }
+  /** Networks whose MTU this host's underlay cannot carry (network-mtu.ts). */
+  readonly networksOverUnderlayMtu = new Gauge({ name: 'kvnet_networks_over_underlay_mtu', help: "Networks whose MTU is larger than this host's underlay carries (large packets to other hosts are dropped)", registers: [this.registry] });
+  readonly networkWarnings = new Counter({
+    name: 'kvnet_network_warnings_total',
+    help: 'Networks reported as not working fully on this host, once each when seen (code KVNET_DATAPLANE_MTU_EXCEEDS_UNDERLAY: MTU above what the underlay carries)',
+    labelNames: ['code'] as const,
+    registers: [this.registry],
+  });
 
   constructor() {
     const metrics = this;

@@ -16,7 +16,8 @@ import type { Logger } from 'pino';
 import type { Ipam } from '@kvnet/ipam';
 import type { KVEntry, KVStore } from '@kvnet/store';
 import { endpointOwners, endpointsOfNode, type ClusterView } from './cluster-view.ts';
-import { decodeRecord, keys, type EndpointRecord, type NetworkRecord, type RestartMarker } from './layout.ts';
+import { InvalidInputError, NodeAliveError, NotFoundError } from './errors.ts';
+import { decodeRecord, endpointAddresses, ENDPOINTS, keys, networkPool, type EndpointRecord, type NetworkRecord, type NodeRecord, type RestartMarker, type VtepClaim } from './layout.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { Records } from './records.ts';
 
@@ -144,14 +145,96 @@ export async function reapNode(
     const current = await store.get(keys.endpoint(ep.network, ep.id));
     if (!current) continue;
     const tombstone = { node: deadNode, reapedBy: ctx.self, reapedAt: new Date().toISOString() };
-    if (!(await records.deleteEndpoint(ep, { revision: current.revision, tombstone, ...(networks.get(ep.network) ? { poolId: networks.get(ep.network)!.poolId } : {}) }))) {
+    const net = networks.get(ep.network);
+    if (!(await records.deleteEndpoint(ep, { revision: current.revision, tombstone, ...(net ? { poolId: net.poolId, poolId6: net.poolId6 } : {}) }))) {
       log.info('endpoint changed while reaping; left for the next round');
       continue;
     }
     reaped++;
-    log.info({ address: ep.address, name: ep.name }, 'reaped endpoint of dead node');
+    log.info({ address: ep.address, address6: ep.address6, name: ep.name }, 'reaped endpoint of dead node');
   }
   return { reaped };
+}
+
+/** What {@link removeNode} did. */
+export interface NodeRemoval {
+  /** Endpoints of the node deleted (their names and addresses are free again). */
+  readonly endpoints: number;
+  /** The node still had a live record (only with `force`). */
+  readonly wasLive: boolean;
+  /** Tombstones (`reaped/<node>/…`) and restart marker removed. */
+  readonly tombstones: number;
+}
+
+/**
+ * `kvnet node rm`: a node that will not come back. Deletes its endpoints at once (no tombstones: it
+ * is not expected to restore them), its tombstones and its restart marker, so its names and
+ * addresses are free now instead of after the reaper's wait or the janitor's hour. Refuses a node
+ * whose record is live unless `force` (then its node record and VTEP claim go too: its agent, if it
+ * still runs, is out of the cluster until it restarts), this agent's own node, and a name nothing in
+ * the store knows.
+ */
+export async function removeNode(ctx: ReapContext, node: string, opts: { readonly force: boolean; readonly networks: ReadonlyMap<string, NetworkRecord> }): Promise<NodeRemoval> {
+  const { store, ipam, logger } = ctx;
+  if (node === ctx.self) throw new InvalidInputError(`cannot remove node ${node} through its own agent: stop this agent, then run kvnet node rm ${node} on another host`);
+  const live = await store.get(keys.node(node));
+  if (live && !opts.force) {
+    let detail = '';
+    try {
+      const rec = decodeRecord<NodeRecord>(live.value, live.key);
+      detail = ` (advertise ${rec.advertise}, agent started ${rec.startedAt})`;
+    } catch {
+      // an unreadable record is still a live one
+    }
+    throw new NodeAliveError(`node ${node} is alive${detail}: its agent keeps its record; stop that agent first, or pass --force to remove it anyway`);
+  }
+  const log = logger.child({ removedNode: node });
+  const records = new Records(store, ipam, logger);
+  const mine: Array<{ ep: EndpointRecord; revision: string }> = [];
+  for (const entry of (await store.list(ENDPOINTS)).entries) {
+    try {
+      const ep = decodeRecord<EndpointRecord>(entry.value, entry.key);
+      const [, nid, eid] = entry.key.split('/');
+      if (ep.node === node && nid && eid) mine.push({ ep: { ...ep, id: eid, network: nid }, revision: entry.revision });
+    } catch {
+      // unreadable records are the janitor's
+    }
+  }
+  const tombstones = (await store.list(keys.reapedOf(node))).entries;
+  const marker = await store.get(keys.restarting(node));
+  if (!live && mine.length === 0 && tombstones.length === 0 && !marker) throw new NotFoundError(`no such node: ${node} (no record, endpoints, tombstones or restart marker in the store)`);
+  if (live) {
+    let vtep: string | undefined;
+    try {
+      vtep = decodeRecord<NodeRecord>(live.value, live.key).advertise;
+    } catch {
+      vtep = undefined;
+    }
+    await store.deleteIf(live.key, live.revision);
+    if (vtep) {
+      const claim = await store.get(keys.vtep(vtep));
+      let holder: string | undefined;
+      try {
+        holder = claim ? decodeRecord<VtepClaim>(claim.value, claim.key).node : undefined;
+      } catch {
+        holder = undefined;
+      }
+      if (claim && holder === node) await store.deleteIf(claim.key, claim.revision);
+    }
+    log.warn('removed the live record of a node (node rm --force)');
+  }
+  let endpoints = 0;
+  for (const { ep, revision } of mine) {
+    const net = opts.networks.get(ep.network);
+    if (await records.deleteEndpoint(ep, { revision, ...(net ? { poolId: net.poolId, poolId6: net.poolId6 } : {}) })) {
+      endpoints++;
+      log.info({ nid: ep.network, eid: ep.id, endpoint: ep.name, address: ep.address }, 'removed endpoint of a removed node');
+    }
+  }
+  for (const t of tombstones) await store.deleteIf(t.key, t.revision);
+  if (marker) await store.deleteIf(marker.key, marker.revision);
+  log.info({ endpoints, tombstones: tombstones.length }, 'node removed');
+  return { endpoints, wasLive: live !== undefined, tombstones: tombstones.length + (marker ? 1 : 0) };
 }
 
 export interface RestoreContext {
@@ -202,10 +285,16 @@ export async function restoreReaped(ctx: RestoreContext, tombstones: readonly KV
       continue;
     }
     const net = decodeRecord<NetworkRecord>(netEntry.value, netEntry.key);
+    // the same addresses again, in each family's pool (records.releaseAddresses undoes a half-done pair)
+    const held = endpointAddresses(ep);
     try {
-      await ipam.allocateAddress(net.poolId, { owner: ep.id, address: ep.ip });
+      for (const [family, address] of [[4, held.v4], [6, held.v6]] as const) {
+        const pool = address ? networkPool(net, family) : undefined;
+        if (pool && address) await ipam.allocateAddress(pool.poolId, { owner: ep.id, address });
+      }
     } catch (err) {
-      log.error({ err, address: ep.address }, 'cannot restore a reaped endpoint: its address is taken; it will be removed here');
+      log.error({ err, address: ep.address, address6: ep.address6 }, 'cannot restore a reaped endpoint: its address is taken; it will be removed here');
+      await records.releaseAddresses(net, ep);
       await store.deleteIf(entry.key, entry.revision).catch(() => undefined);
       continue;
     }
@@ -215,7 +304,7 @@ export async function restoreReaped(ctx: RestoreContext, tombstones: readonly KV
       await ctx.waitForView?.(keys.endpoint(ep.network, ep.id));
     } else {
       log.error('cannot restore a reaped endpoint: its name or network changed; it will be removed here');
-      await records.releaseAddress(net.poolId, ep);
+      await records.releaseAddresses(net, ep);
       await store.deleteIf(entry.key, entry.revision).catch(() => undefined);
     }
   }

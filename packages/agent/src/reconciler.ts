@@ -25,12 +25,13 @@
  */
 
 import type { Logger } from 'pino';
-import type { Dataplane, DataplaneError } from '@kvnet/dataplane';
+import type { Dataplane, DataplaneError, GatewayBridgeInfo } from '@kvnet/dataplane';
 import { endpointsOfNode, type ClusterView, type ViewChange } from './cluster-view.ts';
 import { computeDesiredState, desiredDelta } from './desired-state.ts';
-import { assignEgress } from './egress.ts';
+import { assignEgress, assignEgress6 } from './egress.ts';
 import type { LocalState } from './local-state.ts';
 import type { AgentMetrics } from './metrics.ts';
+import type { MtuWarningLog } from './network-mtu.ts';
 
 /** Changes arriving within this window are folded into one reconcile. */
 export const RECONCILE_DEBOUNCE_MS = 5;
@@ -41,10 +42,11 @@ export const RECONCILE_RETRY_CAP_MS = 30_000;
 export const PERIODIC_APPLY_MS = 30_000;
 
 /**
- * What the loop needs of the data plane (the real `Dataplane`, or a stand-in in unit tests). Without
- * `applyPeers` every run takes the full path.
+ * What the loop needs of the data plane (the real `Dataplane`, or a stand-in in unit tests);
+ * `readUnderlay` is asked once at start for the underlay's MTU when the agent was given its data plane.
+ * Without `applyPeers` every run takes the full path.
  */
-export type DataplanePort = Pick<Dataplane, 'apply' | 'ensureGatewayBridge'> & Partial<Pick<Dataplane, 'applyPeers'>>;
+export type DataplanePort = Pick<Dataplane, 'apply' | 'ensureGatewayBridge'> & Partial<Pick<Dataplane, 'readUnderlay' | 'applyPeers'>>;
 
 /** What a reconcile did, for the faces' follow-up work. */
 export interface ReconcileInfo {
@@ -69,6 +71,8 @@ export interface ReconcilerOptions {
   readonly logger: Logger;
   /** Runs after every reconcile with the view it used (dead-node checks, faces' follow-up work). */
   readonly afterReconcile: (view: ClusterView, info: ReconcileInfo) => void;
+  /** Reports networks this host's underlay cannot carry, once each (with the data plane's apply warnings). */
+  readonly mtuWarnings?: MtuWarningLog;
 }
 
 /** The last state applied without errors: what the next run builds on. */
@@ -96,7 +100,7 @@ export class Reconciler {
   private retryDelay = RECONCILE_RETRY_BASE_MS;
   private waiters: Array<{ gen: number; resolve: (errors: readonly DataplaneError[]) => void }> = [];
   private loopDone: Promise<void> = Promise.resolve();
-  private gateway: { subnet: string; gateway: string } | undefined;
+  private gateway: GatewayBridgeInfo | undefined;
   private lastApplied: Applied | undefined;
   /** View changes since the last run, and whether a re-list came among them. */
   private changes: ViewChange[] = [];
@@ -198,12 +202,16 @@ export class Reconciler {
     })();
   }
 
-  /** Host-local egress addresses on the gateway bridge for local endpoints of non-internal networks. */
-  private async egress(view: ClusterView): Promise<Map<string, string>> {
+  /**
+   * Host-local egress addresses on the gateway bridge for local endpoints of non-internal networks
+   * (IPv4, and IPv6 where the bridge has an IPv6 subnet and the sandbox an IPv6 address).
+   */
+  private async egress(view: ClusterView): Promise<{ egress: Map<string, string>; egress6: Map<string, string> }> {
     const { node, state, dataplane, logger } = this.opts;
     const local = endpointsOfNode(view, node);
     const wantsEgress = local.some((e) => e.netns && view.networks.get(e.network) && !view.networks.get(e.network)!.internal);
     let egress = new Map<string, string>();
+    let egress6 = new Map<string, string>();
     if (this.opts.gatewayBridge !== 'none' && wantsEgress) {
       if (!this.gateway) {
         try {
@@ -219,10 +227,11 @@ export class Reconciler {
         if (assigned.unassigned.length > 0) {
           logger.error({ eids: assigned.unassigned, subnet: this.gateway.subnet }, 'gateway bridge subnet is full; some endpoints get no egress');
         }
+        egress6 = assignEgress6(egress, local, view.networks, this.gateway);
       }
     }
     state.setEgress(egress);
-    return egress;
+    return { egress, egress6 };
   }
 
   /**
@@ -276,7 +285,7 @@ export class Reconciler {
       return [];
     }
     const stopTimer = metrics.reconcileDuration.startTimer();
-    const desired = computeDesiredState({ view, node: this.opts.node, egress: await this.egress(view) });
+    const desired = computeDesiredState({ view, node: this.opts.node, ...(await this.egress(view)) });
     let errors: readonly DataplaneError[] = [];
     const stateJson = JSON.stringify(desired.state);
     // Within the period the kernel's peer tables are taken as the last apply left them (reading them
@@ -284,8 +293,9 @@ export class Reconciler {
     const repairDue = !this.lastApplied || Date.now() - this.lastApplied.at >= PERIODIC_APPLY_MS;
     const unchanged = !repairDue && this.lastApplied!.state === stateJson;
     try {
-      const report = unchanged ? { errors: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state, repairDue ? {} : { trustPeers: true });
+      const report = unchanged ? { errors: [], warnings: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state, repairDue ? {} : { trustPeers: true });
       errors = report.errors;
+      this.opts.mtuWarnings?.update(view, report.warnings);
       this.lastApplied =
         errors.length === 0
           ? { state: stateJson, at: repairDue ? Date.now() : this.lastApplied!.at, view, programmed: new Set(desired.state.networks.map((n) => n.id)), peers: desired.peers }

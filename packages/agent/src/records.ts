@@ -16,11 +16,10 @@
 
 import type { Logger } from 'pino';
 import type { Ipam } from '@kvnet/ipam';
-import { macFromIpv4 } from '@kvnet/dataplane';
+import { endpointMac, parseIp } from '@kvnet/netaddr';
 import type { KVEntry, KVStore, TxnOp } from '@kvnet/store';
 import type { NodeIdentity } from './context.ts';
-import { parseIpv4 } from './ipv4.ts';
-import { decodeText, encodeRecord, encodeText, keys, type EndpointRecord, type NetworkRecord } from './layout.ts';
+import { decodeText, encodeRecord, encodeText, endpointAddresses, keys, type EndpointRecord, type NetworkRecord } from './layout.ts';
 
 /** A record's key and the revision it was read at. */
 export interface Revisioned {
@@ -37,14 +36,19 @@ export interface Tombstone {
 
 /**
  * A new endpoint record of this node: the node's name, id and VTEP, the creation time, and the MAC
- * derived from the address (`02:42:` + its four bytes, Docker's rule) unless one is given.
+ * derived from the addresses unless one is given (`endpointMac`: `02:42:` + the four IPv4 bytes,
+ * Docker's rule, whenever there is an IPv4 address; for an IPv6-only endpoint `06:` + five bytes of a
+ * hash of the IPv6 address).
  */
 export function newEndpointRecord<T extends EndpointRecord = EndpointRecord>(
   node: NodeIdentity,
   fields: Pick<EndpointRecord, 'id' | 'name' | 'network' | 'address' | 'ip'> & Partial<Omit<T, 'node' | 'nodeId' | 'vtep' | 'createdAt'>>,
 ): T {
+  const { v4, v6 } = endpointAddresses(fields);
+  const ipv4 = v4 ? parseIp(v4.slice(0, v4.indexOf('/'))) : undefined;
+  const ipv6 = v6 ? parseIp(v6.slice(0, v6.indexOf('/'))) : undefined;
   return {
-    mac: macFromIpv4(parseIpv4(fields.ip)!),
+    mac: endpointMac({ ...(ipv4 ? { ipv4 } : {}), ...(ipv6 ? { ipv6 } : {}) }),
     ...fields,
     node: node.name,
     nodeId: node.id,
@@ -120,10 +124,11 @@ export class Records {
 
   /**
    * Deletes an endpoint (unconditionally, or only at `revision`) with its name key — and, for a reaper,
-   * writes its tombstone in the same transaction — then releases its address from `poolId` (when
-   * given). False when the endpoint changed meanwhile (nothing deleted, nothing released).
+   * writes its tombstone in the same transaction — then releases its address from `poolId` and its
+   * IPv6 address from `poolId6` (when given; the network's `poolId6`). False when the endpoint changed
+   * meanwhile (nothing deleted, nothing released).
    */
-  async deleteEndpoint(ep: EndpointRecord, opts: { revision?: string; poolId?: string; tombstone?: Tombstone } = {}): Promise<boolean> {
+  async deleteEndpoint(ep: EndpointRecord, opts: { revision?: string; poolId?: string; poolId6?: string; tombstone?: Tombstone } = {}): Promise<boolean> {
     const key = keys.endpoint(ep.network, ep.id);
     const ops: TxnOp[] = [
       { op: 'delete', key, ...(opts.revision ? { if: { revision: opts.revision } } : {}) },
@@ -131,7 +136,7 @@ export class Records {
     ];
     if (opts.tombstone) ops.push({ op: 'put', key: keys.reaped(opts.tombstone.node, ep.id), value: encodeRecord({ ...ep, reapedBy: opts.tombstone.reapedBy, reapedAt: opts.tombstone.reapedAt }) });
     if (!(await this.store.txn(ops)).ok) return false;
-    if (opts.poolId) await this.releaseAddress(opts.poolId, ep);
+    await this.releaseAddresses({ poolId: opts.poolId, poolId6: opts.poolId6 }, ep);
     return true;
   }
 
@@ -152,5 +157,14 @@ export class Records {
   /** Releases an endpoint's address (best effort: a failure is logged, the janitor frees it later). */
   async releaseAddress(poolId: string, ep: Pick<EndpointRecord, 'id' | 'address'>): Promise<void> {
     await this.ipam.releaseAddress(poolId, ep.address, ep.id).catch((err) => this.logger.warn({ err, eid: ep.id, address: ep.address }, 'could not release an endpoint address; the janitor will'));
+  }
+
+  /**
+   * Releases every address of an endpoint: `address` from `poolId` and, when the endpoint has an
+   * IPv6 address beside it, `address6` from `poolId6` (best effort, like {@link releaseAddress}).
+   */
+  async releaseAddresses(pools: { readonly poolId?: string | undefined; readonly poolId6?: string | undefined }, ep: Pick<EndpointRecord, 'id' | 'address' | 'address6'>): Promise<void> {
+    if (pools.poolId) await this.releaseAddress(pools.poolId, ep);
+    if (pools.poolId6 && ep.address6 && ep.address6 !== ep.address) await this.releaseAddress(pools.poolId6, { id: ep.id, address: ep.address6 });
   }
 }

@@ -163,6 +163,18 @@ export function readBody(req: IncomingMessage, maxBytes = MAX_BODY_BYTES): Promi
   });
 }
 
+/**
+ * Why a body is not JSON, without echoing it: V8's message quotes the input (control characters and
+ * all), which must not reach a terminal or a log as it came.
+ */
+export function describeJsonError(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message
+    .replace(/, ".*" is not valid JSON$/s, '')
+    .replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+    .slice(0, 200);
+}
+
 /** Answers with a JSON body (or none); `close` asks the client to drop the connection afterwards. */
 export function sendJson(res: ServerResponse, status: number, body?: unknown, opts: { contentType?: string; close?: boolean } = {}): void {
   if (body === undefined) {

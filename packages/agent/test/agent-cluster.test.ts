@@ -8,8 +8,10 @@
 
 import test from 'ava';
 import { unixRequest } from '../src/unix-http.ts';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSimNetwork, OUTSIDE_ADDRESS, type SimContainer, type SimNetwork } from '../../../test/support/sim-hosts.ts';
+import { startSimAgent, waitAgentReady } from '../../../test/support/docker-agents.ts';
 import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
 
 const MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
@@ -37,27 +39,12 @@ async function api(host: number, method: string, path: string, body?: unknown): 
 
 async function startAgent(i: number): Promise<ManagedProcess> {
   const host = sim!.hosts[i]!;
-  const p = startProcess(
-    `agent-${id}-h${i + 1}`,
-    'node',
-    [
-      '--import', 'tsx', MAIN, 'agent',
-      '--cluster-store', `local://${dir}/store.db`,
-      '--cluster-advertise', `${host.address}:2376`,
-      '--node-name', `h${i + 1}`,
-      '--state-dir', join(dir, `state-h${i + 1}`),
-      '--socket', sockets[i]!,
-      '--ttl', '3s',
-      '--name-prefix', `${id}${i + 1}`,
-      '--gateway-bridge', `${id}gw`,
-    ],
-    { netns: host.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}-${Date.now()}.log`) },
-  );
+  const p = startSimAgent({
+    id, dir, index: i, host, apiSocket: sockets[i]!, store: `local://${dir}/store.db`,
+    advertise: `${host.address}:2376`, ttl: '3s', gatewayBridge: `${id}gw`, metrics: true, logName: `agent-h${i + 1}-${Date.now()}.log`,
+  });
   agents[i] = p;
-  await waitFor(`h${i + 1} agent ready`, () => {
-    if (p.child.exitCode !== null) throw new Error(`agent exited: ${p.log().slice(-2000)}`);
-    return p.log().includes('"msg":"agent ready"');
-  }, 60_000, 100);
+  await waitAgentReady(p, 0, 60_000);
   return p;
 }
 
@@ -153,6 +140,8 @@ rt('containers on two hosts ping each other, and reach the outside through the g
   for (const name of ['kvnet_reconcile_duration_seconds_count', 'kvnet_store_errors_total', 'kvnet_watch_resyncs_total', 'kvnet_reaped_endpoints_total', 'process_resident_memory_bytes']) {
     t.regex(metrics.body, new RegExp(`^${name} `, 'm'), name);
   }
+  const version = JSON.parse(readFileSync(join(REPO_ROOT, 'packages/agent/package.json'), 'utf8')).version as string;
+  t.regex(metrics.body, new RegExp(`^kvnet_build_info\\{version="${version.replaceAll('.', '\\.')}",commit="source",nodejs="${process.versions.node.replaceAll('.', '\\.')}"\\} 1$`, 'm'), 'kvnet_build_info names the build (run from the sources here)');
   t.is((await scrape(0, '/healthz')).code, '200');
   t.is((await scrape(0, '/readyz')).code, '200');
 });
@@ -171,7 +160,12 @@ rt('restarting an agent leaves the data plane alone', async (t) => {
 rt('an agent stopped for longer than its TTL is not reaped: it announced a restart', async (t) => {
   await agents[0]!.stop(5_000);
   // Its node record lapses after the 3 s TTL; the reaper would act 2 s later without the announcement.
-  await waitFor('h1 no longer live', async () => (await api(1, 'GET', '/v1/nodes')).body.length === 1, 20_000, 200);
+  // node ls lists every node the cluster knows: h1 is there, as restarting (not alive, not reaped)
+  const states = await waitFor('h1 no longer live', async () => {
+    const nodes = (await api(1, 'GET', '/v1/nodes')).body as Array<{ name: string; state: string }>;
+    return nodes.filter((n) => n.state === 'alive').length === 1 ? nodes : undefined;
+  }, 20_000, 200);
+  t.deepEqual(states.map((n) => `${n.name}:${n.state}`), ['h1:restarting', 'h2:alive']);
   await new Promise((r) => setTimeout(r, 4_000));
   const net = await api(1, 'GET', '/v1/networks/web');
   t.deepEqual(net.body.endpoints.map((e: { name: string }) => e.name), ['c1', 'c2']);
@@ -207,7 +201,7 @@ rt('a killed agent\'s endpoints are reaped by the survivor and restored when it 
   await waitFor('h1 dropped the dead peer', async () => !(await neighbours(0, nid)).includes(ip), 20_000, 200);
   t.regex((await scrape(0, '/metrics')).body, /^kvnet_reaped_endpoints_total 1$/m);
   const nodes = await api(0, 'GET', '/v1/nodes');
-  t.deepEqual(nodes.body.map((n: { name: string }) => n.name), ['h1']);
+  t.deepEqual(nodes.body.map((n: { name: string; state: string }) => `${n.name}:${n.state}`), ['h1:alive'], 'a reaped node without endpoints is gone from node ls');
 
   // h2 comes back with c2's namespace still there: it re-creates the endpoint with the same address.
   await startAgent(1);

@@ -21,7 +21,7 @@ test('a valid create passes through unchanged', (t) => {
 test('create: each bad field is named with its value', (t) => {
   t.regex(message(() => validate(createNetworkSchema, { name: '-x' })), /^invalid name "-x": must start with a letter or digit/);
   t.regex(message(() => validate(createNetworkSchema, { name: 'n', subnet: '10.0.0.0/31' })), /invalid subnet "10\.0\.0\.0\/31": is not an IPv4 CIDR/);
-  t.regex(message(() => validate(createNetworkSchema, { name: 'n', gateway: '10.0.0.256' })), /invalid gateway "10\.0\.0\.256": is not an IPv4 address/);
+  t.regex(message(() => validate(createNetworkSchema, { name: 'n', gateway: '10.0.0.256' })), /invalid gateway "10\.0\.0\.256": is not an IPv4 or IPv6 address/);
   t.regex(message(() => validate(createNetworkSchema, { name: 'n', auxAddresses: { r: 'x' } })), /invalid auxAddresses\.r "x"/);
   t.regex(message(() => validate(createNetworkSchema, { name: 'n', internal: 'yes' })), /invalid internal "yes"/);
   t.regex(message(() => validate(createNetworkSchema, {})), /^missing name/);
@@ -33,6 +33,9 @@ test('create: each bad field is named with its value', (t) => {
 test('connect: netns must be an absolute path without quotes; ip and ifname are checked', (t) => {
   t.deepEqual(validate(connectSchema, { netns: '/run/netns/c1', name: 'web2', ip: '10.0.0.9', ifname: 'eth1' }), { netns: '/run/netns/c1', name: 'web2', ip: '10.0.0.9', ifname: 'eth1' });
   t.regex(message(() => validate(connectSchema, { netns: 'c1' })), /invalid netns "c1": must be an absolute path/);
+  t.deepEqual(validate(connectSchema, { netns: '/run/netns/c1', aliases: ['web', 'www.1'] }), { netns: '/run/netns/c1', aliases: ['web', 'www.1'] });
+  t.regex(message(() => validate(connectSchema, { netns: '/x', aliases: ['ok', '-bad'] })), /invalid aliases\.1 "-bad": must start with a letter or digit/);
+  t.regex(message(() => validate(connectSchema, { netns: '/x', aliases: Array.from({ length: 33 }, (_, i) => `a${i}`) })), /at most 32 aliases/);
   t.regex(message(() => validate(connectSchema, { netns: '/run/netns/a b' })), /invalid netns "\/run\/netns\/a b"/);
   t.regex(message(() => validate(connectSchema, { netns: '/x', ip: '10.0.0.0/24' })), /invalid ip "10\.0\.0\.0\/24"/);
   t.regex(message(() => validate(connectSchema, { netns: '/x', ifname: 'waytoolonginterface' })), /invalid ifname "waytoolonginterface"/);

@@ -57,6 +57,21 @@ test('serves on a 0600 socket in a new 0700 directory; routes and error bodies',
   t.is((await call(socketPath, 'GET', '/nope')).status, 404);
 });
 
+test('a body that is not JSON is refused without echoing it (no control characters reach a terminal or a log)', async (t) => {
+  const socketPath = join(tmp(t), 'kvnet.sock');
+  const face = await api(socketPath).start();
+  t.teardown(() => face.stop());
+  for (const body of ['nope\u001b[31mRED\u0007', '{"name": "x"\u0000}', '{nope']) {
+    const r = await call(socketPath, 'POST', '/v1/networks', body);
+    t.is(r.status, 400);
+    const { error, code } = JSON.parse(r.body) as { error: string; code: string };
+    t.is(code, 'KVNET_INVALID_INPUT');
+    t.regex(error, new RegExp(`^request body \\(${Buffer.byteLength(body)} bytes\\) is not valid JSON: `));
+    t.false(/[\u0000-\u001f\u007f]/.test(error), `no control characters in ${JSON.stringify(error)}`);
+    t.false(error.includes('RED'), 'the body is not echoed');
+  }
+});
+
 test('a stale socket nobody answers on is replaced; a live one or a regular file is refused', async (t) => {
   const dir = tmp(t);
   const stale = join(dir, 'stale.sock');

@@ -1,5 +1,6 @@
 import test from 'ava';
-import { parseTtl, resolveAdvertise, validateConfig, type AgentConfig } from '../src/config.ts';
+import { parseStoreOpts } from '@kvnet/store';
+import { DEFAULT_STORE_URL, parseTtl, resolveAdvertise, resolveStoreUrl, validateConfig, type AgentConfig } from '../src/config.ts';
 import { lowestFreeAddress } from '../src/ipv4.ts';
 import { parseListenAddress } from '../src/metrics.ts';
 
@@ -23,13 +24,44 @@ test('advertise: an IP, an IP with a port, or an interface name', (t) => {
   t.throws(() => resolveAdvertise('198.18.0.1:99999', ifaces), { message: /port 99999/ });
 });
 
+test('advertise: an IPv6 underlay address, bare or bracketed with a port, written canonically', (t) => {
+  t.deepEqual(resolveAdvertise('2001:2::1', ifaces), { ip: '2001:2::1', address: '2001:2::1' });
+  t.deepEqual(resolveAdvertise('[2001:0002:0:0::A]:7946', ifaces), { ip: '2001:2::a', address: '[2001:2::a]:7946' });
+  t.throws(() => resolveAdvertise('fe80::1', ifaces), { message: /fe80::1 cannot be reached by other hosts/ });
+  t.throws(() => resolveAdvertise('[::1]', ifaces), { message: /::1 cannot be reached/ });
+  t.throws(() => resolveAdvertise('[2001:2::1]:0', ifaces), { message: /port 0 is not 1…65535/ });
+  t.throws(() => resolveAdvertise('[2001:2::zz]', ifaces), { message: /not an IPv6 address/ });
+});
+
 test('ttl durations', (t) => {
   t.is(parseTtl('10s'), 10);
   t.is(parseTtl('1m'), 60);
   t.is(parseTtl('5000ms'), 5);
   t.is(parseTtl('30'), 30);
+  t.is(parseTtl('1m30s'), 90);
+  t.is(parseTtl('2.5s'), 3);
   t.throws(() => parseTtl('1s'), { message: /between 2s and 10m/ });
   t.throws(() => parseTtl('ten'), { message: /invalid --ttl "ten"/ });
+});
+
+test('kv.timeout takes a duration as the docs write it; a bare number stays milliseconds', (t) => {
+  const url = 'etcd://127.0.0.1:2379/kvnet';
+  t.is(parseStoreOpts(url, ['kv.timeout=10s']).timeoutMs, 10_000);
+  t.is(parseStoreOpts(url, ['kv.timeout=1500ms']).timeoutMs, 1_500);
+  t.is(parseStoreOpts(url, ['kv.timeout=3000']).timeoutMs, 3_000);
+  t.is(parseStoreOpts(url, ['kv.timeout=1m']).timeoutMs, 60_000);
+  t.throws(() => parseStoreOpts(url, ['kv.timeout=soon']), { message: /kv\.timeout must be a duration between 100ms and 10m \(e\.g\. 10s, 1500ms\), got "soon"/ });
+  t.throws(() => parseStoreOpts(url, ['kv.timeout=11m']), { message: /kv\.timeout must be a duration between 100ms and 10m/ });
+});
+
+test('the store: --cluster-store as given; the embedded store only when asked for', (t) => {
+  t.is(resolveStoreUrl('etcd://10.0.0.5:2379/kvnet', false), 'etcd://10.0.0.5:2379/kvnet');
+  t.is(resolveStoreUrl('local:///srv/kvnet.db', false), 'local:///srv/kvnet.db');
+  t.is(resolveStoreUrl(undefined, true), DEFAULT_STORE_URL);
+  t.is(resolveStoreUrl('local:///srv/kvnet.db', true), 'local:///srv/kvnet.db');
+  t.throws(() => resolveStoreUrl(undefined, false), { code: 'KVNET_INVALID_CONFIG', message: /^no --cluster-store \(or KVNET_CLUSTER_STORE\)/ });
+  t.throws(() => resolveStoreUrl('  ', false), { message: /^no --cluster-store/ });
+  t.throws(() => resolveStoreUrl('consul://a:b@c:8500/p', true), { message: /cannot be combined with --cluster-store consul:\/\/c:8500\/p$/ });
 });
 
 test('flags are validated with the flag and value in the message', (t) => {
@@ -51,4 +83,24 @@ test('egress addresses: lowest free host address, skipping gateway and used ones
   t.is(lowestFreeAddress('172.18.0.0/16', '172.18.0.1', new Set()), '172.18.0.2/16');
   t.is(lowestFreeAddress('172.18.0.0/16', '172.18.0.1', new Set(['172.18.0.2', '172.18.0.3'])), '172.18.0.4/16');
   t.is(lowestFreeAddress('10.0.0.0/30', '10.0.0.1', new Set(['10.0.0.2'])), undefined);
+});
+
+test('names flags: --dns-address ip|off, --dns-upstream, --dns-socket, --dns-resolver-unit; the resolver socket beside --socket', async (t) => {
+  const { resolverSocketFor } = await import('../src/config.ts');
+  const { resolverCommandFor } = await import('../src/names/face.ts');
+  const base: AgentConfig = {
+    storeUrl: 'local:///tmp/x.db', storeOpts: [], advertise: 'eth0', nodeName: 'h1', stateDir: '/tmp/s', socketPath: '/run/kvnet/kvnet.sock',
+    metricsAddr: 'off', ttlS: 10, namePrefix: 'kvnet', gatewayBridge: 'kvnet_gwbridge',
+  };
+  t.notThrows(() => validateConfig({ ...base, dnsAddress: 'off' }));
+  t.notThrows(() => validateConfig({ ...base, dnsAddress: '169.254.53.53', dnsUpstreams: ['198.18.0.53', '198.18.0.53:5353', '[2001:db8::1]:53'], dnsResolverUnit: 'kvnet-resolver' }));
+  t.throws(() => validateConfig({ ...base, dnsAddress: '224.0.0.1' }), { message: /invalid --dns-address "224\.0\.0\.1": must be a unicast IPv4 address/ });
+  t.throws(() => validateConfig({ ...base, dnsAddress: 'resolver' }), { message: /--dns-address "resolver"/ });
+  t.throws(() => validateConfig({ ...base, dnsUpstreams: ['dns.example'] }), { message: /invalid --dns-upstream "dns\.example"/ });
+  t.throws(() => validateConfig({ ...base, dnsSocket: 'relative.sock' }), { message: /--dns-socket "relative\.sock": must be an absolute path/ });
+  t.throws(() => validateConfig({ ...base, dnsResolverUnit: 'bad unit' }), { message: /--dns-resolver-unit "bad unit"/ });
+  t.is(resolverSocketFor('/run/kvnet/kvnet.sock'), '/run/kvnet/kvnet-resolver.sock');
+  t.is(resolverSocketFor('/tmp/x/h2.sock'), '/tmp/x/h2-resolver.sock', 'agents of simulated hosts sharing a directory get one each');
+  t.deepEqual(resolverCommandFor(undefined, ['node', 'r.mjs']), ['node', 'r.mjs']);
+  t.deepEqual(resolverCommandFor('kvnet-resolver', ['node', 'r.mjs']).slice(0, 3), ['systemd-run', '--unit=kvnet-resolver', '--collect']);
 });

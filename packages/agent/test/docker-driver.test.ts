@@ -114,7 +114,11 @@ test('a user gateway reshapes the pool; --internal is kept; default pools are ha
   const auto = await call('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: '', SubPool: '', Options: {}, V6: false });
   t.regex(String(auto.Pool), /^10\.\d+\.\d+\.0\/24$/);
   t.regex(String((await call('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: '10.78.0.0/25', SubPool: '', Options: {}, V6: false })).Error), /overlaps/);
-  t.regex(String((await call('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: '', SubPool: '', Options: {}, V6: true })).Error), /IPv4 only/);
+  // --ipv6 without an IPv6 subnet: a /64 of the cluster's ULA, under its own PoolID
+  const auto6 = await call('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: '', SubPool: '', Options: {}, V6: true });
+  t.regex(String(auto6.Pool), /^fd[0-9a-f]{2}:[0-9a-f:]+\/64$/);
+  t.regex(String(auto6.PoolID), /^[0-9a-f]{64}-v6$/);
+  t.deepEqual(await call('IpamDriver.ReleasePool', { PoolID: auto6.PoolID }), {});
   // a failed create's rollback: ReleasePool of a pool without a network releases it
   t.deepEqual(await call('IpamDriver.ReleasePool', { PoolID: auto.PoolID }), {});
   t.is(await host.docker.backend.getPool(auto.PoolID as string), undefined);
@@ -178,7 +182,7 @@ test('a second host adopts the network through --ipam-opt kvnet.network=<nid> an
   t.is(h2.docker.backend.findNetwork(D2)?.id, net.id);
   await waitForBinding(host, net.id);
   t.deepEqual((host.ctx.cluster.view().networks.get(net.id) as DockerNetworkRecord).docker?.networks, { h1: DOCKER_NET, h2: D2 });
-  t.regex(String((await call2('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: '10.82.0.0/24', SubPool: '', Options: { 'kvnet.network': net.id }, V6: false })).Error), /has subnet 10.81.0.0\/24, not 10.82.0.0\/24/);
+  t.regex(String((await call2('IpamDriver.RequestPool', { AddressSpace: 'kvnet', Pool: '10.82.0.0/24', SubPool: '', Options: { 'kvnet.network': net.id }, V6: false })).Error), /has IPv4 subnet 10.81.0.0\/24, not 10.82.0.0\/24/);
 
   // an endpoint on h2 through h2's Docker id
   const a = await call2('IpamDriver.RequestAddress', { PoolID: net.id, Address: '', Options: null });

@@ -2,11 +2,14 @@
  * Two real agents on simulated hosts with a real etcd (in the underlay namespace): while etcd is
  * stopped, existing traffic keeps flowing, reads are served from the agents' views, writes fail with
  * the store's message and /readyz says why; when etcd is back the agents converge without a restart
- * and nothing is reaped. Needs root and etcd; skipped otherwise.
+ * and nothing is reaped. While etcd is frozen (SIGSTOP: no connection breaks, no watch errors),
+ * /readyz and `kvnet status` still tell the truth, and local API and Docker plugin calls are refused
+ * at once with the same message. Needs root and etcd; skipped otherwise.
  */
 
 import test from 'ava';
 import { join } from 'node:path';
+import { unixRequest } from '../src/unix-http.ts';
 import { startServer, type KvServer } from '../../../test/support/kv-servers.ts';
 import { createSimNetwork, type SimContainer, type SimNetwork } from '../../../test/support/sim-hosts.ts';
 import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
@@ -46,6 +49,7 @@ test.before(async () => {
       '--cluster-store', etcd.url(`kvnet${id}`),
       '--cluster-advertise', 'eth0', '--node-name', `h${i + 1}`, '--state-dir', join(dir, `state-h${i + 1}`),
       '--socket', sockets[i]!, '--ttl', '4s', '--name-prefix', `${id}${i + 1}`, '--gateway-bridge', 'none',
+      '--docker-plugin', join(dir, `h${i + 1}-plugin.sock`), '--docker-socket', 'off',
     ], { netns: sim.hosts[i]!.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}.log`) });
     agents.push(p);
   }
@@ -88,7 +92,7 @@ rt('traffic flows and writes fail clearly while etcd is down; the cluster conver
   const ls = await kvnet(1, 'network', 'ls', '--format', 'json');
   t.is(ls.code, 0, 'reads are served from the agent\'s view');
   t.deepEqual(JSON.parse(ls.stdout).map((n: { name: string }) => n.name), ['ov']);
-  await waitFor('readyz says the store is unreachable', async () => /unreachable\s+503$/.test(await readyz(0)), 30_000, 200);
+  await waitFor('readyz says the store is unreachable', async () => /is unreachable since \S+Z \(\d+ s\).*\s503$/s.test(await readyz(0)), 30_000, 200);
   // Longer than the TTL: leases may lapse; nobody may tear anything down.
   for (let i = 0; i < 8; i++) t.true(await sim!.ping(c1.name, ip2, { waitS: 1 }), `ping ${i} during the outage`);
 
@@ -104,8 +108,46 @@ rt('traffic flows and writes fail clearly while etcd is down; the cluster conver
   // Nobody was reaped: both nodes registered again in time.
   await waitFor('both nodes live', async () => {
     const r = await kvnet(0, 'node', 'ls', '--format', 'json');
-    return r.code === 0 && JSON.parse(r.stdout).length === 2;
+    return r.code === 0 && (JSON.parse(r.stdout) as Array<{ state: string }>).filter((n) => n.state === 'alive').length === 2;
   }, 30_000, 200);
   const inspect = JSON.parse((await kvnet(0, 'network', 'inspect', 'ov')).stdout);
   t.deepEqual(inspect[0].endpoints.map((e: { name: string }) => e.name), ['c1', 'c2', 'c3']);
+});
+
+rt('a frozen store: /readyz and status say since when; API and plugin calls are refused at once with one message; ready again after', async (t) => {
+  etcd!.pause();
+  try {
+    const body = await waitFor('readyz 503 on h1', async () => {
+      const r = await readyz(0);
+      return /503$/.test(r) ? r : undefined;
+    }, 60_000, 200);
+    t.regex(body, /^not ready: cluster store etcd:\/\/198\.18\.255\.254:\d+\/kvnet\w+ is unreachable since \S+Z \(\d+ s\): .+\s503$/s);
+    const status = JSON.parse((await kvnet(0, 'status')).stdout) as { ready: boolean; notReady: string; store: { state: string; since: string; lastError: string } };
+    t.false(status.ready);
+    t.is(status.store.state, 'unavailable');
+    t.regex(status.store.since, /Z$/);
+    t.truthy(status.store.lastError);
+
+    const t0 = performance.now();
+    const api = await unixRequest({ socketPath: sockets[0]!, method: 'POST', path: '/v1/networks', body: { name: 'frozen' }, timeoutMs: 30_000 });
+    const apiMs = performance.now() - t0;
+    const t1 = performance.now();
+    const plugin = await unixRequest({ socketPath: join(dir, 'h1-plugin.sock'), method: 'POST', path: '/IpamDriver.RequestPool', body: { AddressSpace: 'kvnet', Pool: '', Options: {} }, timeoutMs: 30_000 });
+    const pluginMs = performance.now() - t1;
+    t.log(`while the store is known down: API create answered in ${apiMs.toFixed(1)} ms, plugin RequestPool in ${pluginMs.toFixed(1)} ms`);
+    t.is(api.status, 503);
+    const apiError = (api.body as { error: string; code: string });
+    t.is(apiError.code, 'KVNET_STORE_UNAVAILABLE');
+    t.regex(apiError.error, /^cluster store etcd:\/\/\S+ is unavailable: unreachable since \S+Z \(\d+ s\); last error: /, 'refused by the guard, not after the store timeout');
+    const pluginError = (plugin.body as { Error?: string }).Error ?? '';
+    t.is(pluginError.replace(/\(\d+ s\)/, '(N s)'), apiError.error.replace(/\(\d+ s\)/, '(N s)'), 'the Docker plugin gives the same message');
+  } finally {
+    etcd!.resume();
+  }
+  await waitFor('readyz ok again', async () => /^ready\s+200$/.test(await readyz(0)) && /^ready\s+200$/.test(await readyz(1)), 60_000, 200);
+  const status = JSON.parse((await kvnet(0, 'status')).stdout) as { ready: boolean; store: { state: string } };
+  t.true(status.ready);
+  t.is(status.store.state, 'reachable');
+  const create = await kvnet(0, 'network', 'create', 'after-freeze');
+  t.is(create.code, 0, create.stderr);
 });

@@ -7,7 +7,8 @@
 import test from 'ava';
 import { join } from 'node:path';
 import { createSimNetwork, type SimNetwork, type SimContainer } from '../../../test/support/sim-hosts.ts';
-import { makeTempDir, removeTempDir, run, runId, startProcess, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
+import { startSimAgent, waitAgentReady } from '../../../test/support/docker-agents.ts';
+import { makeTempDir, removeTempDir, run, runId, waitFor, REPO_ROOT, type ManagedProcess } from '../../../test/support/process.ts';
 
 const MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
 const isRoot = process.getuid?.() === 0;
@@ -26,23 +27,7 @@ function kvnet(host: number, ...args: string[]) {
 }
 
 function startAgent(i: number): ManagedProcess {
-  const host = sim!.hosts[i]!;
-  const p = startProcess(
-    `agent-${id}-h${i + 1}`,
-    'node',
-    [
-      '--import', 'tsx', MAIN, 'agent',
-      '--cluster-store', `local://${dir}/store.db`,
-      '--cluster-advertise', 'eth0',
-      '--node-name', `h${i + 1}`,
-      '--state-dir', join(dir, `state-h${i + 1}`),
-      '--socket', sockets[i]!,
-      '--ttl', '3s',
-      '--name-prefix', `${id}${i + 1}`,
-      '--gateway-bridge', 'none',
-    ],
-    { netns: host.name, cwd: REPO_ROOT, logFile: join(dir, `agent-h${i + 1}.log`) },
-  );
+  const p = startSimAgent({ id, dir, index: i, host: sim!.hosts[i]!, apiSocket: sockets[i]!, store: `local://${dir}/store.db`, ttl: '3s' });
   agents[i] = p;
   return p;
 }
@@ -53,7 +38,7 @@ test.before(async () => {
   sim = await createSimNetwork({ hosts: 2, prefix: id });
   for (let i = 0; i < 2; i++) sockets.push(join(dir, `h${i + 1}.sock`));
   for (let i = 0; i < 2; i++) startAgent(i);
-  for (const a of agents) await waitFor(`${a.name} ready`, () => a.log().includes('"msg":"agent ready"'), 60_000, 100);
+  for (const a of agents) await waitAgentReady(a, 0, 60_000);
   c1 = await sim.addContainer(sim.hosts[0]!, 'c1');
   c2 = await sim.addContainer(sim.hosts[1]!, 'c2');
 });
@@ -83,7 +68,7 @@ rt('node ls on each host lists both nodes', async (t) => {
     t.deepEqual(names, ['h1@198.18.0.1', 'h2@198.18.0.2']);
   }
   const table = await kvnet(0, 'node', 'ls');
-  t.regex(table.stdout, /^NAME\s+ADVERTISE\s+VERSION\s+STARTED/);
+  t.regex(table.stdout, /^NAME\s+STATE\s+ADVERTISE\s+ENDPOINTS\s+VERSION\nh1 \*\s+alive\s+198\.18\.0\.1\s+0\s+\S+\nh2\s+alive\s+198\.18\.0\.2\s+0\s+\S+\n$/);
 });
 
 rt('network created on h1 is listed on h2; containers on both hosts ping each other', async (t) => {
@@ -125,7 +110,7 @@ rt('bad input gets a clear error, a non-zero exit, and changes nothing', async (
   t.is(dupName.stderr.trim(), 'kvnet: network with name multi already exists');
 
   const badCidr = await kvnet(0, 'network', 'create', '--subnet', '10.1.2.0/33', 'bad');
-  t.is(badCidr.code, 1);
+  t.is(badCidr.code, 2, 'an invalid flag value is a usage error');
   t.regex(badCidr.stderr, /^kvnet: invalid subnet "10\.1\.2\.0\/33"/);
 
   const overlap = await kvnet(0, 'network', 'create', '--subnet', '10.77.0.0/16', 'overlapping');
@@ -137,11 +122,11 @@ rt('bad input gets a clear error, a non-zero exit, and changes nothing', async (
   t.regex(noNet.stderr, /no such network: nosuch/);
 
   const badNetns = await kvnet(0, 'network', 'connect', 'multi', '--netns', `/run/netns/${id}-missing`);
-  t.is(badNetns.code, 1);
+  t.is(badNetns.code, 2);
   t.regex(badNetns.stderr, /invalid netns .*no such file/);
 
   const outside = await kvnet(0, 'network', 'connect', 'multi', '--netns', c1.path, '--name', 'x', '--ip', '10.9.9.9');
-  t.is(outside.code, 1);
+  t.is(outside.code, 2);
   t.regex(outside.stderr, /10\.9\.9\.9.*outside subnet 10\.77\.1\.0\/24/);
 
   const dupEp = await kvnet(0, 'network', 'connect', 'multi', '--netns', c1.path, '--name', 'c2');
@@ -184,6 +169,27 @@ rt('one container on two networks gets eth0 and eth1; names in a sandbox cannot 
   t.is((await kvnet(0, 'network', 'disconnect', 'race', 'c1b')).code, 0);
   const rm = await kvnet(1, 'network', 'rm', 'race');
   t.is(rm.code, 0, rm.stderr);
+});
+
+rt('endpoint ls, ls -q/--filter/--format, inspect -f, version and prune against the real agents', async (t) => {
+  const eps = await kvnet(1, 'endpoint', 'ls', '--format', '{{.Network}} {{.Name}} {{.Node}} {{.IP}} {{.MAC}}');
+  t.is(eps.code, 0, eps.stderr);
+  t.regex(eps.stdout, /^multi c1 h1 10\.77\.1\.\d+ 02:42:0a:4d:01:[0-9a-f]{2}\nmulti c2 h2 10\.77\.1\.50 02:42:0a:4d:01:32\n$/);
+  t.regex((await kvnet(0, 'endpoint', 'ls', '-q', '--filter', 'node=h2')).stdout, /^[0-9a-f]{12}\n$/);
+  t.regex((await kvnet(0, 'network', 'ls', '-q', '--filter', 'name=mul')).stdout, /^[0-9a-f]{12}\n$/);
+  t.regex((await kvnet(0, 'network', 'ls', '-q', '--no-trunc')).stdout, /^[0-9a-f]{64}\n$/);
+  t.is((await kvnet(0, 'network', 'ls', '--filter', 'label=team=a', '--format', '{{.Name}} {{.Label "team"}}')).stdout, 'multi a\n');
+  t.is((await kvnet(0, 'network', 'ls', '--filter', 'label=team=b', '--format', '{{.Name}}')).stdout, '');
+  t.is((await kvnet(1, 'network', 'inspect', '-f', '{{.Name}} {{.Subnet}} {{len .Endpoints}}', 'multi')).stdout, 'multi 10.77.1.0/24 2\n');
+  const version = await kvnet(0, 'version', '-f', '{{.Agent.Node}} {{.Agent.StoreState}} {{eq .Agent.Version .Client.Version}}');
+  t.is(version.stdout, 'h1 reachable true\n', version.stderr);
+
+  t.is((await kvnet(0, 'network', 'create', 'empty1')).code, 0);
+  await waitFor('empty1 on h2', async () => (await kvnet(1, 'network', 'ls', '--format', '{{.Name}}')).stdout.includes('empty1'), 20_000, 200);
+  const pruned = await kvnet(1, 'network', 'prune', '-f');
+  t.is(pruned.code, 0, pruned.stderr);
+  t.is(pruned.stdout, 'Deleted Networks:\nempty1\n');
+  t.is((await kvnet(0, 'network', 'ls', '--format', '{{.Name}}')).stdout, 'multi\n', 'the network with endpoints stays');
 });
 
 rt('disconnect from the other host, then rm; the kernel is cleaned on both hosts', async (t) => {

@@ -61,6 +61,7 @@ export {
   type NetworkMtuContext,
 } from './mtu.ts';
 export { readUnderlay, type UnderlayInfo } from './underlay.ts';
+export { NSFS_MAGIC, isNetns, probeNetns, probeNetnsAsync } from './netns-file.ts';
 export { VNI_MAX, VNI_MIN } from './desired-state.ts';
 export {
   CommandFailedError,

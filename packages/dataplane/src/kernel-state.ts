@@ -4,7 +4,7 @@
  * for links+addresses+neighbours, `bridge -json fdb show`) and one for the host namespace.
  */
 
-import { readdir, statfs } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { canonicalIp, cidrContainsIp, cidrOf, formatCidr, ipToString, parseInterfaceAddress, parseIp, type Cidr } from '@kvnet/netaddr';
 import type { ResolvedConfig } from './config.ts';
 import type {
@@ -22,14 +22,13 @@ import { CommandFailedError } from './errors.ts';
 import { readIptables } from './iptables.ts';
 import { mapConcurrent } from './concurrency.ts';
 import { readJson, readJsonBatch } from './iproute2.ts';
+import { probeNetnsAsync } from './netns-file.ts';
 import { gatewayBridgeMarker, isEgressHostIfname, networkIdOfNetns, VXLAN_IFNAME } from './names.ts';
 
 /** Where `ip netns add` puts namespace files. */
 export const NETNS_RUN_DIR = '/run/netns';
 /** Overlay namespaces read at the same time. */
 export const READ_CONCURRENCY = 4;
-/** statfs(2) f_type of a namespace file (nsfs). */
-const NSFS_MAGIC = 0x6e736673;
 /** IPv6 link-local addresses (fe80::/10): made by the kernel on every interface, never managed here. */
 const LINK_LOCAL_V6: Cidr = cidrOf('fe80::/10')!;
 
@@ -216,11 +215,7 @@ export async function probeSandboxes(desired: DesiredState): Promise<Record<stri
   const out: Record<string, SandboxProbe> = {};
   await Promise.all(
     [...paths].map(async (p) => {
-      try {
-        out[p] = (await statfs(p)).type === NSFS_MAGIC ? 'netns' : 'not-netns';
-      } catch {
-        out[p] = 'missing';
-      }
+      out[p] = await probeNetnsAsync(p);
     }),
   );
   return out;

@@ -3,12 +3,17 @@
  * ends), `LockDelay: 0s` (a key of a dead session can be bound again at once) and no health checks
  * (only the TTL decides; a session tied to one server's `serfHealth` would die with that server even
  * though its owner fails over to another). Consul invalidates a session between TTL and 2×TTL after
- * the last renewal (the TTL is a lower bound), hence {@link ConsulLease.expiryGraceMs} = TTL.
+ * the last renewal (the TTL is a lower bound; its servers arm the timer at 2×TTL), hence
+ * {@link ConsulLease.expiryGraceMs} = TTL. So that a lease of T seconds ends within T like on the
+ * other backends, the store asks Consul for a session of T / {@link SESSION_TTL_DIVISOR} (at least the
+ * server's `session_ttl_min`, 10 s unless configured lower).
  */
 
 import type { Logger } from 'pino';
 import type { Lease, LeaseLostReason } from './store.ts';
 
+/** A lease of T asks for a session of T / this: Consul takes up to twice a session's TTL to end it. */
+export const SESSION_TTL_DIVISOR = 2;
 /** Renew this fraction of the TTL after the last renewal. */
 export const SESSION_RENEW_FRACTION = 1 / 3;
 /** After a failed renewal (server unreachable), try again this soon, but no later than the normal interval. */

@@ -16,15 +16,16 @@
  *   also means re-list; with the same data it is Consul reaping tombstones, and the watch goes on. A broken connection is
  *   retried for {@link WATCH_RECONNECT_BUDGET_MS}: the next read is compared with the last state, so
  *   nothing is missed, and after that the watch asks for a re-list.
- * - **Leases** are sessions (see `consul-lease.ts`); a TTL below the server's `session_ttl_min` is
- *   raised to the minimum Consul states in its refusal.
+ * - **Leases** are sessions (see `consul-lease.ts`) of half the requested TTL, so that they end
+ *   within it; a session TTL below the server's `session_ttl_min` is raised to the minimum Consul
+ *   states in its refusal.
  * - Reads that the contract calls linearizable use `?consistent`.
  */
 
 import type { Logger } from 'pino';
 import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
 import { ConsulHttpError, ConsulTransport, isAclDenial, type ConsulReply } from './consul-client.ts';
-import { ConsulLease } from './consul-lease.ts';
+import { ConsulLease, SESSION_TTL_DIVISOR } from './consul-lease.ts';
 import {
   CONSUL_TXN_MAX_OPS,
   CONSUL_VERBS_PER_OP,
@@ -393,7 +394,7 @@ class ConsulStore implements KVStore {
   async grantLease(ttlSeconds: number, options: { signal?: AbortSignal } = {}): Promise<Lease> {
     checkLeaseTtl(ttlSeconds);
     this.assertOpen();
-    let ttlMs = Math.max(this.sessionTtlMinMs, Math.round(ttlSeconds * 1000));
+    let ttlMs = Math.max(this.sessionTtlMinMs, Math.round((ttlSeconds * 1000) / SESSION_TTL_DIVISOR));
     let id: string;
     try {
       id = await this.createSession(ttlMs, options.signal);

@@ -1,5 +1,6 @@
 /** Opens the backend a `--cluster-store` URL names. */
 
+import { parseDurationMs } from './duration.ts';
 import { InvalidStoreUrlError } from './errors.ts';
 import { parseStoreUrl } from './store-url.ts';
 import type { KVStore, StoreOptions } from './store.ts';
@@ -26,7 +27,7 @@ export async function openStore(url: string, options: StoreOptions = {}): Promis
 /**
  * Parses `--cluster-store-opt` values (`key=value`), the keys Docker used plus kvnet's own:
  * `kv.cacertfile`, `kv.certfile`, `kv.keyfile`, `kv.insecure`, `kv.token`, `kv.username`,
- * `kv.password`, `kv.timeout` (milliseconds).
+ * `kv.password`, `kv.timeout` (a duration, `10s` or `1500ms`; a bare number is milliseconds).
  */
 export function parseStoreOpts(url: string, opts: readonly string[]): Pick<StoreOptions, 'tls' | 'auth' | 'timeoutMs'> {
   const tls: { caFile?: string; certFile?: string; keyFile?: string; insecureSkipVerify?: boolean } = {};
@@ -60,11 +61,11 @@ export function parseStoreOpts(url: string, opts: readonly string[]): Pick<Store
         auth.password = value;
         break;
       case 'kv.timeout': {
-        const n = Number(value.replace(/ms$/, ''));
-        if (!Number.isInteger(n) || n < 100 || n > 600_000) {
-          throw new InvalidStoreUrlError(url, `kv.timeout must be milliseconds between 100 and 600000, got "${value}"`);
+        const n = parseDurationMs(value, 'ms');
+        if (n === undefined || n < 100 || n > 600_000) {
+          throw new InvalidStoreUrlError(url, `kv.timeout must be a duration between 100ms and 10m (e.g. 10s, 1500ms), got "${value}"`);
         }
-        timeoutMs = n;
+        timeoutMs = Math.round(n);
         break;
       }
       default:

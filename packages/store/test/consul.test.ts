@@ -366,7 +366,7 @@ test.serial('keys outside the key rules (written by other tools) are left out of
 
 // ---- leases ----
 
-test.serial('a TTL below session_ttl_min is raised to the minimum Consul states (1 s on the test server, 10 s by default)', async (t) => {
+test.serial('a lease asks for a session of half its TTL (Consul ends it up to twice that after the last renewal), at least session_ttl_min (1 s on the test server, 10 s by default)', async (t) => {
   const { store } = await fresh('ttl-clamp');
   const short = await store.grantLease(0.2);
   t.is(short.ttlMs, 1_000);
@@ -382,7 +382,8 @@ test.serial('a TTL below session_ttl_min is raised to the minimum Consul states 
   t.is(again.ttlMs, 10_000, 'the learned minimum applies at once');
   await Promise.all([clamped.revoke(), again.revoke()]);
   const long = await strict.grantLease(30);
-  t.is(long.ttlMs, 30_000, 'a TTL inside the bounds is kept');
+  t.is(long.ttlMs, 15_000, 'a session of half the TTL inside the bounds');
+  t.is(long.ttlMs + long.expiryGraceMs, 30_000, 'so the keys are gone within the TTL asked for');
   await long.revoke();
 });
 

@@ -7,10 +7,12 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { StatusSource } from '../context.ts';
+import type { DoctorFace } from '../doctor/index.ts';
 import { errorCode, errorKind, InvalidInputError } from '../errors.ts';
 import type { NetworkService } from '../network-service.ts';
-import { readBody, sendJson } from '../unix-http.ts';
 import type { CniAttachments } from '../cni/attachments.ts';
+import type { NodeService } from '../nodes.ts';
+import { describeJsonError, readBody, sendJson } from '../unix-http.ts';
 import { cniAttachmentRefSchema, cniAttachSchema, cniGcSchema, connectSchema, createNetworkSchema, validate } from './schemas.ts';
 
 class HttpError extends Error {
@@ -50,7 +52,7 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {
-    throw new InvalidInputError(`request body is not valid JSON: ${(err as Error).message}`);
+    throw new InvalidInputError(`request body (${Buffer.byteLength(text)} bytes) is not valid JSON: ${describeJsonError(err)}`);
   }
 }
 
@@ -60,6 +62,10 @@ export interface ApiRoutes {
   readonly logger: Logger;
   /** The CNI plugin's calls (`/v1/cni/…`). */
   readonly cni?: CniAttachments;
+  /** `GET /v1/nodes` with states, `DELETE /v1/nodes/{name}` (without it, `GET /v1/nodes` lists live nodes from `status`). */
+  readonly nodes?: NodeService;
+  /** `GET /v1/doctor`. */
+  readonly doctor?: DoctorFace;
 }
 
 /** Answers one API request; never throws. */
@@ -73,7 +79,11 @@ export async function handleApiRequest(req: IncomingMessage, res: ServerResponse
     if (parts[0] !== 'v1') throw new HttpError(404, `no such API path: ${url.pathname}`, 'KVNET_NO_ROUTE');
     const [, resource, ref, sub, subRef] = parts;
     if (resource === 'status' && parts.length === 2 && method === 'GET') return sendJson(res, 200, status.status());
-    if (resource === 'nodes' && parts.length === 2 && method === 'GET') return sendJson(res, 200, status.nodes());
+    if (resource === 'nodes' && parts.length === 2 && method === 'GET') return sendJson(res, 200, routes.nodes ? await routes.nodes.list() : status.nodes());
+    if (resource === 'nodes' && parts.length === 3 && method === 'DELETE' && routes.nodes) {
+      return sendJson(res, 200, await routes.nodes.remove(ref!, ['1', 'true'].includes(url.searchParams.get('force') ?? '')));
+    }
+    if (resource === 'doctor' && parts.length === 2 && method === 'GET' && routes.doctor) return sendJson(res, 200, await routes.doctor.run());
     if (resource === 'networks') {
       if (parts.length === 2 && method === 'GET') return sendJson(res, 200, service.listNetworks());
       if (parts.length === 2 && method === 'POST') {
@@ -107,7 +117,7 @@ export async function handleApiRequest(req: IncomingMessage, res: ServerResponse
       }
       if (ref === 'gc' && method === 'POST') return sendJson(res, 200, await routes.cni.gc(validate(cniGcSchema, await readJson(req))));
     }
-    throw new HttpError(parts.length > 1 && ['status', 'nodes', 'networks', 'cni'].includes(resource!) ? 405 : 404, `no such API call: ${method} ${url.pathname}`, 'KVNET_NO_ROUTE');
+    throw new HttpError(parts.length > 1 && ['status', 'nodes', 'networks', 'cni', 'doctor'].includes(resource!) ? 405 : 404, `no such API call: ${method} ${url.pathname}`, 'KVNET_NO_ROUTE');
   } catch (err) {
     const code = statusOf(err);
     const message = err instanceof Error ? err.message : String(err);

@@ -9,12 +9,10 @@
  */
 
 import { execFile } from 'node:child_process';
-import { statfsSync } from 'node:fs';
+import { isNetns } from '@kvnet/dataplane';
 
 /** A sandbox read is killed after this long. */
 export const SANDBOX_READ_TIMEOUT_MS = 10_000;
-/** statfs(2) f_type of a network namespace bind mount (nsfs). */
-const NSFS_MAGIC = 0x6e736673;
 
 /** One interface inside the sandbox. */
 export interface SandboxInterface {
@@ -41,14 +39,7 @@ export interface SandboxState {
   readonly routes: readonly SandboxRoute[];
 }
 
-/** Whether `path` is a network namespace right now (exists and is an nsfs mount). */
-export function isNetns(path: string): boolean {
-  try {
-    return Number(statfsSync(path).type) === NSFS_MAGIC;
-  } catch {
-    return false;
-  }
-}
+export { isNetns };
 
 interface IpAddrJson {
   ifname?: string;

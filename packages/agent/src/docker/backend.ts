@@ -12,14 +12,21 @@
  *   interface name the data plane creates for dockerd to move into the container.
  * So every kvnet rule keeps holding: pool owner = network id, address owner = endpoint id (the janitor
  * and the reaper release by those), and `kvnet network rm` releases a Docker-made network's pool.
+ *
+ * IPv6. Docker requests each family's pool with its own RequestPool (`V6: true` for IPv6) and names it
+ * by the PoolID returned, so an IPv6 pool's PoolID is its owner + {@link IPV6_POOL_ID_SUFFIX}. A
+ * dual-stack network made through Docker has two owners — the IPv4 pool's is the network id, the IPv6
+ * pool keeps the id its own RequestPool minted (the record names it in `poolId6`; it is released with
+ * its own owner). Likewise each RequestAddress mints an owner; CreateEndpoint makes the endpoint id
+ * (the IPv4 address's owner) own the IPv6 address too, so both are released with the endpoint.
  */
 
 import { AddressInUseError, DEFAULT_ADDRESS_SPACE, type AddressAllocation, type PoolInfo } from '@kvnet/ipam';
+import { ipFamily } from '@kvnet/netaddr';
 import { allEndpoints } from '../cluster-view.ts';
 import type { AgentContext } from '../context.ts';
 import { ConcurrentChangeError, InvalidInputError, NameConflictError, NotFoundError, PlumbingError } from '../errors.ts';
-import { parseIpv4 } from '../ipv4.ts';
-import { decodeRecord, decodeText, ID_PATTERN, keys, NAME_MAX_CHARS, NAME_PATTERN, newId, type EndpointRecord, type NetworkRecord } from '../layout.ts';
+import { decodeRecord, decodeText, ID_PATTERN, keys, NAME_MAX_CHARS, NAME_PATTERN, networkPool, newId, type EndpointRecord, type NetworkRecord } from '../layout.ts';
 import { newEndpointRecord } from '../records.ts';
 import { ADOPT_NETWORK_OPTION } from './protocol.ts';
 
@@ -28,6 +35,20 @@ export const HANDOFF_IFNAME_PREFIX = 'kvd';
 export const HANDOFF_IFNAME_ID_CHARS = 12;
 /** Attempts of an endpoint write whose network record changed meanwhile (bound on another host). */
 const CREATE_ENDPOINT_ATTEMPTS = 3;
+/** Appended to an IPv6 pool's owner to make its Docker PoolID (an IPv4 pool's PoolID is its owner). */
+export const IPV6_POOL_ID_SUFFIX = '-v6';
+
+/** Docker's PoolID of a kvnet pool: its owner, + {@link IPV6_POOL_ID_SUFFIX} for an IPv6 pool. */
+export function dockerPoolId(pool: Pick<PoolInfo, 'owner' | 'family'>): string {
+  return pool.family === 6 ? `${pool.owner}${IPV6_POOL_ID_SUFFIX}` : pool.owner;
+}
+
+/** The owner and family a Docker PoolID names; undefined for anything kvnet did not hand out. */
+export function parseDockerPoolId(id: string): { readonly owner: string; readonly family: 4 | 6 } | undefined {
+  const v6 = id.endsWith(IPV6_POOL_ID_SUFFIX);
+  const owner = v6 ? id.slice(0, -IPV6_POOL_ID_SUFFIX.length) : id;
+  return ID_PATTERN.test(owner) ? { owner, family: v6 ? 6 : 4 } : undefined;
+}
 
 /** A kvnet network record made through Docker. */
 export interface DockerNetworkRecord extends NetworkRecord {
@@ -54,6 +75,14 @@ export interface DockerEndpointRecord extends EndpointRecord {
   docker?: { networkId: string; endpointId: string };
 }
 
+/**
+ * A container's aliases as an endpoint keeps them: valid names only (Docker's rule), without the
+ * endpoint's own name, each once, sorted (so an unchanged set compares equal).
+ */
+export function cleanAliases(aliases: readonly string[], name: string): string[] {
+  return [...new Set(aliases.filter((a) => a !== name && NAME_PATTERN.test(a) && a.length <= NAME_MAX_CHARS))].sort();
+}
+
 export function handoffIfname(eid: string): string {
   return `${HANDOFF_IFNAME_PREFIX}${eid.slice(0, HANDOFF_IFNAME_ID_CHARS)}`;
 }
@@ -65,9 +94,13 @@ export function provisionalNetworkName(dockerNetworkId: string): string {
 
 export interface DockerNetworkInput {
   readonly dockerNetworkId: string;
+  /** The first pool (IPv4, or IPv6 for an IPv6-only network): its owner becomes the network id. */
   readonly poolId: string;
   /** Bare IP. */
   readonly gateway: string;
+  /** The IPv6 pool of a dual-stack network, and its bare gateway. */
+  readonly poolId6?: string;
+  readonly gateway6?: string;
   readonly internal: boolean;
   readonly options: Record<string, string>;
 }
@@ -75,8 +108,10 @@ export interface DockerNetworkInput {
 export interface DockerEndpointInput {
   readonly dockerNetworkId: string;
   readonly dockerEndpointId: string;
-  /** `ip/len` as Docker's IPAM (kvnet's) gave it. */
-  readonly address: string;
+  /** `ip/len` (IPv4) as Docker's IPAM (kvnet's) gave it; empty or absent on an IPv6-only network. */
+  readonly address?: string;
+  /** `ip/len` (IPv6) as kvnet's IPAM gave it, on a network with IPv6. */
+  readonly address6?: string;
   /** A MAC the user gave (`--mac-address`); default `02:42:` + the IPv4 bytes. */
   readonly mac?: string;
   /**
@@ -84,6 +119,8 @@ export interface DockerEndpointInput {
    * all hosts. Without it the endpoint is named by its Docker id until the container's name is learned.
    */
   readonly name?: string;
+  /** The container's aliases on this network, when the caller knows them (else DockerNetworkSync learns them). */
+  readonly aliases?: readonly string[];
 }
 
 /**
@@ -92,17 +129,17 @@ export interface DockerEndpointInput {
  */
 export interface DockerBackend {
   /**
-   * Reserves a pool for a new kvnet network, whose id is minted here and owns the pool. Docker's
-   * PoolID is that network id ({@link PoolInfo.owner}): it stays the same when the pool is reshaped,
-   * while kvnet's own pool id does not.
+   * Reserves a pool (IPv6 with `v6`) for a new kvnet network, whose id is minted here and owns the
+   * pool. Docker's PoolID is {@link dockerPoolId} of it (the owner): it stays the same when the pool is
+   * reshaped, while kvnet's own pool id does not.
    */
-  requestPool(req: { subnet?: string; ipRange?: string }): Promise<PoolInfo>;
+  requestPool(req: { subnet?: string; ipRange?: string; v6?: boolean }): Promise<PoolInfo>;
   /**
-   * The pool of an existing kvnet network, for the Docker network the agent creates on this host to
-   * mirror it (`--ipam-opt kvnet.network=<nid>`); refuses another subnet.
+   * The pool of one family of an existing kvnet network, for the Docker network the agent creates on
+   * this host to mirror it (`--ipam-opt kvnet.network=<nid>`); refuses another subnet.
    */
-  adoptPool(nid: string, subnet?: string): Promise<PoolInfo>;
-  /** The pool by Docker's PoolID (the owning network id); undefined when gone or being released. */
+  adoptPool(nid: string, subnet?: string, v6?: boolean): Promise<PoolInfo>;
+  /** The pool by Docker's PoolID ({@link dockerPoolId}); undefined when gone or being released. */
   getPool(dockerPoolId: string): Promise<PoolInfo | undefined>;
   /** The kvnet pool with exactly this subnet. */
   findPool(subnet: string): Promise<PoolInfo | undefined>;
@@ -128,34 +165,45 @@ export interface DockerBackend {
   deleteNetwork(dockerNetworkId: string): Promise<void>;
   /** Creates the endpoint and plumbs its host-side interface; returns its MAC and that interface. */
   createEndpoint(input: DockerEndpointInput): Promise<{ mac: string; ifname: string }>;
-  /** The host-side interface of a created endpoint. */
-  joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string }>;
+  /** The host-side interface of a created endpoint, and its kvnet id. */
+  joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string; endpointId: string }>;
+  /** The kvnet id of this host's endpoint for a Docker endpoint, if there is one. */
+  localEndpointId(dockerNetworkId: string, dockerEndpointId: string): string | undefined;
   /** Deletes the endpoint, releases its address, unplumbs it. Unknown endpoints are not an error. */
   deleteEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<void>;
   /** The kvnet network bound to a Docker network id on this host. */
   findNetwork(dockerNetworkId: string): DockerNetworkRecord | undefined;
   /** Renames an endpoint (to its container's name); refused when the name is taken in the network. */
   nameEndpoint(nid: string, eid: string, name: string): Promise<void>;
+  /** Sets an endpoint's aliases (its container's `--network-alias`es, learned from dockerd). */
+  aliasEndpoint(nid: string, eid: string, aliases: readonly string[]): Promise<void>;
 }
 
 /** The {@link DockerBackend} on kvnet's store, IPAM and network service. */
 export class StoreDockerBackend implements DockerBackend {
   constructor(private readonly ctx: AgentContext) {}
 
-  async requestPool(req: { subnet?: string; ipRange?: string }): Promise<PoolInfo> {
+  async requestPool(req: { subnet?: string; ipRange?: string; v6?: boolean }): Promise<PoolInfo> {
     if (req.ipRange && !req.subnet) throw new InvalidInputError(`invalid ip-range "${req.ipRange}": an ip range needs --subnet`);
-    return this.ctx.ipam.requestPool({ owner: newId(), ...(req.subnet ? { subnet: req.subnet } : {}), ...(req.ipRange ? { ipRange: req.ipRange } : {}) });
+    return this.ctx.ipam.requestPool({ owner: newId(), v6: req.v6 === true, ...(req.subnet ? { subnet: req.subnet } : {}), ...(req.ipRange ? { ipRange: req.ipRange } : {}) });
   }
 
   async getPool(dockerPoolId: string): Promise<PoolInfo | undefined> {
-    if (!ID_PATTERN.test(dockerPoolId)) return undefined;
-    return (await this.ctx.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.owner === dockerPoolId && !p.releasing);
+    const id = parseDockerPoolId(dockerPoolId);
+    if (!id) return undefined;
+    return (await this.ctx.ipam.listPools(DEFAULT_ADDRESS_SPACE)).find((p) => p.owner === id.owner && p.family === id.family && !p.releasing);
   }
 
-  async adoptPool(nid: string, subnet?: string): Promise<PoolInfo> {
-    const pool = await this.getPool(nid);
-    if (!pool || !(await this.poolHasNetwork(nid))) throw new NotFoundError(`no kvnet network ${nid} to adopt`);
-    if (subnet && subnet !== pool.subnet) throw new InvalidInputError(`kvnet network ${nid.slice(0, 12)} has subnet ${pool.subnet}, not ${subnet}`);
+  async adoptPool(nid: string, subnet?: string, v6?: boolean): Promise<PoolInfo> {
+    const entry = ID_PATTERN.test(nid) ? await this.ctx.store.get(keys.network(nid)) : undefined;
+    if (!entry) throw new NotFoundError(`no kvnet network ${nid} to adopt`);
+    const rec = decodeRecord<NetworkRecord>(entry.value, entry.key);
+    const family = v6 ? 6 : 4;
+    const ref = networkPool(rec, family);
+    if (!ref) throw new InvalidInputError(`kvnet network ${rec.name} has no IPv${family} subnet (its subnet is ${rec.subnet})${family === 4 ? '; an IPv6-only network needs a Docker that can create one (--ipv4=false, Docker 28 and later)' : ''}`);
+    const pool = await this.ctx.ipam.getPool(ref.poolId);
+    if (!pool || pool.releasing) throw new NotFoundError(`no kvnet network ${nid} to adopt`);
+    if (subnet && subnet !== pool.subnet) throw new InvalidInputError(`kvnet network ${rec.name} has IPv${family} subnet ${pool.subnet}, not ${subnet}`);
     return pool;
   }
 
@@ -164,7 +212,18 @@ export class StoreDockerBackend implements DockerBackend {
   }
 
   async poolHasNetwork(dockerPoolId: string): Promise<boolean> {
-    return ID_PATTERN.test(dockerPoolId) && (await this.ctx.store.get(keys.network(dockerPoolId))) !== undefined;
+    const pool = await this.getPool(dockerPoolId);
+    return pool !== undefined && (await this.networkUsing(pool)) !== undefined;
+  }
+
+  /** The network whose record names `pool` (its owner's record, or one whose `poolId6` it is). */
+  private async networkUsing(pool: PoolInfo): Promise<NetworkRecord | undefined> {
+    const view = this.ctx.cluster.view();
+    for (const n of view.networks.values()) if (n.poolId === pool.id || n.poolId6 === pool.id) return n;
+    const entry = await this.ctx.store.get(keys.network(pool.owner));
+    if (!entry) return undefined;
+    const rec = decodeRecord<NetworkRecord>(entry.value, entry.key);
+    return rec.poolId === pool.id || rec.poolId6 === pool.id ? rec : undefined;
   }
 
   async reshapePool(dockerPoolId: string, shape: { gateway: string; auxAddresses: Record<string, string> }): Promise<PoolInfo> {
@@ -172,10 +231,11 @@ export class StoreDockerBackend implements DockerBackend {
     const pool = await this.mustGetPool(dockerPoolId);
     const sameAux = JSON.stringify(Object.entries(pool.auxAddresses).sort()) === JSON.stringify(Object.entries(shape.auxAddresses).sort());
     if (pool.gateway.split('/')[0] === shape.gateway && sameAux) return pool;
-    if (await this.poolHasNetwork(dockerPoolId)) throw new InvalidInputError(`pool ${pool.subnet} already belongs to a network; its gateway cannot change`);
+    if (await this.networkUsing(pool)) throw new InvalidInputError(`pool ${pool.subnet} already belongs to a network; its gateway cannot change`);
     await ipam.releasePool(pool.id, pool.owner);
     return ipam.requestPool({
       owner: pool.owner,
+      v6: pool.family === 6,
       subnet: pool.subnet,
       gateway: shape.gateway,
       ...(pool.ipRange ? { ipRange: pool.ipRange } : {}),
@@ -186,7 +246,7 @@ export class StoreDockerBackend implements DockerBackend {
   async releasePool(dockerPoolId: string): Promise<void> {
     const pool = await this.getPool(dockerPoolId);
     if (!pool) return;
-    if (await this.poolHasNetwork(dockerPoolId)) return; // released with the network
+    if (await this.networkUsing(pool)) return; // released with the network
     await this.ctx.ipam.releasePool(pool.id, pool.owner);
   }
 
@@ -198,7 +258,7 @@ export class StoreDockerBackend implements DockerBackend {
       if (!(err instanceof AddressInUseError)) throw err;
       // IPAM names its own ids; say which network and which container (and where) has the address
       const view = this.ctx.cluster.view();
-      const net = view.networks.get(dockerPoolId);
+      const net = await this.networkUsing(pool);
       const holder = net ? view.endpoints.get(net.id)?.get(err.holder) : undefined;
       const by = holder ? `${holder.name} on ${holder.node}` : err.holder.startsWith('(') ? `the network itself ${err.holder}` : `endpoint ${err.holder.slice(0, 12)}`;
       throw new NameConflictError(`address ${err.address} is already in use in network ${net?.name ?? pool.subnet} by ${by}`);
@@ -212,7 +272,8 @@ export class StoreDockerBackend implements DockerBackend {
     const holder = (await this.ctx.ipam.listAllocations(pool.id)).find((a) => a.ip === ip);
     if (!holder) return;
     // An endpoint's address is released with the endpoint (DeleteEndpoint); never free a live one here.
-    if (await this.ctx.store.get(keys.endpoint(pool.owner, holder.owner))) return;
+    const net = await this.networkUsing(pool);
+    if (await this.ctx.store.get(keys.endpoint(net?.id ?? pool.owner, holder.owner))) return;
     await this.ctx.ipam.releaseAddress(pool.id, holder.address, holder.owner);
   }
 
@@ -233,12 +294,19 @@ export class StoreDockerBackend implements DockerBackend {
       await cluster.waitUntil((v) => (v.networks.get(nid) as DockerNetworkRecord | undefined)?.docker?.networks[node.name] === input.dockerNetworkId);
       return bound;
     }
-    // Docker's RequestPool reserved the pool and its ReleasePool frees it: the network does not own it.
+    let pool6: PoolInfo | undefined;
+    if (input.poolId6 !== undefined) {
+      pool6 = await ipam.getPool(input.poolId6);
+      if (!pool6 || pool6.releasing || pool6.family !== 6) throw new NotFoundError(`no such kvnet IPv6 pool: ${input.poolId6}`);
+    }
+    // Docker's RequestPool reserved the pools and its ReleasePool frees them: the network does not own them.
     return networks.createNetworkForPool<DockerNetworkRecord>({
       id: nid,
       name: provisionalNetworkName(input.dockerNetworkId),
       pool,
+      ...(pool6 ? { pool6 } : {}),
       gateway: input.gateway,
+      ...(input.gateway6 !== undefined ? { gateway6: input.gateway6 } : {}),
       internal: input.internal,
       labels: {},
       options: input.options,
@@ -307,25 +375,32 @@ export class StoreDockerBackend implements DockerBackend {
     if (existing) return { mac: existing.mac, ifname: existing.handoff! };
     const net = this.mustFindNetwork(input.dockerNetworkId);
     if (net.deleting) throw new InvalidInputError(`network ${net.name} is being removed`);
-    const ip = input.address.split('/')[0]!;
-    if (parseIpv4(ip) === undefined) throw new InvalidInputError(`invalid address "${input.address}": not an IPv4 address (IPv6 is not supported yet)`);
-    // The address was allocated by RequestAddress; its owner is this endpoint's kvnet id.
-    const alloc = (await ipam.listAllocations(net.poolId)).find((a) => a.ip === ip);
-    if (!alloc) {
-      const aux = Object.entries(net.auxAddresses ?? {}).find(([, a]) => a === ip);
-      if (aux) throw new InvalidInputError(`address ${ip} is reserved in network ${net.name} as auxiliary address ${aux[0]} (--aux-address); choose another --ip`);
-      throw new InvalidInputError(`address ${input.address} was not allocated by kvnet in network ${net.name}; use --ipam-driver kvnet`);
-    }
-    const eid = alloc.owner;
+    // The addresses were allocated by RequestAddress, one owner each; the first one's owner is this endpoint's kvnet id.
+    const v4 = input.address ? await this.allocationOf(net, 4, input.address) : undefined;
+    const v6 = input.address6 ? await this.allocationOf(net, 6, input.address6) : undefined;
+    const first = v4 ?? v6;
+    if (!first) throw new InvalidInputError(`the endpoint has no address in network ${net.name}: create the network with --ipam-driver kvnet`);
+    const eid = first.owner;
+    const ip = first.ip;
     if (await store.get(keys.endpoint(net.id, eid))) throw new NameConflictError(`address ${ip} already belongs to an endpoint of network ${net.name}`);
+    let address6 = v6;
+    if (v6 && v4 && v6.owner !== eid) {
+      // the endpoint owns both addresses, so they go with it (disconnect, reaping, the janitor)
+      if (await store.get(keys.endpoint(net.id, v6.owner))) throw new NameConflictError(`address ${v6.ip} already belongs to an endpoint of network ${net.name}`);
+      await ipam.releaseAddress(v6.poolId, v6.address, v6.owner);
+      address6 = await ipam.allocateAddress(v6.poolId, { owner: eid, address: v6.address });
+    }
     const given = input.name !== undefined && NAME_PATTERN.test(input.name) && input.name.length <= NAME_MAX_CHARS ? input.name : undefined;
     const name = given ?? input.dockerEndpointId.slice(0, 12);
+    const aliases = input.aliases !== undefined ? cleanAliases(input.aliases, name) : undefined;
     const record = newEndpointRecord<DockerEndpointRecord>(node, {
       id: eid,
       name,
+      ...(aliases !== undefined ? { aliases } : {}),
       network: net.id,
-      address: alloc.address,
+      address: first.address,
       ip,
+      ...(address6 ? { address6: address6.address, ip6: address6.ip } : {}),
       ...(input.mac ? { mac: input.mac } : {}),
       handoff: handoffIfname(eid),
       docker: { networkId: input.dockerNetworkId, endpointId: input.dockerEndpointId },
@@ -347,13 +422,29 @@ export class StoreDockerBackend implements DockerBackend {
       await this.deleteEndpoint(stale.docker.networkId, stale.docker.endpointId);
     }
     const log = logger.child({ nid: net.id, eid, network: net.name, docker: input.dockerEndpointId.slice(0, 12) });
-    log.info({ address: record.address, ifname: record.handoff }, 'docker endpoint created');
+    log.info({ address: record.address, address6: record.address6, ifname: record.handoff }, 'docker endpoint created');
     const failed = await networks.plumb(record, { network: true });
     if (failed) {
       log.warn({ err: failed }, 'docker endpoint could not be plumbed');
       throw new PlumbingError(failed.message);
     }
     return { mac: record.mac, ifname: record.handoff! };
+  }
+
+  /**
+   * The allocation of `address` (`ip/len`) in the network's pool of `family` (RequestAddress made it);
+   * InvalidInputError naming the address when kvnet did not hand it out (an aux address, another IPAM).
+   */
+  private async allocationOf(net: NetworkRecord, family: 4 | 6, address: string): Promise<AddressAllocation> {
+    const ip = address.split('/')[0]!;
+    if (ipFamily(ip) !== family) throw new InvalidInputError(`invalid address "${address}": not an IPv${family} address`);
+    const pool = networkPool(net, family);
+    if (!pool) throw new InvalidInputError(`invalid address "${address}": network ${net.name} has no IPv${family} subnet`);
+    const alloc = (await this.ctx.ipam.listAllocations(pool.poolId)).find((a) => a.ip === ip);
+    if (alloc) return { ...alloc, poolId: pool.poolId };
+    const aux = Object.entries(pool.auxAddresses).find(([, a]) => a === ip);
+    if (aux) throw new InvalidInputError(`address ${ip} is reserved in network ${net.name} as auxiliary address ${aux[0]} (--aux-address); choose another --ip${family === 6 ? '6' : ''}`);
+    throw new InvalidInputError(`address ${address} was not allocated by kvnet in network ${net.name}; use --ipam-driver kvnet`);
   }
 
   /** This node's Docker endpoint `eid` of network `nid`, if the view has it. */
@@ -363,10 +454,14 @@ export class StoreDockerBackend implements DockerBackend {
     return ep as DockerEndpointRecord & { docker: { networkId: string; endpointId: string } };
   }
 
-  async joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string }> {
+  async joinEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<{ ifname: string; endpointId: string }> {
     const ep = this.findEndpoint(dockerNetworkId, dockerEndpointId);
     if (!ep?.handoff) throw new NotFoundError(`no kvnet endpoint for Docker endpoint ${dockerEndpointId.slice(0, 12)}`);
-    return { ifname: ep.handoff };
+    return { ifname: ep.handoff, endpointId: ep.id };
+  }
+
+  localEndpointId(dockerNetworkId: string, dockerEndpointId: string): string | undefined {
+    return this.findEndpoint(dockerNetworkId, dockerEndpointId)?.id;
   }
 
   async deleteEndpoint(dockerNetworkId: string, dockerEndpointId: string): Promise<void> {
@@ -374,7 +469,7 @@ export class StoreDockerBackend implements DockerBackend {
     const ep = this.findEndpoint(dockerNetworkId, dockerEndpointId);
     if (!ep) return;
     const net = cluster.view().networks.get(ep.network);
-    await records.deleteEndpoint(ep, net ? { poolId: net.poolId } : {});
+    await records.deleteEndpoint(ep, net ? { poolId: net.poolId, poolId6: net.poolId6 } : {});
     logger.info({ nid: ep.network, eid: ep.id, docker: dockerEndpointId.slice(0, 12) }, 'docker endpoint removed');
     await cluster.waitForView(keys.endpoint(ep.network, ep.id), false);
     await reconciler.reconcileNow();
@@ -394,6 +489,17 @@ export class StoreDockerBackend implements DockerBackend {
       throw new ConcurrentChangeError(`endpoint ${ep.name} changed while being named ${clean}; try again`);
     }
     logger.info({ nid, eid, endpoint: clean }, 'docker endpoint named after its container');
+  }
+
+  async aliasEndpoint(nid: string, eid: string, aliases: readonly string[]): Promise<void> {
+    const { store, logger, records } = this.ctx;
+    const entry = await store.get(keys.endpoint(nid, eid));
+    if (!entry) throw new NotFoundError(`no such endpoint: ${eid}`);
+    const ep = decodeRecord<DockerEndpointRecord>(entry.value, entry.key);
+    const clean = cleanAliases(aliases, ep.name);
+    if (JSON.stringify(ep.aliases) === JSON.stringify(clean)) return;
+    if (!(await records.updateEndpoint(entry, ep, { ...ep, aliases: clean }))) throw new ConcurrentChangeError(`endpoint ${ep.name} changed while its aliases were set; try again`);
+    logger.info({ nid, eid, endpoint: ep.name, aliases: clean }, 'docker endpoint aliases learned from its container');
   }
 
   private async mustGetPool(dockerPoolId: string): Promise<PoolInfo> {

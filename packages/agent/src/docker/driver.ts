@@ -17,7 +17,7 @@
 
 import type { Logger } from 'pino';
 import { sleep } from '@kvnet/store';
-import type { DockerBackend } from './backend.ts';
+import { dockerPoolId, type DockerBackend } from './backend.ts';
 import type { DockerEngine, EngineContainer } from './engine.ts';
 import {
   ADOPT_NETWORK_OPTION,
@@ -25,10 +25,10 @@ import {
   KVNET_ADDRESS_SPACE,
   OPTION_GENERIC,
   OPTION_INTERNAL,
-  OPTION_IPV6,
   REQUEST_ADDRESS_TYPE,
   type CreateEndpointRequest,
   type CreateNetworkRequest,
+  type IpamData,
   type EndpointRequest,
   type JoinRequest,
   type JoinResponse,
@@ -37,8 +37,8 @@ import {
   type RequestAddressRequest,
   type RequestPoolRequest,
 } from './protocol.ts';
+import { cidrContainsIp, parseInterfaceAddress, parseIp } from '@kvnet/netaddr';
 import { ConcurrentChangeError, InvalidInputError, NameConflictError } from '../errors.ts';
-import { cidrContains, parseCidr, parseIpv4 } from '../ipv4.ts';
 
 /** Interface name prefix inside the container: eth0, eth1, … */
 export const CONTAINER_IFNAME_PREFIX = 'eth';
@@ -63,6 +63,20 @@ export interface DockerDriverOptions {
    * refused — dockerd removes its network anyway.
    */
   readonly onDelete?: { starting(nid: string): void; finished(nid: string, refusal: string | undefined): void };
+  /** The names face's side of Join and Leave (the route to the resolver address); absent with `--dns-address off`. */
+  readonly names?: DockerNamesHooks;
+  /** After every Join: the container starts right after, and its aliases can be learned then (DockerNetworkSync). */
+  readonly onJoined?: () => void;
+}
+
+/** What Join and Leave ask of the names face (names/face.ts). */
+export interface DockerNamesHooks {
+  /** The resolver address (the start-up log checks that dockerd's `dns` has it). */
+  readonly address: string;
+  /** The `StaticRoutes` for a Join of kvnet endpoint `endpointId` into `sandboxKey` (remembered). */
+  dockerJoin(endpointId: string, sandboxKey: string): Array<{ Destination: string; RouteType: number; NextHop: string }>;
+  /** A Leave of kvnet endpoint `endpointId` (moves the route when it held it); never throws. */
+  dockerLeave(endpointId: string): Promise<void>;
 }
 
 function stringOptions(generic: unknown): Record<string, string> {
@@ -98,24 +112,32 @@ export class DockerDriver implements PluginHandlers {
 
   async createNetwork(req: CreateNetworkRequest): Promise<void> {
     const { backend } = this.opts;
-    if (req.IPv6Data.length > 0 || req.Options[OPTION_IPV6] === true) throw new InvalidInputError('kvnet networks are IPv4 only: drop --ipv6');
-    if (req.IPv4Data.length !== 1) throw new InvalidInputError(`kvnet networks have exactly one IPv4 subnet; got ${req.IPv4Data.length}`);
-    const data = req.IPv4Data[0]!;
-    if (data.AddressSpace !== KVNET_ADDRESS_SPACE) {
-      throw new InvalidInputError(
-        `kvnet networks need kvnet's IPAM, which keeps addresses unique across hosts (Docker's default IPAM would hand out the same addresses on every host): add --ipam-driver kvnet to docker network create`,
-      );
+    if (req.IPv4Data.length > 1 || req.IPv6Data.length > 1) {
+      throw new InvalidInputError(`a kvnet network has at most one IPv4 and one IPv6 subnet; got ${req.IPv4Data.length} IPv4 and ${req.IPv6Data.length} IPv6 subnets`);
     }
-    const pool = await backend.findPool(data.Pool);
-    if (!pool) throw new InvalidInputError(`subnet ${data.Pool} was not reserved by kvnet's IPAM; create the network with --ipam-driver kvnet`);
-    const gateway = (data.Gateway ?? pool.gateway).split('/')[0]!;
-    const aux: Record<string, string> = {};
-    for (const [name, a] of Object.entries(data.AuxAddresses ?? {})) aux[name] = a.split('/')[0]!;
-    const shaped = await backend.reshapePool(pool.owner, { gateway, auxAddresses: aux });
+    if (req.IPv4Data.length === 0 && req.IPv6Data.length === 0) throw new InvalidInputError('the network has no subnet: create it with --ipam-driver kvnet');
+    const shape = async (data: IpamData): Promise<{ poolId: string; gateway: string }> => {
+      if (data.AddressSpace !== KVNET_ADDRESS_SPACE) {
+        throw new InvalidInputError(
+          `kvnet networks need kvnet's IPAM, which keeps addresses unique across hosts (Docker's default IPAM would hand out the same addresses on every host): add --ipam-driver kvnet to docker network create`,
+        );
+      }
+      const pool = await backend.findPool(data.Pool);
+      if (!pool) throw new InvalidInputError(`subnet ${data.Pool} was not reserved by kvnet's IPAM; create the network with --ipam-driver kvnet`);
+      const gateway = (data.Gateway ?? pool.gateway).split('/')[0]!;
+      const aux: Record<string, string> = {};
+      for (const [name, a] of Object.entries(data.AuxAddresses ?? {})) aux[name] = a.split('/')[0]!;
+      const shaped = await backend.reshapePool(dockerPoolId(pool), { gateway, auxAddresses: aux });
+      return { poolId: shaped.id, gateway };
+    };
+    const v4 = req.IPv4Data[0] ? await shape(req.IPv4Data[0]) : undefined;
+    const v6 = req.IPv6Data[0] ? await shape(req.IPv6Data[0]) : undefined;
+    const first = (v4 ?? v6)!;
     const record = await backend.createNetwork({
       dockerNetworkId: req.NetworkID,
-      poolId: shaped.id,
-      gateway,
+      poolId: first.poolId,
+      gateway: first.gateway,
+      ...(v4 && v6 ? { poolId6: v6.poolId, gateway6: v6.gateway } : {}),
       internal: req.Options[OPTION_INTERNAL] === true || req.Options[OPTION_INTERNAL] === 'true',
       options: stringOptions(req.Options[OPTION_GENERIC]),
     });
@@ -204,15 +226,15 @@ export class DockerDriver implements PluginHandlers {
 
   async createEndpoint(req: CreateEndpointRequest): Promise<{ Interface?: { MacAddress?: string } }> {
     const iface = req.Interface ?? { Address: '', AddressIPv6: '', MacAddress: '' };
-    if (iface.AddressIPv6) throw new InvalidInputError('kvnet networks are IPv4 only: no --ip6');
-    if (!iface.Address) throw new InvalidInputError('the endpoint has no IPv4 address: create the network with --ipam-driver kvnet');
-    const name = await this.containerBeingConnected(req.NetworkID, req.EndpointID);
+    if (!iface.Address && !iface.AddressIPv6) throw new InvalidInputError('the endpoint has no address: create the network with --ipam-driver kvnet');
+    const container = await this.containerBeingConnected(req.NetworkID, req.EndpointID);
     const r = await this.opts.backend.createEndpoint({
       dockerNetworkId: req.NetworkID,
       dockerEndpointId: req.EndpointID,
-      address: iface.Address,
+      ...(iface.Address ? { address: iface.Address } : {}),
+      ...(iface.AddressIPv6 ? { address6: iface.AddressIPv6 } : {}),
       ...(iface.MacAddress ? { mac: iface.MacAddress.toLowerCase() } : {}),
-      ...(name ? { name } : {}),
+      ...(container ? { name: container.name } : {}),
     });
     // Only a field Docker left empty may be filled in ("driver modified interface … address" otherwise).
     return iface.MacAddress ? {} : { Interface: { MacAddress: r.mac } };
@@ -230,7 +252,7 @@ export class DockerDriver implements PluginHandlers {
    * takes the container's name once dockerd lists it (DockerNetworkSync), where a clash can only be
    * logged.
    */
-  private async containerBeingConnected(dockerNetworkId: string, dockerEndpointId: string): Promise<string | undefined> {
+  private async containerBeingConnected(dockerNetworkId: string, dockerEndpointId: string): Promise<{ name: string } | undefined> {
     const { engine, backend, logger } = this.opts;
     const net = backend.findNetwork(dockerNetworkId);
     if (!engine || !net || net.docker?.provisionalName) return undefined;
@@ -250,7 +272,10 @@ export class DockerDriver implements PluginHandlers {
       return !RUNNING_STATES.has(c.State) || !settings.EndpointID || settings.EndpointID === dockerEndpointId;
     });
     if (starting.length !== 1) return undefined;
-    return starting[0]!.Names[0]?.replace(/^\//, '') || undefined;
+    const name = starting[0]!.Names[0]?.replace(/^\//, '');
+    // Not its aliases yet: a container being started may not list them all (DNSNames are completed at
+    // start); DockerNetworkSync learns them from the running container.
+    return name ? { name } : undefined;
   }
 
   async deleteEndpoint(req: EndpointRequest): Promise<void> {
@@ -262,13 +287,19 @@ export class DockerDriver implements PluginHandlers {
   }
 
   async join(req: JoinRequest): Promise<JoinResponse> {
-    const { ifname } = await this.opts.backend.joinEndpoint(req.NetworkID, req.EndpointID);
+    const { ifname, endpointId } = await this.opts.backend.joinEndpoint(req.NetworkID, req.EndpointID);
+    // The route to the resolver address, for the sandbox's first kvnet interface only (names/face.ts).
+    const routes = this.opts.names && req.SandboxKey ? this.opts.names.dockerJoin(endpointId, req.SandboxKey) : [];
+    this.opts.onJoined?.();
     // No Gateway: Docker then attaches docker_gwbridge for egress and published ports (not on --internal).
-    return { InterfaceName: { SrcName: ifname, DstPrefix: CONTAINER_IFNAME_PREFIX }, DisableGatewayService: false };
+    return { InterfaceName: { SrcName: ifname, DstPrefix: CONTAINER_IFNAME_PREFIX }, ...(routes.length ? { StaticRoutes: routes } : {}), DisableGatewayService: false };
   }
 
-  async leave(_req: EndpointRequest): Promise<void> {
-    // dockerd moves the interface out of the sandbox itself; DeleteEndpoint removes it.
+  async leave(req: EndpointRequest): Promise<void> {
+    // dockerd moves the interface out of the sandbox itself (after this answer); DeleteEndpoint removes it.
+    // Before that, the names face moves the sandbox's resolver route off it if it carried it.
+    const eid = this.opts.backend.localEndpointId(req.NetworkID, req.EndpointID);
+    if (eid && this.opts.names) await this.opts.names.dockerLeave(eid);
   }
 
   // ---- IpamDriver ----
@@ -283,14 +314,13 @@ export class DockerDriver implements PluginHandlers {
   }
 
   async requestPool(req: RequestPoolRequest): Promise<{ PoolID: string; Pool: string; Data: Record<string, string> }> {
-    if (req.V6) throw new InvalidInputError('kvnet networks are IPv4 only: drop --ipv6');
     if (req.AddressSpace && req.AddressSpace !== KVNET_ADDRESS_SPACE) throw new InvalidInputError(`unknown address space "${req.AddressSpace}"; kvnet has only "${KVNET_ADDRESS_SPACE}"`);
     if (req.SubPool && !req.Pool) throw new InvalidInputError(`invalid ip-range "${req.SubPool}": an ip range needs --subnet`);
     const adopt = req.Options[ADOPT_NETWORK_OPTION];
     const pool = adopt
-      ? await this.opts.backend.adoptPool(adopt, req.Pool || undefined)
-      : await this.opts.backend.requestPool({ ...(req.Pool ? { subnet: req.Pool } : {}), ...(req.SubPool ? { ipRange: req.SubPool } : {}) });
-    return { PoolID: pool.owner, Pool: pool.subnet, Data: {} };
+      ? await this.opts.backend.adoptPool(adopt, req.Pool || undefined, req.V6)
+      : await this.opts.backend.requestPool({ ...(req.Pool ? { subnet: req.Pool } : {}), ...(req.SubPool ? { ipRange: req.SubPool } : {}), v6: req.V6 });
+    return { PoolID: dockerPoolId(pool), Pool: pool.subnet, Data: {} };
   }
 
   async releasePool(req: { PoolID: string }): Promise<void> {
@@ -301,13 +331,13 @@ export class DockerDriver implements PluginHandlers {
     const { backend } = this.opts;
     const pool = await backend.getPool(req.PoolID);
     if (!pool) throw new InvalidInputError(`no such kvnet pool: ${req.PoolID}`);
-    const cidr = parseCidr(pool.subnet)!;
-    const withLen = (ip: string): string => `${ip}/${cidr.prefixLength}`;
+    const cidr = parseInterfaceAddress(pool.subnet)!.network;
+    const withLen = (ip: string): string => `${ip}/${cidr.prefix}`;
     const inside = (ip: string): string => {
       const bare = ip.split('/')[0]!;
-      const n = parseIpv4(bare);
-      if (n === undefined) throw new InvalidInputError(`invalid address "${ip}": not an IPv4 address`);
-      if (!cidrContains(cidr, n)) throw new InvalidInputError(`invalid address "${ip}": outside subnet ${pool.subnet}`);
+      const parsed = parseIp(bare);
+      if (parsed?.family !== cidr.family) throw new InvalidInputError(`invalid address "${ip}": not an IPv${cidr.family} address`);
+      if (!cidrContainsIp(cidr, parsed)) throw new InvalidInputError(`invalid address "${ip}": outside subnet ${pool.subnet}`);
       return bare;
     };
     if (req.Options?.[REQUEST_ADDRESS_TYPE] === GATEWAY_ADDRESS_TYPE) {

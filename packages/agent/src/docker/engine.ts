@@ -41,7 +41,22 @@ export interface EngineContainer {
   /** With a leading "/". */
   Names: string[];
   State: string;
-  NetworkSettings?: { Networks?: Record<string, { NetworkID?: string; EndpointID?: string } | null> | null } | null;
+  NetworkSettings?: { Networks?: Record<string, EngineEndpointSettings | null> | null } | null;
+}
+
+/** A container's settings on one network (the container list leaves out `Aliases` and `DNSNames`; inspect has them). */
+export interface EngineEndpointSettings {
+  NetworkID?: string;
+  EndpointID?: string;
+  /** `--network-alias` / `docker network connect --alias` (20.10 adds the short container id for user-defined networks). */
+  Aliases?: string[] | null;
+  /** Docker ≥ 25: every name its embedded resolver answers for the endpoint (name, aliases, short id, hostname). */
+  DNSNames?: string[] | null;
+}
+
+/** The names a container's endpoint on one network answers to besides the container's name (Docker's own rule per version). */
+export function containerAliases(settings: EngineEndpointSettings | null | undefined): string[] {
+  return [...new Set([...(settings?.Aliases ?? []), ...(settings?.DNSNames ?? [])])];
 }
 
 export class DockerEngine {
@@ -54,6 +69,14 @@ export class DockerEngine {
     } catch (err) {
       throw new DockerEngineError(`docker ${method} ${path} on ${this.socketPath}: ${(err as Error).message}`);
     }
+  }
+
+  /** The engine's version (`GET /version` → Version, e.g. `28.5.2`). */
+  async version(signal?: AbortSignal): Promise<string> {
+    const r = await this.call('GET', '/version', signal);
+    const v = (r.body as { Version?: unknown } | undefined)?.Version;
+    if (r.status !== 200 || typeof v !== 'string') throw new DockerEngineError(`docker GET /version: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
+    return v;
   }
 
   /** The network, or undefined when dockerd does not (yet) know it. */
@@ -82,6 +105,18 @@ export class DockerEngine {
     const r = await this.call('GET', `/containers/json?all=1&filters=${encodeURIComponent(JSON.stringify(filters))}`, signal);
     if (r.status !== 200) throw new DockerEngineError(`docker GET /containers/json: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
     return r.body as EngineContainer[];
+  }
+
+  /**
+   * One container's settings per network (`GET /containers/<id>/json`), undefined when dockerd does not
+   * know it. Unlike the container list it carries `Aliases` and `DNSNames`; it takes the container's
+   * lock, so never call it from a plugin call dockerd makes while starting that container.
+   */
+  async containerNetworks(id: string, signal?: AbortSignal): Promise<Record<string, EngineEndpointSettings | null> | undefined> {
+    const r = await this.call('GET', `/containers/${encodeURIComponent(id)}/json`, signal);
+    if (r.status === 404) return undefined;
+    if (r.status !== 200) throw new DockerEngineError(`docker GET /containers/${id.slice(0, 12)}/json: HTTP ${r.status} ${JSON.stringify(r.body)}`, r.status);
+    return (r.body as { NetworkSettings?: { Networks?: Record<string, EngineEndpointSettings | null> | null } | null }).NetworkSettings?.Networks ?? {};
   }
 
   /** Creates a network; resolves with its id. The error carries dockerd's message (e.g. a plugin's `Err`). */

@@ -15,17 +15,21 @@
 
 import type { AgentContext, Face } from '../context.ts';
 import { StoreDockerBackend } from './backend.ts';
-import { DockerDriver } from './driver.ts';
+import { DockerDriver, type DockerNamesHooks } from './driver.ts';
 import { DockerEngine } from './engine.ts';
+import { assessDockerDns, readDockerDnsFacts } from './dns-setup.ts';
 import { DockerNetworkSync } from './network-sync.ts';
 import { DockerPluginServer } from './plugin-server.ts';
 
 /** Next sync while endpoints wait for dockerd to list them (to learn their container names). */
 export const DOCKER_SYNC_PENDING_MS = 1_000;
+/** A sync this long after a Join: the container is normally running by then, with its aliases listed. */
+export const JOIN_SYNC_DELAY_MS = 250;
 
 export { StoreDockerBackend, type DockerBackend, type DockerEndpointRecord, type DockerNetworkRecord } from './backend.ts';
-export { DockerDriver } from './driver.ts';
+export { DockerDriver, type DockerNamesHooks } from './driver.ts';
 export { DockerEngine, DockerEngineError } from './engine.ts';
+export { assessDockerDns, readDockerDnsFacts, type DockerDnsFacts, type DockerDnsFinding } from './dns-setup.ts';
 export { DockerPluginServer } from './plugin-server.ts';
 export { ADOPT_NETWORK_OPTION, KVNET_ADDRESS_SPACE, PLUGIN_NAME } from './protocol.ts';
 
@@ -41,6 +45,15 @@ export interface DockerFace extends Face {
 export interface DockerFaceDeps {
   /** The Engine API client (default: one on `--docker-socket`); tests pass their own. */
   readonly engine?: DockerEngine;
+  /** The names face's Join/Leave side (the route to the resolver address); absent with names off. */
+  readonly names?: DockerNamesHooks;
+}
+
+/** Says in the log, once at start, when this host's containers will not reach kvnet's resolver (dns-setup.ts). */
+async function logDnsSetup(engine: DockerEngine, address: string, logger: AgentContext['logger']): Promise<void> {
+  const findings = assessDockerDns(await readDockerDnsFacts(engine), address);
+  for (const f of findings) logger[f.level]({ code: f.code }, f.message);
+  if (findings.length === 0) logger.info({ address }, `dockerd sends its containers' DNS queries to kvnet's resolver ${address}`);
 }
 
 /** Starts the plugin server on `config.dockerPlugin`; call only when it is not `off`. */
@@ -66,7 +79,9 @@ export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}):
       sync.release(nid);
     },
   };
-  const driver = new DockerDriver({ backend, logger, onDelete, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}) });
+  // A joined container is running moments later: a sync then learns its aliases (DNSNames are completed at start).
+  const onJoined = (): void => ctx.reconciler.schedule(JOIN_SYNC_DELAY_MS);
+  const driver = new DockerDriver({ backend, logger, onDelete, onJoined, ...(config.dockerScope ? { scope: config.dockerScope } : {}), ...(engine ? { engine } : {}), ...(deps.names ? { names: deps.names } : {}) });
   const plugin = new DockerPluginServer({ socketPath: config.dockerPlugin!, handlers: driver, logger });
   sync = engine
     ? new DockerNetworkSync({
@@ -75,12 +90,14 @@ export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}):
         logger,
         removeEndpoint: (dockerNetworkId, dockerEndpointId) => backend.deleteEndpoint(dockerNetworkId, dockerEndpointId),
         nameEndpoint: (nid, eid, name) => backend.nameEndpoint(nid, eid, name),
+        aliasEndpoint: (nid, eid, aliases) => backend.aliasEndpoint(nid, eid, aliases),
         mirrorNetworks: config.dockerScope !== 'global',
         ...(config.dockerDriverName ? { driverName: config.dockerDriverName } : {}),
         ...(config.dockerStaleAfterMs !== undefined ? { staleAfterMs: config.dockerStaleAfterMs } : {}),
       })
     : undefined;
   await plugin.start();
+  if (deps.names && engine) void logDnsSetup(engine, deps.names.address, logger);
   return {
     driver,
     backend,

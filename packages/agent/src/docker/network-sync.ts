@@ -2,8 +2,10 @@
  * Makes every kvnet network appear in this host's dockerd, and disappear with it. With the plugin's
  * default `local` scope Docker keeps a network only on the host where `docker network create` ran;
  * this closes the gap: for each kvnet network this host's dockerd lacks, it creates a Docker network
- * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnet, gateway,
- * ip-range, aux addresses, `--internal`, options, labels and IPAM options, plus the IPAM option
+ * of the same name through the Engine API, driver and IPAM `kvnet`, with the network's subnets (IPv4
+ * and IPv6, `EnableIPv6`; an IPv6-only one with `EnableIPv4: false`, which Docker 28 and later honour),
+ * gateways, ip-ranges, aux addresses, `--internal`, options (with its MTU as
+ * `com.docker.network.driver.mtu`, so `docker network inspect` shows it), labels and IPAM options, plus the IPAM option
  * `kvnet.network=<nid>` so the plugin adopts the existing pool instead of reserving a new one (and
  * CreateNetwork binds the new Docker id to the same kvnet network). A Docker network of driver kvnet
  * whose kvnet network is gone is removed from dockerd.
@@ -16,9 +18,12 @@
 import type { Logger } from 'pino';
 import type { ClusterView } from '../cluster-view.ts';
 import { allEndpoints } from '../cluster-view.ts';
+import { networkPools } from '../layout.ts';
+import { MTU_OPTION } from '../network-mtu.ts';
 import type { DockerEndpointRecord, DockerNetworkRecord } from './backend.ts';
 import { ADOPT_NETWORK_OPTION, PLUGIN_NAME } from './protocol.ts';
-import type { DockerEngine, EngineContainer, EngineNetwork } from './engine.ts';
+import { containerAliases, type DockerEngine, type EngineContainer, type EngineEndpointSettings, type EngineNetwork } from './engine.ts';
+import { cleanAliases } from './backend.ts';
 
 /**
  * A Docker endpoint dockerd does not list (in `GET /networks/<id>` → Containers) this long after it
@@ -37,6 +42,8 @@ export interface DockerNetworkSyncOptions {
   readonly removeEndpoint?: (dockerNetworkId: string, dockerEndpointId: string) => Promise<void>;
   /** Renames a kvnet endpoint to its container's name (DockerBackend.nameEndpoint). */
   readonly nameEndpoint?: (nid: string, eid: string, name: string) => Promise<void>;
+  /** Sets a kvnet endpoint's aliases to its container's on that network (DockerBackend.aliasEndpoint). */
+  readonly aliasEndpoint?: (nid: string, eid: string, aliases: readonly string[]) => Promise<void>;
   /**
    * Create missing kvnet networks in dockerd and remove orphaned ones (default true). False for the
    * plugin's `global` scope, where dockerd itself shares networks through its cluster store.
@@ -79,24 +86,27 @@ export const VANISHED_GRACE_MS = 3_000;
 
 /** The Engine API body that makes a Docker network mirroring `n` (`notice`: a {@link REFUSED_REMOVAL_LABEL} value). */
 export function dockerNetworkSpec(n: DockerNetworkRecord, driverName: string = PLUGIN_NAME, notice?: string): Record<string, unknown> {
+  const pools = networkPools(n);
+  const hasV4 = pools.some((p) => p.family === 4);
+  const hasV6 = pools.some((p) => p.family === 6);
   return {
     Name: n.name,
     Driver: driverName,
     CheckDuplicate: true,
     Internal: n.internal,
+    ...(hasV6 ? { EnableIPv6: true } : {}),
+    ...(hasV4 ? {} : { EnableIPv4: false }),
     Labels: { ...n.labels, ...(notice ? { [REFUSED_REMOVAL_LABEL]: notice } : {}) },
-    Options: n.options ?? {},
+    Options: { ...n.options, ...(n.mtu !== undefined ? { [MTU_OPTION]: String(n.mtu) } : {}) },
     IPAM: {
       Driver: driverName,
       Options: { ...n.docker?.ipamOptions, [ADOPT_NETWORK_OPTION]: n.id },
-      Config: [
-        {
-          Subnet: n.subnet,
-          Gateway: n.gateway,
-          ...(n.ipRange ? { IPRange: n.ipRange } : {}),
-          ...(Object.keys(n.auxAddresses ?? {}).length ? { AuxiliaryAddresses: n.auxAddresses } : {}),
-        },
-      ],
+      Config: pools.map((p) => ({
+        Subnet: p.subnet,
+        Gateway: p.gateway,
+        ...(p.ipRange ? { IPRange: p.ipRange } : {}),
+        ...(Object.keys(p.auxAddresses).length ? { AuxiliaryAddresses: p.auxAddresses } : {}),
+      })),
     },
   };
 }
@@ -257,7 +267,11 @@ export class DockerNetworkSync {
       if (!ep || !allEndpoints(view).some((x) => x.network === ep.network && x.name === wanted)) this.unnameable.delete(eid);
     }
     const unnamed = (e: Docked): boolean => e.name === e.docker.endpointId.slice(0, 12) && !this.unnameable.has(e.id);
-    const candidates = allEndpoints(view).filter((e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined && (isOld(e as Docked) || unnamed(e as Docked)));
+    // Aliases are learned from the running container (Docker ≥ 25 completes DNSNames at start), once.
+    const unaliased = (e: Docked): boolean => e.aliases === undefined && this.opts.aliasEndpoint !== undefined;
+    const candidates = allEndpoints(view).filter(
+      (e): e is Docked => e.node === node && (e as DockerEndpointRecord).docker !== undefined && (isOld(e as Docked) || unnamed(e as Docked) || unaliased(e as Docked)),
+    );
     if (candidates.length === 0) return;
     let containers: EngineContainer[];
     try {
@@ -268,15 +282,20 @@ export class DockerNetworkSync {
     // Only a running (or paused) container holds its endpoint: an exited one may still carry the id of
     // an endpoint dockerd dropped (a power-off, a restart that could not reach this plugin).
     const live = new Map<string, string>();
+    const containerOf = new Map<string, string>();
     for (const c of containers.filter((x) => LIVE_CONTAINER_STATES.has(x.State))) {
-      for (const s of Object.values(c.NetworkSettings?.Networks ?? {})) if (s?.EndpointID) live.set(s.EndpointID, c.Names[0]?.replace(/^\//, '') ?? '');
+      for (const s of Object.values(c.NetworkSettings?.Networks ?? {})) {
+        if (!s?.EndpointID) continue;
+        live.set(s.EndpointID, c.Names[0]?.replace(/^\//, '') ?? '');
+        containerOf.set(s.EndpointID, c.Id);
+      }
     }
     // Stale ones go first: after a power loss the container's new endpoint wants the name its old,
     // stale endpoint still holds.
     for (const e of candidates) {
       if (live.has(e.docker.endpointId)) continue;
       if (!isOld(e)) {
-        if (unnamed(e)) result.pending++;
+        if (unnamed(e) || unaliased(e)) result.pending++;
         continue;
       }
       logger.warn({ nid: e.network, eid: e.id, docker: e.docker.endpointId.slice(0, 12), address: e.address }, 'dockerd no longer has this endpoint (crash or restart without DeleteEndpoint); removing it');
@@ -296,6 +315,23 @@ export class DockerNetworkSync {
       } catch (err) {
         this.unnameable.set(e.id, containerName);
         logger.warn({ err, eid: e.id, endpoint: containerName }, 'cannot give the endpoint its container name yet; it keeps its id until the name is free');
+      }
+    }
+    // Aliases (`--network-alias`, `docker network connect --alias`; on Docker ≥ 25 also the short id and
+    // hostname, its DNSNames) are learned once from the running container, by inspecting it (the list
+    // leaves them out). Docker cannot change an endpoint's aliases afterwards.
+    const inspected = new Map<string, Record<string, EngineEndpointSettings | null> | undefined>();
+    for (const e of candidates) {
+      const containerName = live.get(e.docker.endpointId);
+      const container = containerOf.get(e.docker.endpointId);
+      if (!containerName || !container || !unaliased(e)) continue;
+      try {
+        if (!inspected.has(container)) inspected.set(container, await engine.containerNetworks(container));
+        const settings = Object.values(inspected.get(container) ?? {}).find((x) => x?.EndpointID === e.docker.endpointId);
+        if (!settings) continue;
+        await this.opts.aliasEndpoint!(e.network, e.id, cleanAliases(containerAliases(settings), containerName));
+      } catch (err) {
+        result.errors.push({ network: e.network, message: (err as Error).message });
       }
     }
   }

@@ -10,6 +10,7 @@
  */
 
 import { z } from 'zod';
+import { describeJsonError } from '../unix-http.ts';
 
 /**
  * The plugin's name as drivers when it runs from a socket in /run/docker/plugins: `-d kvnet
@@ -195,7 +196,7 @@ export async function dispatchPluginCall(method: string, rawBody: string, handle
     try {
       json = rawBody.trim() === '' ? undefined : JSON.parse(rawBody);
     } catch (err) {
-      return { status: 200, body: { [field]: `kvnet: ${method}: malformed JSON body: ${(err as Error).message}` }, error: err };
+      return { status: 200, body: { [field]: `kvnet: ${method}: malformed JSON body: ${describeJsonError(err)}` }, error: err };
     }
     const parsed = spec.schema.safeParse(json);
     if (!parsed.success) {

@@ -71,11 +71,11 @@ function encodable(name: string): boolean {
   }
 }
 
-function add(map: Map<string, Addresses>, name: string, ip: string, ip6: string | undefined): void {
+function add(map: Map<string, Addresses>, name: string, ip: string | undefined, ip6: string | undefined): void {
   const key = name.toLowerCase();
   let a = map.get(key);
   if (!a) map.set(key, (a = { v4: [], v6: [] }));
-  if (!a.v4.includes(ip)) a.v4.push(ip);
+  if (ip && !a.v4.includes(ip)) a.v4.push(ip);
   if (ip6 && !a.v6.includes(ip6)) a.v6.push(ip6);
 }
 
@@ -88,15 +88,18 @@ export function compileTable(table: NameTable): CompiledTable {
     const ptr = new Map<string, string>();
     const netName = n.name.toLowerCase();
     for (const r of n.records) {
-      const ip = canonicalIp(r.ip);
-      if (!ip || ip.includes(':')) continue;
-      const ip6 = r.ip6 !== undefined ? canonicalIp(r.ip6) : undefined;
+      // An endpoint of an IPv6-only network has its IPv6 address in `ip` (layout.ts): it gets AAAA only.
+      const first = canonicalIp(r.ip);
+      const ip = first && !first.includes(':') ? first : undefined;
+      const second = r.ip6 !== undefined ? canonicalIp(r.ip6) : undefined;
+      const ip6 = second && second.includes(':') ? second : first?.includes(':') ? first : undefined;
+      if (!ip && !ip6) continue;
       add(names, r.name, ip, ip6);
       for (const alias of r.aliases) add(aliases, alias, ip, ip6);
       // A name that cannot go on the wire (a label over 63 bytes: names may be 64 characters) gets no PTR.
       const target = `${r.name.toLowerCase()}.${netName}.`;
       if (!encodable(target)) continue;
-      if (!ptr.has(ip)) ptr.set(ip, target);
+      if (ip && !ptr.has(ip)) ptr.set(ip, target);
       if (ip6 && !ptr.has(ip6)) ptr.set(ip6, target);
     }
     networks.set(n.id, { id: n.id, name: netName, internal: n.internal, names, aliases, ptr });

@@ -7,7 +7,7 @@
  */
 
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,11 +31,22 @@ export const RECONNECT_FIRST_MS = 250;
 export const RECONNECT_MAX_MS = 5_000;
 const POLL_MS = 50;
 
-/** How to start the resolver process from here: through tsx from sources, or the bundle's sibling `kvnet-resolver.mjs`. */
+/** The bundled resolver's file name (scripts/build.mjs writes it next to `kvnet.mjs`). */
+export const RESOLVER_BUNDLE = 'kvnet-resolver.mjs';
+/** Node flags for the bundled resolver: a 1 MiB young generation keeps its RSS down (README.md, measured). */
+export const RESOLVER_NODE_FLAGS = ['--max-semi-space-size=1'];
+
+/**
+ * How to start the resolver process from here: through tsx from sources, or the bundle's
+ * `kvnet-resolver.mjs` — next to the file this code was bundled into, or one directory up (a bundle
+ * split into chunks keeps its code in a subdirectory).
+ */
 export function defaultResolverCommand(): string[] {
   const here = fileURLToPath(import.meta.url);
   if (here.endsWith('.ts')) return [process.execPath, '--import', import.meta.resolve('tsx'), join(dirname(here), 'resolver-main.ts')];
-  return [process.execPath, join(dirname(here), 'kvnet-resolver.mjs')];
+  const beside = join(dirname(here), RESOLVER_BUNDLE);
+  const bundle = existsSync(beside) ? beside : join(dirname(dirname(here)), RESOLVER_BUNDLE);
+  return [process.execPath, ...RESOLVER_NODE_FLAGS, bundle];
 }
 
 function tryConnect(path: string): Promise<Socket | undefined> {

@@ -17,6 +17,7 @@
 
 import { execFile } from 'node:child_process';
 import { statSync } from 'node:fs';
+import { isNetns } from '@kvnet/dataplane';
 import { ListenerError } from './errors.ts';
 
 /** Any one `ip`/`nsenter` invocation; they normally take a few milliseconds. */
@@ -41,8 +42,15 @@ async function ipIn(netnsPath: string | undefined, lines: readonly string[], wha
   if (r.code !== 0) throw new ListenerError(`${what}: ${r.stderr.trim() || `ip exited ${r.code}`}`);
 }
 
-/** The namespace's identity (nsfs inode); undefined when the path is gone. A re-created namespace at the same path has another. */
+
+/**
+ * The namespace's identity (nsfs inode); undefined when the path holds no namespace: gone, or the plain
+ * file `ip netns add` makes before its bind mount is in place (taking that file's inode for the namespace
+ * would open a listener that is torn down again a moment later). A re-created namespace at the same path
+ * has another identity.
+ */
 export function netnsIdentity(netnsPath: string): string | undefined {
+  if (!isNetns(netnsPath)) return undefined;
   try {
     const st = statSync(netnsPath);
     return `${st.dev}:${st.ino}`;
@@ -72,6 +80,33 @@ export async function removeLoopbackAddress(netnsPath: string | undefined, addre
  */
 export async function ensureSandboxRoute(sandboxPath: string, ifname: string, address: string): Promise<void> {
   await ipIn(sandboxPath, [`route replace ${address}/32 dev ${ifname} scope link`], `cannot add the route to resolver address ${address} via ${ifname} in ${sandboxPath}`);
+}
+
+/**
+ * A Docker sandbox whose route holder left: the connected route to the resolver address through the
+ * interface with MAC `mac` (dockerd chose its name, `ethN`, so it is found by its MAC). A SandboxKey is
+ * a netns bind mount made in dockerd's mount namespace; when this process does not see it (an agent in
+ * a container, or beside a dockerd in a mount namespace of its own) and `dockerdPid` is given, the
+ * commands enter dockerd's mount namespace first and open the sandbox there. Resolves with the
+ * interface name; throws `ListenerError` naming the sandbox when it cannot be entered, has no such
+ * interface, or ip refuses.
+ */
+export async function ensureSandboxRouteByMac(sandboxPath: string, mac: string, address: string, dockerdPid?: number): Promise<string> {
+  const enter = isNetns(sandboxPath) || dockerdPid === undefined ? ['nsenter', `--net=${sandboxPath}`] : ['nsenter', `--mount=/proc/${dockerdPid}/ns/mnt`, 'nsenter', `--net=${sandboxPath}`];
+  const where = enter.length > 2 ? `sandbox ${sandboxPath} (in dockerd's mount namespace, pid ${dockerdPid})` : `sandbox ${sandboxPath}`;
+  const r = await run(enter[0]!, [...enter.slice(1), 'ip', '-j', 'link', 'show']);
+  if (r.code !== 0) throw new ListenerError(`cannot list the interfaces of ${where}: ${r.stderr.trim() || `nsenter exited ${r.code}`}`);
+  let links: Array<{ ifname?: string; address?: string }> = [];
+  try {
+    links = JSON.parse(r.stdout) as typeof links;
+  } catch {
+    // handled below: no interface found
+  }
+  const ifname = links.find((l) => l.address?.toLowerCase() === mac.toLowerCase())?.ifname;
+  if (!ifname) throw new ListenerError(`${where} has no interface with MAC ${mac} to route resolver address ${address} through`);
+  const set = await run(enter[0]!, [...enter.slice(1), 'ip', 'route', 'replace', `${address}/32`, 'dev', ifname, 'scope', 'link']);
+  if (set.code !== 0) throw new ListenerError(`cannot add the route to resolver address ${address} via ${ifname} in ${where}: ${set.stderr.trim() || `ip exited ${set.code}`}`);
+  return ifname;
 }
 
 /**

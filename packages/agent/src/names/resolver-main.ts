@@ -1,8 +1,8 @@
 /**
  * The resolver process's entry: `node resolver-main.{ts,mjs} --socket <path> [--log-level info]`.
  * Started by the agent (names-client.ts) when none answers on the socket, detached, so it outlives the
- * agent. Exit codes: 0 stopped (an `exit` request, SIGTERM, SIGINT); 2 bad arguments; 3 another
- * resolver already answers on the socket; 1 anything else.
+ * agent. Exit codes: 0 stopped (an `exit` request, SIGTERM, SIGINT, its socket file removed or
+ * replaced); 2 bad arguments; 3 another resolver already answers on the socket; 1 anything else.
  */
 
 import { pino } from 'pino';
@@ -30,7 +30,7 @@ async function main(): Promise<void> {
     process.exit(EXIT_BAD_ARGS);
   }
   const logger = pino({ level: args.level, base: { component: 'kvnet-resolver', pid: process.pid } }, pino.destination({ dest: 1, sync: true }));
-  const resolver = new ResolverProcess({ socketPath: args.socket, logger, onExitRequested: () => process.exit(0) });
+  const resolver = new ResolverProcess({ socketPath: args.socket, logger, onExitRequested: () => process.exit(0), onOrphaned: () => process.exit(0) });
   try {
     await resolver.start();
   } catch (err) {

@@ -11,7 +11,7 @@
  * ```
  */
 
-import { chmodSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
@@ -60,6 +60,21 @@ export interface ResolverProcessOptions {
   readonly logger: Logger;
   /** Called after an `exit` request has been answered and everything is closed (main exits the process). */
   readonly onExitRequested?: () => void;
+  /**
+   * Called after the resolver stopped because its feed socket file was removed or replaced (main exits
+   * the process). Default: the same as {@link onExitRequested}.
+   */
+  readonly onOrphaned?: () => void;
+}
+
+/** The socket file's identity (device and inode), or undefined when it is gone. */
+function fileIdentity(path: string): string | undefined {
+  try {
+    const st = statSync(path);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return undefined;
+  }
 }
 
 export class ResolverProcess {
@@ -73,6 +88,8 @@ export class ResolverProcess {
   private timer: NodeJS.Timeout | undefined;
   private readonly startedAt = new Date().toISOString();
   private stopping = false;
+  /** Identity of the socket file this process listens on (see {@link checkSocket}). */
+  private socketIdentity: string | undefined;
 
   constructor(private readonly opts: ResolverProcessOptions) {
     this.responder = new Responder(new Forwarder({ upstreams: () => this.upstreams.servers() }));
@@ -99,24 +116,50 @@ export class ResolverProcess {
     });
     chmodSync(path, 0o600);
     this.server = server;
+    this.socketIdentity = fileIdentity(path);
     this.timer = setInterval(() => {
+      if (!this.checkSocket()) return;
       void this.listeners.recheck().catch((err: Error) => this.opts.logger.warn({ err: err.message }, 'listener recheck failed'));
     }, RECHECK_INTERVAL_MS);
     this.opts.logger.info({ socket: path }, 'kvnet resolver ready');
   }
 
-  /** Closes the feed and every listener; `cleanup` also removes the addresses it added. */
-  async stop(cleanup: boolean): Promise<void> {
+  /**
+   * A resolver whose socket file was removed (its run directory deleted) or replaced (another resolver
+   * started on the same path) can no longer be fed or told to exit by any agent: it stops, leaving the
+   * addresses alone (a successor may be using them), instead of holding port 53 in the overlay
+   * namespaces against its successor. False when it is stopping.
+   */
+  private checkSocket(): boolean {
+    if (this.stopping) return false;
+    const now = fileIdentity(this.opts.socketPath);
+    if (now === this.socketIdentity) return true;
+    this.opts.logger.warn({ socket: this.opts.socketPath, gone: now === undefined }, 'the feed socket file was removed or replaced; this resolver can no longer be reached and stops');
+    void this.stop(false, false).finally(() => (this.opts.onOrphaned ?? this.opts.onExitRequested)?.());
+    return false;
+  }
+
+  /**
+   * Closes the feed and every listener; `cleanup` also removes the addresses it added. `removeSocket`
+   * false (an orphaned resolver) leaves the socket path alone.
+   */
+  async stop(cleanup: boolean, removeSocket = true): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     if (this.timer) clearInterval(this.timer);
     for (const c of this.channels) c.close();
     const server = this.server;
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
-    try {
-      unlinkSync(this.opts.socketPath);
-    } catch {
-      // already gone
+    if (removeSocket) {
+      if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+      try {
+        unlinkSync(this.opts.socketPath);
+      } catch {
+        // already gone
+      }
+    } else {
+      // Closing a unix server unlinks its path (libuv), which may now be a successor's socket: leave
+      // the server open; the process exits right after.
+      server?.unref();
     }
     await this.listeners.closeAll(cleanup);
     this.opts.logger.info({ cleanup }, 'kvnet resolver stopped');

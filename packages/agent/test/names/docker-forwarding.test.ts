@@ -13,33 +13,28 @@
  */
 
 import test from 'ava';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { canRunDockerd, startDockerd } from '../../../../test/support/dockerd.ts';
+import { dockerEngine, engineMissing, type DockerEngineName } from '../../../../test/support/docker-engines.ts';
 import { REPO_ROOT, run, runId, startProcess, waitFor } from '../../../../test/support/process.ts';
 import { createSimNetwork } from '../../../../test/support/sim-hosts.ts';
 import { UPSTREAM_ANSWER } from '../../../../test/support/dns-upstream-server.ts';
 
 const RESOLVER = '169.254.53.53';
-const CACHE = '/var/cache/kvnet';
 /**
  * `refused`: what the container sees when the upstream answers REFUSED. 20.10 passes the REFUSED on;
  * newer engines try their next server and then answer SERVFAIL (moby v28.5.2 `forwardExtDNS`).
+ * 28.5.2 and 29.8.1 run when scripts/install-docker.sh built them (docker-engines.ts).
  */
-const ENGINES: Array<{ version: string; path: string[]; refused: 'REFUSED' | 'SERVFAIL' }> = [
-  { version: '20.10', path: [], refused: 'REFUSED' },
-  ...(existsSync(join(CACHE, 'docker-28.5.2', 'dockerd')) ? [{ version: '28.5.2', path: [join(CACHE, 'docker-28.5.2')], refused: 'SERVFAIL' as const }] : []),
-  ...(existsSync(join(CACHE, 'docker-29.8.1', 'dockerd')) && existsSync(join(CACHE, 'runc-v1.5.3', 'runc'))
-    ? [{ version: '29.8.1', path: [join(CACHE, 'docker-29.8.1'), join(CACHE, 'runc-v1.5.3')], refused: 'SERVFAIL' as const }]
-    : []),
+const ENGINES: Array<{ version: DockerEngineName; refused: 'REFUSED' | 'SERVFAIL' }> = [
+  { version: '20.10', refused: 'REFUSED' },
+  ...(engineMissing(dockerEngine('28.5.2')) ? [] : [{ version: '28.5.2' as const, refused: 'SERVFAIL' as const }]),
+  ...(engineMissing(dockerEngine('29.8.1')) ? [] : [{ version: '29.8.1' as const, refused: 'SERVFAIL' as const }]),
 ];
 
 for (const engine of ENGINES) {
   test.serial(`Docker ${engine.version}: an internal-only container's outside names are forwarded to the --dns address from the container's own namespace; an upstream REFUSED reaches the container as ${engine.refused}`, async (t) => {
-    t.true(await canRunDockerd(), 'this machine can run dockerd (root, docker.io, busybox-static)');
-    const savedPath = process.env.PATH;
-    // startDockerd runs `dockerd` and `docker` from PATH; the modern engines' directories go first.
-    process.env.PATH = [...engine.path, savedPath].join(':');
+    t.true(await canRunDockerd(engine.version), `this machine can run dockerd ${engine.version} (root, busybox-static)`);
     const id = runId();
     const sim = await createSimNetwork({ hosts: 1, prefix: id });
     const host = sim.hosts[0]!;
@@ -49,7 +44,7 @@ for (const engine of ENGINES) {
       await run('ip', ['-n', host.name, 'address', 'add', `${RESOLVER}/32`, 'dev', 'lo']);
       upstream = startProcess('dns-upstream', process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'test/support/dns-upstream-server.ts'), RESOLVER, '53'], { netns: host.name, cwd: REPO_ROOT });
       await waitFor('the DNS server', () => upstream!.log().includes('listening'), 20_000, 100);
-      dockerd = await startDockerd({ host, runId: id, extraArgs: ['--dns', RESOLVER] });
+      dockerd = await startDockerd({ host, runId: id, engine: engine.version, extraArgs: ['--dns', RESOLVER] });
       t.true((await dockerd.dockerOk('version', '--format', '{{.Server.Version}}')).startsWith(engine.version));
       await dockerd.dockerOk('network', 'create', '--internal', '--subnet', '172.29.0.0/24', `in${id}`);
       await dockerd.dockerOk('network', 'create', '--subnet', '172.28.0.0/24', `ex${id}`);
@@ -70,7 +65,6 @@ for (const engine of ENGINES) {
         t.notRegex(refused.stdout, /^Address: (?!127\.0\.0\.11)/m, `${c}: and no address`);
       }
     } finally {
-      process.env.PATH = savedPath;
       await dockerd?.stop();
       await upstream?.kill();
       await sim.destroy();

@@ -188,3 +188,21 @@ test('listenersFor: one per table network, at the path given for it', (t) => {
     { network: 'I', netns: '/run/netns/kvnet-I' },
   ]);
 });
+
+test('an endpoint of an IPv6-only network (its IPv6 address in ip, as layout.ts records it) answers AAAA and its ip6.arpa PTR, no A', (t) => {
+  const v = view();
+  (v.networks as Map<string, NetworkRecord>).set('S', net('S', 'six'));
+  const six = new Map([
+    ['e-s1', ep('e-s1', 'S', 's1', 'fd00:6::2', 'h1', { netns: '/run/netns/s1', ip6: 'fd00:6::2' })],
+    ['e-s2', ep('e-s2', 'S', 's2', 'fd00:6::3', 'h2')],
+    ['e-s3', ep('e-s3', 'S', 's3', '10.6.0.3', 'h2')],
+  ]);
+  (v.endpoints as Map<string, Map<string, EndpointRecord>>).set('S', six);
+  const compiled = compileTable(buildNameTable(v, localSandboxes(v, 'h1')));
+  const scope = scopeFor(compiled, { kind: 'overlay', network: 'S' }, '10.6.0.9');
+  t.deepEqual(lookup(scope, q('s2', QTYPE.AAAA)), { kind: 'records', answers: [{ type: QTYPE.AAAA, ttl: NAME_TTL_S, data: 'fd00:6::3' }] });
+  t.deepEqual(lookup(scope, q('s2', QTYPE.A)), { kind: 'records', answers: [] }, 'the name exists: NODATA for A, not forwarded');
+  t.deepEqual(lookup(scope, q('s3', QTYPE.A)), { kind: 'records', answers: [{ type: QTYPE.A, ttl: NAME_TTL_S, data: '10.6.0.3' }] });
+  const ptr = lookup(scope, q(`3.0.0.0.${'0.0.0.0.'.repeat(5)}6.0.0.0.0.0.d.f.ip6.arpa`, QTYPE.PTR));
+  t.deepEqual(ptr, { kind: 'records', answers: [{ type: QTYPE.PTR, ttl: NAME_TTL_S, data: 's2.six.' }] });
+});

@@ -6,7 +6,7 @@
 
 import test from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -146,4 +146,32 @@ test('a stale socket file is replaced; a resolver of another protocol is told to
   t.true(m.startedResolver);
   t.not(m.resolverPid, old.pid);
   await m.shutdown();
+});
+
+test('a resolver whose socket file is removed (its run directory deleted) exits by itself', async (t) => {
+  const dir = makeTempDir('names-life');
+  const n = await start(context(dir));
+  await n.update(table('c1'), []);
+  const pid = n.resolverPid;
+  await n.stop();
+  rmSync(dir, { recursive: true, force: true });
+  await waitFor('the orphaned resolver to exit', () => !alive(pid), 15_000, 100);
+  t.false(alive(pid));
+});
+
+test('a resolver whose socket path is taken over by another exits without removing the successor\'s socket', async (t) => {
+  const dir = makeTempDir('names-life');
+  const ctx = context(dir);
+  const first = await start(ctx);
+  const pid = first.resolverPid;
+  await first.stop();
+  // What a new agent does when the old socket file is gone: start another resolver on the same path.
+  unlinkSync(ctx.socketPath!);
+  const second = await start(ctx);
+  t.true(second.startedResolver);
+  t.not(second.resolverPid, pid);
+  await waitFor('the first resolver to exit', () => !alive(pid), 15_000, 100);
+  t.true(existsSync(ctx.socketPath!), 'the successor\'s socket is still there');
+  t.is((await second.status()).pid, second.resolverPid, 'and answers');
+  await second.shutdown();
 });
