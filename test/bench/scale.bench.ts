@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- scale [--json] [--backends etcd,consul] [--hosts 10,30,100] [--per-host 20]
  * [--samples 20] [--burst 200] [--wave 10] [--bundle PATH] [--label NAME] [--compare PATH]
- * [--quiet-load 3] [--cpu-prof-host N]` (root).
+ * [--quiet-load 3] [--cpu-prof-host N] [--dns on|off]` (root).
  *
  * How kvnet's cost grows with the cluster: for each backend × host count, one simulated host per
  * agent (real `kvnet agent` processes from the production bundle, `npm run build`, rebuilt here
@@ -36,7 +36,11 @@
  *   (`kvnet_store_requests_total`, `kvnet_store_watch_events_total`: summed over every agent) where the
  *   bundle has them, and from the server (etcd `/metrics`: Range / Txn+Put+DeleteRange RPCs and
  *   watch events sent; Consul's Prometheus counters: KV and txn HTTP calls), idle rates subtracted;
- * - agent RSS (largest and mean VmRSS) at the end.
+ * - agent RSS (largest and mean VmRSS) at the end;
+ * - each host's DNS resolver process (the names face's; the agent starts it detached, so it is neither
+ *   its child nor in its counters): its CPU in the same windows as the agent's (resolver_cpu_*), and
+ *   its RSS. `--dns off` runs the agents with `--dns-address off` (no names face, no resolver), to see
+ *   what names cost at scale.
  *
  * The machine is shared and has two cores: `--quiet-load L` waits (polling every 30 s, at most 45 min)
  * for the 1-minute load average to drop below L before building each case; agents start `--wave` at a
@@ -48,6 +52,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { resolverSocketFor } from '../../packages/agent/src/config.ts';
 import { Cluster, mapLimit, sleep, type ClusterBackend, type ClusterHost, type Container, type Endpoint } from '../support/cluster.ts';
 import { REPO_ROOT, run } from '../support/process.ts';
 import { printRows, runBench } from './report.ts';
@@ -96,6 +101,8 @@ interface Options {
   compare: string | undefined;
   quietLoad: number | undefined;
   cpuProfHost: number | undefined;
+  /** `off`: agents run with `--dns-address off` (no names face, no resolver process). */
+  dns: 'on' | 'off';
 }
 
 function parseArgs(argv: string[]): Options {
@@ -112,9 +119,10 @@ function parseArgs(argv: string[]): Options {
     compare: undefined,
     quietLoad: undefined,
     cpuProfHost: undefined,
+    dns: 'on',
   };
   const usage =
-    'usage: scale [--json] [--backends etcd,consul] [--hosts 10,30,100] [--per-host 20] [--samples 20] [--burst 200] [--wave 10] [--bundle PATH] [--label NAME] [--compare PATH] [--quiet-load 3] [--cpu-prof-host N]';
+    'usage: scale [--json] [--backends etcd,consul] [--hosts 10,30,100] [--per-host 20] [--samples 20] [--burst 200] [--wave 10] [--bundle PATH] [--label NAME] [--compare PATH] [--quiet-load 3] [--cpu-prof-host N] [--dns on|off]';
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): string => String(argv[++i]);
@@ -130,7 +138,11 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--compare') o.compare = next();
     else if (a === '--quiet-load') o.quietLoad = Number(next());
     else if (a === '--cpu-prof-host') o.cpuProfHost = Number(next());
-    else if (a === '--help') {
+    else if (a === '--dns') {
+      const v = next();
+      if (v !== 'on' && v !== 'off') throw new Error(`--dns must be on or off, not ${v}; ${usage}`);
+      o.dns = v;
+    } else if (a === '--help') {
       process.stdout.write(`${usage}\n`);
       process.exit(0);
     } else throw new Error(`unknown option ${a}; ${usage}`);
@@ -248,10 +260,58 @@ function childrenRssMib(pid: number | undefined): number {
   return kib / 1024;
 }
 
-type CpuSnapshot = { at: number; cpu: Map<string, Cpu> };
+/**
+ * Each host's DNS resolver process (the names face's, started detached by the agent, so neither its
+ * child nor in its counters): found by the `--socket` path on its command line.
+ */
+function resolverPids(c: Cluster): Map<string, number> {
+  const bySocket = new Map(c.hosts.map((h) => [resolverSocketFor(h.socket), h.node]));
+  const out = new Map<string, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      const i = argv.indexOf('--socket');
+      const node = i >= 0 ? bySocket.get(argv[i + 1] ?? '') : undefined;
+      if (node) out.set(node, Number(d));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+function rssMib(pid: number | undefined): number | undefined {
+  if (!pid) return undefined;
+  try {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Per host: the agent's CPU (with its children's) and its resolver's, at one moment. */
+type CpuSnapshot = { at: number; cpu: Map<string, Cpu>; resolver: Map<string, number> };
+
+/** Resolver pids of the running case (set once its agents are up; empty with `--dns off`). */
+let resolvers = new Map<string, number>();
 
 function snapshotCpu(c: Cluster): CpuSnapshot {
-  return { at: Date.now(), cpu: new Map(c.hosts.map((h) => [h.node, cpuOf(h.agent?.child.pid)])) };
+  const resolver = new Map<string, number>();
+  for (const [node, pid] of resolvers) {
+    try {
+      resolver.set(node, statCpu(pid).self);
+    } catch {
+      resolver.set(node, NaN); // the resolver ended: its CPU is no longer known
+    }
+  }
+  return { at: Date.now(), cpu: new Map(c.hosts.map((h) => [h.node, cpuOf(h.agent?.child.pid)])), resolver };
+}
+
+/** Per host: the resolver's CPU ms between two snapshots (0 without resolvers). */
+function resolverDelta(a: CpuSnapshot, b: CpuSnapshot, node: string): number {
+  return (b.resolver.get(node) ?? 0) - (a.resolver.get(node) ?? 0);
 }
 
 /** Per host: CPU ms (self + children) between two snapshots. */
@@ -485,10 +545,13 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     agentWave: o.wave,
     progress,
     serverOptions: { prometheus: true },
+    ...(o.dns === 'off' ? { agentArgs: ['--dns-address', 'off'] } : {}),
     ...(profDir ? { nodeArgsFor: (node: string) => (node === `h${o.cpuProfHost}` ? ['--cpu-prof', '--cpu-prof-dir', profDir] : undefined) } : {}),
   });
   const probers: Prober[] = [];
   const monitors = new Map<string, PeerMonitor>();
+  resolvers = o.dns === 'on' ? resolverPids(c) : new Map();
+  if (o.dns === 'on') progress(`  ${resolvers.size} resolver processes found (their CPU and RSS are reported as resolver_*)`);
   try {
     const hosts = c.hosts;
     const n = hosts.length;
@@ -640,6 +703,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     // ---- CPU per remote event, at a low rate and without probes (their packets' softirq time would be
     //      charged to whichever process runs): connect, then disconnect, one endpoint at a time
     let remoteCpu = 0;
+    let remoteResolverCpu = 0;
     let remoteEvents = 0;
     const remoteSamples: number[] = [];
     const perAgentRemote = new Map<string, { cpu: number; events: number }>(hosts.map((h) => [h.node, { cpu: 0, events: 0 }]));
@@ -657,10 +721,12 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
       const cpu1 = snapshotCpu(c);
       windowMs = cpu1.at - cpu0.at;
       const quiet = (node: string): number => (cpuDelta(null0, null1, node) * (cpu1.at - cpu0.at)) / (null1.at - null0.at);
+      const quietResolver = (node: string): number => (resolverDelta(null0, null1, node) * (cpu1.at - cpu0.at)) / (null1.at - null0.at);
       for (const h of hosts) {
         if (h === host) continue;
         const x = cpuDelta(cpu0, cpu1, h.node) - quiet(h.node);
         remoteCpu += x;
+        remoteResolverCpu += resolverDelta(cpu0, cpu1, h.node) - quietResolver(h.node);
         remoteEvents++;
         remoteSamples.push(x);
         const a = perAgentRemote.get(h.node)!;
@@ -725,6 +791,8 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     await sleep(SETTLE_MS);
     const burst1 = snapshotCpu(c);
     const burstCpu = hosts.reduce((s, h) => s + busy(burst0, burst1, h.node), 0) / (o.burst * (n - 1));
+    const burstResolverCpu =
+      hosts.reduce((s, h) => s + resolverDelta(burst0, burst1, h.node) - (resolverDelta(idle0, idle1, h.node) / idleSpan) * (burst1.at - burst0.at), 0) / (o.burst * (n - 1));
     const [burstAgents1, burstServer1] = [await agentCounters(c), await serverCounters(c)];
     const burstAgents = counterDelta(burstAgents0, burstAgents1);
     const burstServer = counterDelta(burstServer0, burstServer1);
@@ -739,6 +807,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
 
     const rss = hosts.map((h) => c.agentRssMib(h)).filter((x): x is number => x !== undefined);
     const childRss = hosts.map((h) => childrenRssMib(h.agent?.child.pid));
+    const resolverRss = [...resolvers.values()].map((pid) => rssMib(pid)).filter((x): x is number => x !== undefined);
     const row: Record<string, number | string> = {
       suite: 'scale',
       agents: o.label,
@@ -768,6 +837,10 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
       agent_cpu_ms_per_event_max: round2(maxAgentCpu),
       agent_cpu_ms_per_burst_event: round2(burstCpu),
       agent_cpu_ms_per_fill_event: round2(fillCpuPerEvent),
+      dns: o.dns,
+      resolver_rss_mib: resolverRss.length > 0 ? round1(Math.max(...resolverRss)) : NaN,
+      resolver_cpu_ms_per_event: resolvers.size > 0 ? round2(remoteResolverCpu / remoteEvents) : NaN,
+      resolver_cpu_ms_per_burst_event: resolvers.size > 0 ? round2(burstResolverCpu) : NaN,
       nonmember_cpu_ms_per_event: round2(nonMemberCpu),
       local_connect_cpu_ms: round1(percentile(localCpu, 50)),
       agent_idle_cpu_ms_per_s: round1(idleCpuPerS),
@@ -839,6 +912,7 @@ async function main(): Promise<void> {
       'probe_floor_p50_ms', 'probe_floor_p99_ms', 'join_programmed_p50_ms', 'join_programmed_p99_ms', 'burst', 'burst_connects_ms', 'burst_total_ms',
       'burst_programmed_p50_ms', 'burst_programmed_p99_ms', 'burst_unreachable', 'agent_rss_mib', 'agent_rss_mean_mib', 'agent_children_rss_mib',
       'agent_cpu_ms_per_event', 'agent_cpu_ms_per_event_p50', 'agent_cpu_ms_per_event_max', 'agent_cpu_ms_per_burst_event', 'agent_cpu_ms_per_fill_event', 'nonmember_cpu_ms_per_event',
+      'dns', 'resolver_rss_mib', 'resolver_cpu_ms_per_event', 'resolver_cpu_ms_per_burst_event',
       'local_connect_cpu_ms', 'agent_idle_cpu_ms_per_s', 'store_ops_per_join', 'store_reads_per_join', 'store_writes_per_join', 'store_watch_events_per_join',
       'server_reads_per_join', 'server_writes_per_join', 'server_watch_events_per_join', 'burst_reads_per_connect', 'burst_writes_per_connect', 'fill_ms',
       'load1_start', 'load1_end',
