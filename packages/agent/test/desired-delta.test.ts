@@ -57,6 +57,7 @@ function applyDeltas(state: DesiredState, deltas: readonly { network: string; re
 test('a peers delta moves the desired state exactly as a full recompute does; anything else is full', (t) => {
   let peersDeltas = 0;
   let fulls = 0;
+  let dualStackAdds = 0;
   for (const seed of [11, 12, 13, 14, 15, 16]) {
     const r = rng(seed);
     const state = new ClusterViewState();
@@ -86,7 +87,9 @@ test('a peers delta moves the desired state exactly as a full recompute does; an
           const network = nid(n % 3);
           const owner = r() < 0.03 ? ME : nodes[1 + Math.floor(r() * 3)]!;
           const key = keys.endpoint(network, eid(n));
-          events.push(r() < 0.35 ? del(key) : put(key, ep(network, n, owner, r() < 0.2 ? { vtep: undefined } : {})));
+          // some endpoints are dual-stack: their peers carry an IPv6 address (one NDP entry beside the ARP one)
+          const v6 = r() < 0.3 ? { address6: `fd00::${hex(n, 4)}/64`, ip6: `fd00::${hex(n, 4)}` } : {};
+          events.push(r() < 0.35 ? del(key) : put(key, ep(network, n, owner, r() < 0.2 ? { vtep: undefined, ...v6 } : v6)));
         }
         changes.push(state.apply(part, events));
       }
@@ -101,11 +104,13 @@ test('a peers delta moves the desired state exactly as a full recompute does; an
         for (const n of d1.networks) t.deepEqual([...moved.get(n.id)!].sort(), n.peers.map(peerKey).sort(), `seed ${seed} step ${step} network ${n.id.slice(-2)}`);
         t.is(delta.peerCount, d1.networks.reduce((s, n) => s + n.peers.length, 0) - d0.networks.reduce((s, n) => s + n.peers.length, 0));
         t.true(delta.deltas.every((dd) => d0.networks.some((n) => n.id === dd.network)), 'no work for a network this host does not program');
+        if (delta.deltas.some((dd) => dd.add.some((p) => p.ipv6 !== undefined && p.ip !== undefined))) dualStackAdds++;
       } else fulls++;
       before = after;
     }
   }
   t.true(peersDeltas > 1000 && fulls > 50, `both paths exercised (${peersDeltas} peers, ${fulls} full)`);
+  t.true(dualStackAdds > 50, `dual-stack peers added by deltas (${dualStackAdds})`);
 });
 
 test('churn on a network this host has no endpoint on is an empty delta; a local endpoint or a used network record is full', (t) => {
