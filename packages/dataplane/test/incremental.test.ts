@@ -30,7 +30,13 @@ test.after.always(async () => {
   await cluster.destroy().catch(() => undefined);
 });
 
-const fakePeer = (n: number, vtep: string): DesiredPeer => ({ ip: `10.20.${n >> 8}.${n & 255}`, mac: `02:42:0a:14:${(n >> 8).toString(16).padStart(2, '0')}:${(n & 255).toString(16).padStart(2, '0')}`, vtep });
+/** Every third peer is dual-stack: an NDP entry beside its ARP one. */
+const fakePeer = (n: number, vtep: string): DesiredPeer => ({
+  ip: `10.20.${n >> 8}.${n & 255}`,
+  ...(n % 3 === 0 ? { ipv6: `fd00:20::${n.toString(16)}` } : {}),
+  mac: `02:42:0a:14:${(n >> 8).toString(16).padStart(2, '0')}:${(n & 255).toString(16).padStart(2, '0')}`,
+  vtep,
+});
 
 /** The vxlan0 entries of a network on host 0 of `dps`, as sorted text. */
 async function entries(dps: SimDataplanes, nid: string): Promise<{ neighbours: string[]; fdb: string[] }> {
@@ -116,6 +122,8 @@ kernelTest('peer changes applied on their own leave the kernel as the full path 
   const mine = await entries(cluster, net.id);
   t.deepEqual(mine, await entries(reference, net.id), 'the same entries as a full apply of the final state');
   t.is(mine.fdb.length, peers.size);
+  t.is(mine.neighbours.length, [...peers.values()].reduce((k, p) => k + (p.ip ? 1 : 0) + (p.ipv6 ? 1 : 0), 0), 'one ARP entry per peer, and an NDP entry per dual-stack one');
+  t.true(mine.neighbours.some((e) => e.startsWith('fd00:20::')), 'NDP entries made by the incremental path');
   t.true(await cluster.sim.ping(c0.name, remote.ip));
   await ref.apply({ networks: [] });
 });
