@@ -14,12 +14,21 @@ export interface TableOptions {
   readonly notes?: readonly string[];
   /** Width of a column (default: its key's length + 1, at least 11). */
   readonly width?: (column: string) => number;
+  /** One line per column key and one column per row (for many figures over few cases). */
+  readonly transpose?: boolean;
 }
 
 /** Prints `rows` as JSON lines (`json`) or as a right-aligned table. */
 export function printRows(rows: readonly Row[], json: boolean, table: TableOptions): void {
   if (json) {
     for (const r of rows) process.stdout.write(`${JSON.stringify(r)}\n`);
+    return;
+  }
+  if (table.transpose) {
+    const keyWidth = Math.max(...table.columns.map((c) => c.length)) + 1;
+    const cell = Math.max(10, ...rows.flatMap((r) => table.columns.map((c) => String(r[c] ?? '').length + 2)));
+    const lines = [table.title, ...table.columns.map((c) => c.padEnd(keyWidth) + rows.map((r) => String(r[c] ?? '').padStart(cell)).join('')), ...(table.notes ?? [])];
+    process.stdout.write(`${lines.join('\n')}\n`);
     return;
   }
   const width = table.width ?? ((c: string) => Math.max(11, c.length + 1));

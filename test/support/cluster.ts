@@ -21,7 +21,8 @@
  *   namespace at 198.19.255.254 when `outside` is set;
  * - `Rkv`: the KV server's namespace at {@link KV_ADDRESS}/15 on the same underlay (server backends only;
  *   the embedded store is one SQLite file, `<run dir>/store.db`, opened by every agent);
- * - host i's agent runs with `--name-prefix R<i in base 36>`, so its overlay namespaces are `R<i>-<network id>`;
+ * - host i's agent runs with `--name-prefix R<i in base 36>`, so its overlay namespaces are `R<i>-<network id>`
+ *   (for more than 35 hosts `R` has four characters and the index two);
  * - containers made by {@link Cluster.addContainer} are namespaces `R<name>`.
  *
  * Per-host files (socket, state dir, agent log) live in a temp dir `/tmp/kvnet-cluster-R-*` that is
@@ -37,9 +38,10 @@ import type { EndpointView, NetworkView } from '../../packages/agent/src/network
 import { unixRequest } from '../../packages/agent/src/unix-http.ts';
 import { resolverSocketFor } from '../../packages/agent/src/config.ts';
 import { stopResolver } from '../../packages/agent/src/names/resolver-control.ts';
-import { startServer, type KvServer, type ServerBackend } from './kv-servers.ts';
+import { startServer, type KvServer, type ServerBackend, type ServerOptions } from './kv-servers.ts';
+import { randomInt } from 'node:crypto';
 import { makeTempDir, removeTempDir, run as runCommand, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
-import { attachNamespace, createSimNetwork, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
+import { attachNamespace, createSimNetwork, MAX_SIM_HOSTS, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
 
 export type ClusterBackend = 'local' | ServerBackend;
 export const CLUSTER_BACKENDS: readonly ClusterBackend[] = ['local', 'etcd', 'consul', 'zookeeper'];
@@ -64,6 +66,10 @@ export function agentEntry(): string[] {
 }
 /** The key prefix on server backends. */
 export const STORE_PREFIX = 'kvnet';
+/** Host indexes in one base-36 character after a 5-character run id (`--name-prefix` is at most 6 characters). */
+const MAX_HOSTS_SHORT_ID = 35;
+/** Larger clusters use a 4-character run id and two base-36 characters per host. */
+export const MAX_CLUSTER_HOSTS = Math.min(36 * 36 - 1, MAX_SIM_HOSTS);
 
 const NETNS_DIR = '/run/netns';
 const COMMAND_TIMEOUT_MS = 60_000;
@@ -102,6 +108,15 @@ export interface ClusterOptions {
   readonly agentArgs?: readonly string[];
   /** Start the agents (default true); otherwise call {@link Cluster.startAgent}. */
   readonly startAgents?: boolean;
+  /**
+   * Agents started at a time (default: all at once). Each wave waits for its agents' `agent ready`, so
+   * a hundred agents on a small machine do not all list the store and program their kernels together.
+   */
+  readonly agentWave?: number;
+  /** Node flags before the agent's entry for a host (e.g. `--cpu-prof` on one agent). */
+  readonly nodeArgsFor?: (node: string) => readonly string[] | undefined;
+  /** Options of the KV server (server backends), e.g. `prometheus` for Consul's cumulative counters. */
+  readonly serverOptions?: Pick<ServerOptions, 'prometheus'>;
   /** Progress lines (default: none). */
   readonly progress?: (msg: string) => void;
 }
@@ -187,11 +202,13 @@ export class Cluster {
   /** Builds hosts, the store and (by default) one agent per host; on any failure removes what it made. */
   static async create(options: ClusterOptions): Promise<Cluster> {
     if (process.getuid?.() !== 0) throw new Error('a simulated cluster needs root (network namespaces)');
-    if (options.hosts < 1 || options.hosts > 35) throw new Error(`hosts must be 1…35, not ${options.hosts}`);
+    if (options.hosts < 1 || options.hosts > MAX_CLUSTER_HOSTS) throw new Error(`hosts must be 1…${MAX_CLUSTER_HOSTS}, not ${options.hosts}`);
     const progress = options.progress ?? ((): void => undefined);
     const raised = raiseNeighbourThresholds();
     if (raised) progress(raised);
-    const id = runId();
+    // A name prefix is at most 6 characters: the run id and the host index in base 36 must fit.
+    const id = options.hosts > MAX_HOSTS_SHORT_ID ? wideRunId() : runId();
+    const indexWidth = options.hosts > MAX_HOSTS_SHORT_ID ? 2 : 1;
     const runDir = makeTempDir(`cluster-${id}`);
     progress(`building ${options.hosts} simulated hosts (namespaces ${id}h1…${id}h${options.hosts}) on underlay ${id}u`);
     const sim = await createSimNetwork({
@@ -211,7 +228,7 @@ export class Cluster {
         const kvNs = `${id}kv`;
         await attachNamespace(sim, kvNs, 'pkv', KV_ADDRESS);
         progress(`starting ${options.backend} in namespace ${kvNs} at ${KV_ADDRESS}`);
-        server = await startServer(options.backend, { netns: kvNs, host: KV_ADDRESS });
+        server = await startServer(options.backend, { ...options.serverOptions, netns: kvNs, host: KV_ADDRESS });
         storeUrl = server.url(STORE_PREFIX);
       }
       const hosts: ClusterHost[] = sim.hosts.map((h) => {
@@ -220,7 +237,7 @@ export class Cluster {
         return {
           ...h,
           node: `h${h.index}`,
-          namePrefix: `${id}${h.index.toString(36)}`,
+          namePrefix: `${id}${h.index.toString(36).padStart(indexWidth, '0')}`,
           socket: join(dir, 'kvnet.sock'),
           stateDir: join(dir, 'state'),
           logFile: join(dir, 'agent.log'),
@@ -230,8 +247,12 @@ export class Cluster {
       });
       cluster = new Cluster({ id, sim, hosts, storeUrl, runDir, server, options });
       if (options.startAgents ?? true) {
-        progress(`starting ${hosts.length} agents (store ${storeUrl})`);
-        await Promise.all(hosts.map((h) => cluster!.startAgent(h)));
+        const wave = options.agentWave ?? hosts.length;
+        progress(`starting ${hosts.length} agents (store ${storeUrl})${wave < hosts.length ? `, ${wave} at a time` : ''}`);
+        for (let i = 0; i < hosts.length; i += wave) {
+          await Promise.all(hosts.slice(i, i + wave).map((h) => cluster!.startAgent(h)));
+          if (wave < hosts.length) progress(`  agents h1…h${Math.min(i + wave, hosts.length)} ready`);
+        }
       }
       return cluster;
     } catch (err) {
@@ -281,7 +302,8 @@ export class Cluster {
     const offset = existsSync(host.logFile) ? statSync(host.logFile).size : 0;
     const env = { ...process.env };
     for (const k of ['KVNET_CLUSTER_STORE', 'KVNET_CLUSTER_ADVERTISE', 'KVNET_NODE_NAME', 'KVNET_SOCKET']) delete env[k];
-    const agent = startProcess(`agent-${host.node}`, process.execPath, [...agentEntry(), ...this.agentArgs(host)], {
+    const nodeArgs = this.options.nodeArgsFor?.(host.node) ?? [];
+    const agent = startProcess(`agent-${host.node}`, process.execPath, [...nodeArgs, ...agentEntry(), ...this.agentArgs(host)], {
       netns: host.name,
       logFile: host.logFile,
       cwd: REPO_ROOT,
@@ -671,12 +693,28 @@ function isReadyLine(line: string): boolean {
 }
 
 
+/** Thresholds this process raised, with the values they had before. */
+const raisedThresholds = new Map<string, number>();
+let restoreHookInstalled = false;
+
+/** Puts back the neighbour table thresholds {@link raiseNeighbourThresholds} raised (it runs at exit by itself). */
+export function restoreNeighbourThresholds(): void {
+  for (const [file, value] of raisedThresholds) {
+    try {
+      writeFileSync(file, String(value));
+    } catch {
+      // not writable any more: nothing to do
+    }
+  }
+  raisedThresholds.clear();
+}
+
 /**
  * What the agent does on a real host, done for the simulated ones: raise (never lower) the kernel's
  * neighbour table thresholds to libnetwork's values. They exist only in the initial namespace and count
  * the dynamic entries of every namespace on the machine together (1024 by default), so the containers
  * of a few simulated clusters exhaust them ("No buffer space available", failing pings). Returns a
- * message when it changed something.
+ * message when it changed something; what it raised is put back when the process ends.
  */
 export function raiseNeighbourThresholds(): string | undefined {
   const changed: string[] = [];
@@ -687,12 +725,29 @@ export function raiseNeighbourThresholds(): string | undefined {
       if (have < want) {
         writeFileSync(file, String(want));
         changed.push(`${key} ${have} → ${want}`);
+        raisedThresholds.set(file, have);
       }
     } catch {
       // not writable here: leave it
     }
   }
+  if (changed.length > 0 && !restoreHookInstalled) {
+    restoreHookInstalled = true;
+    // The thresholds are machine-wide: put back what this process raised when it ends (also on Ctrl-C,
+    // whose handlers in process.ts and sim-hosts.ts end the process through process.exit).
+    process.on('exit', restoreNeighbourThresholds);
+  }
   return changed.length > 0 ? `raised the machine's neighbour table thresholds (net.ipv4.neigh.default.${changed.join(', ')})` : undefined;
+}
+
+/**
+ * A 4-character run id for clusters of more than 35 hosts: three base-36 characters of the pid, then
+ * one of g…z. `runId()`'s ids are five characters whose last two are hex digits, so neither kind of id
+ * can start with the other, and a run's sweep of every namespace starting with its id never touches
+ * another run's.
+ */
+function wideRunId(): string {
+  return (process.pid % 46656).toString(36).padStart(3, '0') + 'ghijklmnopqrstuvwxyz'[randomInt(20)]!;
 }
 
 function parseJsonArray<T>(text: string): T[] {

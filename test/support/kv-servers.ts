@@ -43,6 +43,12 @@ export interface ServerOptions {
   readonly tls?: { caFile: string; certFile: string; keyFile: string };
   /** etcd only: also serve the v2 API (`--enable-v2`), which dockerd 20.10's `--cluster-store etcd://` speaks. */
   readonly enableV2?: boolean;
+  /**
+   * Consul only: keep Prometheus metrics (`/v1/agent/metrics?format=prometheus`), whose counters are
+   * cumulative; Consul's default JSON metrics cover only the current 10 s interval. etcd's `/metrics`
+   * always is.
+   */
+  readonly prometheus?: boolean;
 }
 
 export const CONSUL_VERSION = 'v1.22.5';
@@ -182,6 +188,7 @@ async function startConsul(options: ServerOptions): Promise<KvServer> {
       'disable_update_check = true',
       'performance { raft_multiplier = 1 }',
       'limits { http_max_conns_per_client = 1000 }',
+      ...(options.prometheus ? ['telemetry {', '  prometheus_retention_time = "24h"', '  disable_hostname = true', '}'] : []),
     ].join('\n'),
   );
   const leaderUp = async (): Promise<void> => {

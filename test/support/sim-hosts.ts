@@ -11,7 +11,8 @@
  * Layout (every name starts with `prefix`; give each test run a unique one, e.g. `runId()`):
  * - `<prefix>u`: the underlay namespace holding bridge `ul0` (its own namespace, so the root namespace's
  *   FORWARD policy and br_netfilter never see the traffic);
- * - `<prefix>h<i>` (i = 1…n): host namespaces, each with `eth0` on the underlay at 198.18.0.<i>/15
+ * - `<prefix>h<i>` (i = 1…n, at most {@link MAX_SIM_HOSTS}; built 8 at a time): host namespaces, each with
+ *   `eth0` on the underlay at 198.18.<i / 256>.<i % 256>/15
  *   (with `ipv6: true` also 2001:2::<i in hex>/64), lo up, net.ipv4.ip_forward=1;
  * - `<prefix>x` (with `outside: true`): an "outside" namespace at {@link OUTSIDE_ADDRESS}/15 (and
  *   {@link OUTSIDE_ADDRESS6}/64 with `ipv6`) on the same underlay, with no route to anything else — a
@@ -30,7 +31,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { run, type RunResult } from './process.ts';
 
-/** Underlay addresses: host i is 198.18.0.i. */
+/** Underlay addresses: host i is 198.18.<i / 256>.<i % 256>. */
 export const UNDERLAY_PREFIX_LENGTH = 15;
 /** The address of the outside namespace. */
 export const OUTSIDE_ADDRESS = '198.19.255.254';
@@ -40,6 +41,12 @@ export const OUTSIDE_ADDRESS6 = '2001:2::ffff';
 export const UNDERLAY_PREFIX_LENGTH6 = 64;
 const COMMAND_TIMEOUT_MS = 15_000;
 const NETNS_DIR = '/run/netns';
+/** Most hosts one simulated network holds (host i is 198.18.<i / 256>.<i % 256>, far inside the /15). */
+export const MAX_SIM_HOSTS = 1295;
+/** Hosts built at the same time (each is a handful of `ip` runs; more only queues on the machine's cores). */
+const HOST_BUILD_CONCURRENCY = 8;
+/** Namespaces deleted per `ip -batch` process at teardown (one process per namespace costs ~5 ms each). */
+const NETNS_DEL_BATCH = 200;
 
 export interface SimHost {
   /** Netns name (under /run/netns). */
@@ -108,11 +115,13 @@ function namespacesWithPrefix(prefix: string): string[] {
 }
 
 function sweepSync(prefix: string): void {
-  for (const ns of namespacesWithPrefix(prefix)) {
+  const doomed = namespacesWithPrefix(prefix);
+  for (let i = 0; i < doomed.length; i += NETNS_DEL_BATCH) {
     try {
-      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: COMMAND_TIMEOUT_MS });
+      const input = doomed.slice(i, i + NETNS_DEL_BATCH).map((ns) => `netns del ${ns}\n`).join('');
+      execFileSync('ip', ['-force', '-batch', '-'], { input, stdio: ['pipe', 'ignore', 'ignore'], timeout: COMMAND_TIMEOUT_MS * 4 });
     } catch {
-      // already gone
+      // some already gone: -force went on with the rest
     }
   }
 }
@@ -158,7 +167,7 @@ export async function createSimNetwork(options: {
   const mtu = options.underlayMtu ?? DEFAULT_UNDERLAY_MTU;
   if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9000) throw new Error(`underlayMtu must be 1280…9000, not ${mtu}`);
   if (!/^[a-z0-9]{1,8}$/.test(prefix)) throw new Error(`sim prefix ${JSON.stringify(prefix)} must be 1-8 lowercase letters or digits`);
-  if (options.hosts < 1 || options.hosts > 200) throw new Error(`hosts must be 1…200, not ${options.hosts}`);
+  if (options.hosts < 1 || options.hosts > MAX_SIM_HOSTS) throw new Error(`hosts must be 1…${MAX_SIM_HOSTS}, not ${options.hosts}`);
   if (namespacesWithPrefix(prefix).length > 0) throw new Error(`namespaces starting with ${prefix} already exist; use a unique prefix`);
   installExitHook();
   live.add(prefix);
@@ -180,15 +189,21 @@ export async function createSimNetwork(options: {
     await addNamespace(underlay);
     await ip('-n', underlay, 'link', 'add', 'name', 'ul0', 'mtu', String(mtu), 'type', 'bridge');
     await ip('-n', underlay, 'link', 'set', 'dev', 'ul0', 'up');
-    for (let i = 1; i <= options.hosts; i++) {
-      const name = `${prefix}h${i}`;
-      const address = `198.18.${Math.floor(i / 256)}.${i % 256}`;
-      const address6 = options.ipv6 ? `2001:2::${i.toString(16)}` : undefined;
-      await addNamespace(name);
-      await attach(name, `p${i}`, address, address6);
-      await run('nsenter', [`--net=${NETNS_DIR}/${name}`, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'], { timeoutMs: COMMAND_TIMEOUT_MS });
-      hosts.push({ name, index: i, address, ...(address6 ? { address6 } : {}), path: `${NETNS_DIR}/${name}` });
-    }
+    const indexes = Array.from({ length: options.hosts }, (_, k) => k + 1);
+    let next = 0;
+    const builder = async (): Promise<void> => {
+      while (next < indexes.length) {
+        const i = indexes[next++]!;
+        const name = `${prefix}h${i}`;
+        const address = `198.18.${Math.floor(i / 256)}.${i % 256}`;
+        const address6 = options.ipv6 ? `2001:2::${i.toString(16)}` : undefined;
+        await addNamespace(name);
+        await attach(name, `p${i}`, address, address6);
+        await run('nsenter', [`--net=${NETNS_DIR}/${name}`, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'], { timeoutMs: COMMAND_TIMEOUT_MS });
+        hosts[i - 1] = { name, index: i, address, ...(address6 ? { address6 } : {}), path: `${NETNS_DIR}/${name}` };
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(HOST_BUILD_CONCURRENCY, indexes.length) }, builder));
     if (options.outside) {
       const name = `${prefix}x`;
       await addNamespace(name);
@@ -228,9 +243,11 @@ export async function createSimNetwork(options: {
       return false;
     },
     async destroy() {
-      await Promise.all(
-        namespacesWithPrefix(prefix).map((ns) => run('ip', ['netns', 'del', ns], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS })),
-      );
+      const doomed = namespacesWithPrefix(prefix);
+      for (let i = 0; i < doomed.length; i += NETNS_DEL_BATCH) {
+        const lines = doomed.slice(i, i + NETNS_DEL_BATCH).map((ns) => `netns del ${ns}\n`).join('');
+        await run('ip', ['-force', '-batch', '-'], { input: lines, allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS * 4 });
+      }
       live.delete(prefix);
     },
   };

@@ -19,6 +19,7 @@ import { startApi } from './api/index.ts';
 import { startCni } from './cni/index.ts';
 import { ClusterMirror, StoreHealth } from './cluster-mirror.ts';
 import { settleVxlanPort } from './cluster-settings.ts';
+import { countingStore } from './counting-store.ts';
 import type { ClusterView } from './cluster-view.ts';
 import { resolveAdvertise, validateConfig, type Advertise, type AgentConfig } from './config.ts';
 import type { AgentContext, Face, StatusSource } from './context.ts';
@@ -35,7 +36,7 @@ import { AgentMetrics, startMetricsServer } from './metrics.ts';
 import { defaultMtuProblem, defaultNetworkMtu, MtuWarningLog, networkMtuWarnings, type DatapathSettings } from './network-mtu.ts';
 import { NetworkService } from './network-service.ts';
 import { Reaper, REAP_GRACE_MS } from './reaper.ts';
-import { Reconciler, type DataplanePort } from './reconciler.ts';
+import { Reconciler, type DataplanePort, type ReconcileInfo } from './reconciler.ts';
 import { Records } from './records.ts';
 import { guardStore } from './store-guard.ts';
 import { AGENT_VERSION, BUILD_INFO } from './version.ts';
@@ -72,6 +73,7 @@ export class Agent implements StatusSource {
   private cluster: ClusterMirror | undefined;
   private reconciler: Reconciler | undefined;
   private reaper: Reaper | undefined;
+  private dataplane: (DataplanePort & { close?: () => void }) | undefined;
   private advertise: Advertise | undefined;
   private nodeId: string | undefined;
   private datapath: DatapathSettings | undefined;
@@ -123,14 +125,15 @@ export class Agent implements StatusSource {
       const state = LocalState.load(config.stateDir);
       this.nodeId = state.nodeId;
       metrics.setBuildInfo(BUILD_INFO);
-      const store = (this.store = await openStore(config.storeUrl, { ...parseStoreOpts(config.storeUrl, config.storeOpts), logger: logger.child({ component: 'store' }) }));
+      const opened = await openStore(config.storeUrl, { ...parseStoreOpts(config.storeUrl, config.storeOpts), logger: logger.child({ component: 'store' }) });
+      const store = (this.store = countingStore(opened, metrics));
       // Faces, IPAM and the record rules fail fast while the store is known to be down (store-guard.ts).
       const health = (this.health = new StoreHealth(store.url));
       const guarded = guardStore(store, health);
       const ipam = new Ipam({ store: guarded, logger });
       const records = new Records(guarded, ipam, logger);
       const datapath = (this.datapath = await this.settleDatapath(store, advertise));
-      const dataplane =
+      const dataplane = (this.dataplane =
         this.deps.dataplane ??
         new Dataplane({
           namePrefix: config.namePrefix,
@@ -140,7 +143,7 @@ export class Agent implements StatusSource {
           // IPv6 egress wherever the host has IPv6 to give (the reconciler hands out the addresses)
           gatewayBridge: config.gatewayBridge === 'none' ? false : { name: config.gatewayBridge, ipv6: 'auto' },
           logger,
-        });
+        }));
       const node = { name: config.nodeName, id: state.nodeId, vtep: advertise.ip };
 
       const record: NodeRecord = { name: node.name, advertise: advertise.ip, advertiseAddr: advertise.address, version: AGENT_VERSION, startedAt: this.startedAt, nodeId: node.id };
@@ -165,7 +168,10 @@ export class Agent implements StatusSource {
         store,
         logger,
         node: node.name,
-        onChange: () => this.reconciler?.schedule(),
+        onChange: (change, resync) => {
+          this.reconciler?.noteChange(change, resync);
+          this.reconciler?.schedule();
+        },
         onStoreError: (prefix, err, first) => {
           metrics.storeErrors.inc();
           if (first) logger.warn({ prefix, err }, 'cluster store unreachable; keeping the data plane as it is');
@@ -184,7 +190,7 @@ export class Agent implements StatusSource {
         metrics,
         logger,
         mtuWarnings: new MtuWarningLog(datapath.underlay, metrics, logger),
-        afterReconcile: (view) => this.afterReconcile(view),
+        afterReconcile: (view, info) => this.afterReconcile(view, info),
       }));
       const dockerSweeps = config.dockerPlugin !== undefined && config.dockerPlugin !== 'off' && config.dockerSocket !== 'off';
       this.reaper = new Reaper({
@@ -291,6 +297,7 @@ export class Agent implements StatusSource {
       }
       await this.cluster?.stop();
       await this.reconciler?.stop(); // lets a running apply finish: a half-applied batch is repaired next start anyway
+      this.dataplane?.close?.();
       if (this.membership?.currentLease) await this.membership.announceRestart();
       await this.membership?.stop();
       await this.store?.close();
@@ -311,10 +318,10 @@ export class Agent implements StatusSource {
     this.reconciler?.schedule();
   }
 
-  private afterReconcile(view: ClusterView): void {
+  private afterReconcile(view: ClusterView, info: ReconcileInfo): void {
     this.reaper?.check(view);
     if (!this.ready) return;
-    for (const face of this.faces) face.afterReconcile?.(view);
+    for (const face of this.faces) face.afterReconcile?.(view, info);
   }
 
   // ---- StatusSource ----

@@ -1,8 +1,8 @@
 /**
  * The agent's live copy of the cluster: four {@link PrefixMirror}s (list, watch from the listing's
  * revision, re-list on any watch error) over `networks/`, `endpoints/`, `nodes/` and this node's
- * `reaped/<node>/`, the decoded {@link ClusterView} built from them (cached until a mirror moves), and
- * the store's health as the mirrors see it.
+ * `reaped/<node>/`, the decoded {@link ClusterView} kept from their changes (one record decoded per
+ * event; see {@link ClusterViewState}), and the store's health as the mirrors see it.
  *
  * While the store is unreachable the mirrors keep their last view: nothing is torn down, and API
  * reads are served from it. When every mirror has listed again the store counts as reachable.
@@ -16,9 +16,11 @@
 
 import type { Logger } from 'pino';
 import { hasCode, PrefixMirror, sleep, StoreUnavailableError, type KVEntry, type KVStore } from '@kvnet/store';
-import { buildClusterView, type ClusterView } from './cluster-view.ts';
+import { ClusterViewState, type ClusterView, type ViewChange, type ViewPart } from './cluster-view.ts';
 import { AgentNotReadyError } from './errors.ts';
 import { ENDPOINTS, keys, NETWORKS, NODES } from './layout.ts';
+
+const NO_VIEW_CHANGE: ViewChange = { networks: new Set(), endpoints: new Map(), nodes: new Set() };
 
 /** How often {@link ClusterMirror.waitForView} looks at the mirror. */
 const VIEW_POLL_MS = 10;
@@ -158,8 +160,11 @@ export interface ClusterMirrorOptions {
   readonly logger: Logger;
   /** This node's name (its `reaped/<node>/` tombstones are mirrored). */
   readonly node: string;
-  /** Any change of any mirror, including a re-list. */
-  readonly onChange: () => void;
+  /**
+   * Any change of any mirror, with what it changed in the view (empty for this node's tombstones);
+   * `resync` when the change comes from a re-list rather than the watch.
+   */
+  readonly onChange: (change: ViewChange, resync: boolean) => void;
   /** A mirror lost the store; `first` is true for the first report of an outage. */
   readonly onStoreError: (prefix: string, err: unknown, first: boolean) => void;
   /** The store is reachable again after an outage (it answers and every mirror has listed again). */
@@ -174,7 +179,7 @@ export class ClusterMirror {
   private readonly nodes: PrefixMirror;
   private readonly reapedMirror: PrefixMirror;
   private readonly all: readonly PrefixMirror[];
-  private cache: { stamp: string; view: ClusterView } | undefined;
+  private readonly state: ClusterViewState;
   private syncedAll = false;
   private stopped = false;
   /** The store's state (reachable / unavailable since when / resyncing); the guarded store reports calls to it. */
@@ -183,20 +188,21 @@ export class ClusterMirror {
   private probeLoop: Promise<void> | undefined;
 
   constructor(private readonly opts: ClusterMirrorOptions) {
+    this.state = new ClusterViewState((key, err) => opts.logger.warn({ key, err }, 'skipping unreadable store record'));
     this.health = opts.health ?? new StoreHealth(opts.store.url);
     this.health.subscribe((from, to) => {
       if (to === 'reachable' && from !== 'reachable') opts.onStoreBack();
     });
-    const mirror = (prefix: string): PrefixMirror =>
+    const mirror = (prefix: string, part: ViewPart | undefined): PrefixMirror =>
       new PrefixMirror(opts.store, prefix, {
         logger: opts.logger.child({ component: 'mirror', prefix }),
-        onChange: () => opts.onChange(),
+        onChange: (change) => opts.onChange(part ? this.state.apply(part, change.events) : NO_VIEW_CHANGE, change.resync),
         onHealth: (ok, err) => this.onHealth(prefix, ok, err),
       });
-    this.networks = mirror(NETWORKS);
-    this.endpoints = mirror(ENDPOINTS);
-    this.nodes = mirror(NODES);
-    this.reapedMirror = mirror(keys.reapedOf(opts.node));
+    this.networks = mirror(NETWORKS, 'networks');
+    this.endpoints = mirror(ENDPOINTS, 'endpoints');
+    this.nodes = mirror(NODES, 'nodes');
+    this.reapedMirror = mirror(keys.reapedOf(opts.node), undefined);
     this.all = [this.networks, this.endpoints, this.nodes, this.reapedMirror];
   }
 
@@ -271,17 +277,12 @@ export class ClusterMirror {
     return [...this.reapedMirror.view.values()];
   }
 
-  /** The decoded view; rebuilt only when a mirror moved (decoding every record per read would not scale). */
+  /**
+   * The decoded view: a snapshot that never changes, the same object until a mirror moves; what a
+   * change did not touch is shared with the previous snapshot.
+   */
   view(): ClusterView {
-    const parts = [this.networks, this.endpoints, this.nodes];
-    const stamp = parts.map((x) => `${x.revision ?? ''}:${x.view.size}:${x.resyncs}`).join('|');
-    if (this.cache?.stamp === stamp) return this.cache.view;
-    const view = buildClusterView(
-      { networks: this.networks.view.values(), endpoints: this.endpoints.view.values(), nodes: this.nodes.view.values() },
-      (key, err) => this.opts.logger.warn({ key, err }, 'skipping unreadable store record'),
-    );
-    this.cache = { stamp, view };
-    return view;
+    return this.state.snapshot();
   }
 
   /** Resolves true when this agent's view shows `key` present (or absent), false after `timeoutMs`; never rejects. */

@@ -13,7 +13,7 @@ import type { AgentConfig } from './config.ts';
 import type { AgentMetrics } from './metrics.ts';
 import type { DatapathSettings } from './network-mtu.ts';
 import type { NetworkService } from './network-service.ts';
-import type { Reconciler } from './reconciler.ts';
+import type { ReconcileInfo, Reconciler } from './reconciler.ts';
 import type { Records } from './records.ts';
 
 /** This node as the cluster knows it. */
@@ -58,8 +58,11 @@ export interface AgentContext extends CoreContext {
 
 /** A started face of the agent. */
 export interface Face {
-  /** Work to do after each reconcile, with the view it used (e.g. mirroring networks into dockerd). */
-  afterReconcile?(view: ClusterView): void;
+  /**
+   * Work to do after each reconcile, with the view it used (e.g. mirroring networks into dockerd);
+   * `info.peersOnly` when only remote endpoints of programmed networks can have changed since the last.
+   */
+  afterReconcile?(view: ClusterView, info?: ReconcileInfo): void;
   /** Stops listeners and background work; never throws. */
   stop(): Promise<void>;
 }

@@ -15,7 +15,7 @@ import HashRing from 'hashring';
 import type { Logger } from 'pino';
 import type { Ipam } from '@kvnet/ipam';
 import type { KVEntry, KVStore } from '@kvnet/store';
-import { allEndpoints, type ClusterView } from './cluster-view.ts';
+import { endpointOwners, endpointsOfNode, type ClusterView } from './cluster-view.ts';
 import { InvalidInputError, NodeAliveError, NotFoundError } from './errors.ts';
 import { decodeRecord, endpointAddresses, ENDPOINTS, keys, networkPool, type EndpointRecord, type NetworkRecord, type NodeRecord, type RestartMarker, type VtepClaim } from './layout.ts';
 import type { AgentMetrics } from './metrics.ts';
@@ -348,11 +348,11 @@ export class Reaper {
     const { self, logger, metrics } = this.opts;
     const now = Date.now();
     const live = new Set(view.nodes.keys());
-    this.tracker.update(live, allEndpoints(view).map((e) => e.node), now);
+    this.tracker.update(live, endpointOwners(view), now);
     if (this.opts.storeHealthy()) {
       for (const dead of this.tracker.due(now)) {
         if (this.reaping.has(dead) || chooseReaper(live, dead) !== self) continue;
-        const endpoints = allEndpoints(view).filter((e) => e.node === dead);
+        const endpoints = endpointsOfNode(view, dead);
         this.reaping.add(dead);
         logger.warn({ deadNode: dead, endpoints: endpoints.length }, 'node is gone; reaping its endpoints unless it announced a restart');
         reapNode({ store: this.opts.store, ipam: this.opts.ipam, logger, self }, dead, endpoints, view.networks)

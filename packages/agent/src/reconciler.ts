@@ -1,19 +1,33 @@
 /**
  * The reconcile loop: keeps this host's kernel equal to what the cluster view describes.
  *
- * Reconciliation never depends on having seen every event: any change (or re-list) schedules one
- * debounced run that computes the **full** desired state from the current view — host-local egress
- * addresses on the gateway bridge, then {@link computeDesiredState} — and hands it to the data plane.
- * Runs never overlap; requests arriving during a run are folded into the next one. A run whose data
- * plane reported errors (a sandbox that vanished, a kernel refusal) is retried with backoff while the
- * rest of the state stays applied. An unchanged desired state is not re-applied (that costs kernel
- * reads) except every {@link PERIODIC_APPLY_MS}, which repairs drift made behind the agent's back.
+ * Any change (or re-list) schedules one debounced run; runs never overlap, and everything that arrives
+ * during a run is folded into the next one, so a burst of events costs a few runs, not one each. A run
+ * takes one of two paths:
+ *
+ * - **peers only** (the common case at scale: remote endpoints coming and going): when what changed
+ *   since the last applied state moves only peers of networks this host programs ({@link desiredDelta},
+ *   which reads just the changed records), those peers' neighbour and FDB lines are applied through the
+ *   data plane's incremental path (`applyPeers`: no kernel read, no process started). A change in a
+ *   network this host has no endpoint on costs nothing beyond that look.
+ * - **full**: anything else (a local endpoint, a network record this host uses, a re-list, the first
+ *   run), or when the incremental path declines or fails, and every {@link PERIODIC_APPLY_MS} in any
+ *   case: the full desired state from the current view — host-local egress addresses on the gateway
+ *   bridge, then {@link computeDesiredState} — handed to the data plane, which reads the kernel and
+ *   changes whatever differs. Within the period it reads everything but the peers' neighbour and FDB
+ *   tables (`trustPeers`: taken as the last apply left them); the periodic run reads those too and
+ *   repairs drift made behind the agent's back. An unchanged full state is not re-applied before the
+ *   period is over.
+ *
+ * Reconciliation never depends on having seen every event: the full path recomputes everything from
+ * the view. A run whose data plane reported errors (a sandbox that vanished, a kernel refusal) is
+ * retried with backoff while the rest of the state stays applied.
  */
 
 import type { Logger } from 'pino';
 import type { Dataplane, DataplaneError, GatewayBridgeInfo } from '@kvnet/dataplane';
-import { allEndpoints, type ClusterView } from './cluster-view.ts';
-import { computeDesiredState } from './desired-state.ts';
+import { endpointsOfNode, type ClusterView, type ViewChange } from './cluster-view.ts';
+import { computeDesiredState, desiredDelta } from './desired-state.ts';
 import { assignEgress, assignEgress6 } from './egress.ts';
 import type { LocalState } from './local-state.ts';
 import type { AgentMetrics } from './metrics.ts';
@@ -24,14 +38,25 @@ export const RECONCILE_DEBOUNCE_MS = 5;
 /** Retry of a reconcile that left data plane errors (sandbox missing, kernel refusal), doubling. */
 export const RECONCILE_RETRY_BASE_MS = 1_000;
 export const RECONCILE_RETRY_CAP_MS = 30_000;
-/** An unchanged desired state is re-applied after this long anyway (drift repair). */
+/** The full desired state is applied (the kernel read and repaired) at least this often (drift repair). */
 export const PERIODIC_APPLY_MS = 30_000;
 
 /**
  * What the loop needs of the data plane (the real `Dataplane`, or a stand-in in unit tests);
  * `readUnderlay` is asked once at start for the underlay's MTU when the agent was given its data plane.
+ * Without `applyPeers` every run takes the full path.
  */
-export type DataplanePort = Pick<Dataplane, 'apply' | 'ensureGatewayBridge'> & Partial<Pick<Dataplane, 'readUnderlay'>>;
+export type DataplanePort = Pick<Dataplane, 'apply' | 'ensureGatewayBridge'> & Partial<Pick<Dataplane, 'readUnderlay' | 'applyPeers'>>;
+
+/** What a reconcile did, for the faces' follow-up work. */
+export interface ReconcileInfo {
+  /**
+   * True when only peers (remote endpoints of networks this host programs) can have changed since the
+   * previous reconcile: no network record, no local endpoint, no node was re-listed. A face that works
+   * on networks or local endpoints only may skip such a run.
+   */
+  readonly peersOnly: boolean;
+}
 
 export interface ReconcilerOptions {
   readonly node: string;
@@ -45,9 +70,23 @@ export interface ReconcilerOptions {
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
   /** Runs after every reconcile with the view it used (dead-node checks, faces' follow-up work). */
-  readonly afterReconcile: (view: ClusterView) => void;
+  readonly afterReconcile: (view: ClusterView, info: ReconcileInfo) => void;
   /** Reports networks this host's underlay cannot carry, once each (with the data plane's apply warnings). */
   readonly mtuWarnings?: MtuWarningLog;
+}
+
+/** The last state applied without errors: what the next run builds on. */
+interface Applied {
+  /** The full desired state (JSON) when it was applied by the full path; undefined once peers moved since. */
+  state: string | undefined;
+  /** When the full path last applied it (the drift repair is due {@link PERIODIC_APPLY_MS} later). */
+  at: number;
+  /** The view the kernel now matches. */
+  view: ClusterView;
+  /** Networks in that state. */
+  programmed: ReadonlySet<string>;
+  /** Peers in that state. */
+  peers: number;
 }
 
 export class Reconciler {
@@ -62,14 +101,22 @@ export class Reconciler {
   private waiters: Array<{ gen: number; resolve: (errors: readonly DataplaneError[]) => void }> = [];
   private loopDone: Promise<void> = Promise.resolve();
   private gateway: GatewayBridgeInfo | undefined;
-  /** The last desired state applied without errors (JSON), and when. */
-  private lastApplied: { state: string; at: number } | undefined;
+  private lastApplied: Applied | undefined;
+  /** View changes since the last run, and whether a re-list came among them. */
+  private changes: ViewChange[] = [];
+  private resynced = false;
 
   constructor(private readonly opts: ReconcilerOptions) {}
 
   /** Starts the periodic drift repair. */
   start(): void {
     this.periodicTimer = setInterval(() => this.schedule(), PERIODIC_APPLY_MS);
+  }
+
+  /** Records what a batch of store events changed in the view (call before {@link schedule}). */
+  noteChange(change: ViewChange, resync: boolean): void {
+    if (resync) this.resynced = true;
+    else this.changes.push(change);
   }
 
   /** Asks for a reconcile soon (debounced). */
@@ -161,7 +208,7 @@ export class Reconciler {
    */
   private async egress(view: ClusterView): Promise<{ egress: Map<string, string>; egress6: Map<string, string> }> {
     const { node, state, dataplane, logger } = this.opts;
-    const local = allEndpoints(view).filter((e) => e.node === node);
+    const local = endpointsOfNode(view, node);
     const wantsEgress = local.some((e) => e.netns && view.networks.get(e.network) && !view.networks.get(e.network)!.internal);
     let egress = new Map<string, string>();
     let egress6 = new Map<string, string>();
@@ -187,20 +234,72 @@ export class Reconciler {
     return { egress, egress6 };
   }
 
+  /**
+   * The peers-only path (see the module comment): true when it did the whole job — nothing this host
+   * programs changed, or the data plane applied the peers' lines without errors.
+   */
+  private async reconcilePeers(view: ClusterView, changes: readonly ViewChange[]): Promise<boolean> {
+    const { dataplane, logger, metrics } = this.opts;
+    const applied = this.lastApplied;
+    if (!applied || !dataplane.applyPeers || Date.now() - applied.at >= PERIODIC_APPLY_MS) return false;
+    const delta = desiredDelta({ before: applied.view, after: view, changes, node: this.opts.node, programmed: applied.programmed });
+    if (delta.kind === 'full') {
+      logger.debug({ reason: delta.reason }, 'full reconcile');
+      return false;
+    }
+    if (delta.deltas.length > 0) {
+      const stopTimer = metrics.reconcileDuration.startTimer();
+      let report;
+      try {
+        report = await dataplane.applyPeers(delta.deltas);
+      } catch (err) {
+        logger.warn({ err }, 'applying peers failed; applying the full state');
+        return false;
+      }
+      if (!report.incremental || report.errors.length > 0) {
+        logger.debug({ reason: report.reason, errors: report.errors.length }, 'peers not applied on their own; applying the full state');
+        return false;
+      }
+      stopTimer();
+      applied.state = undefined;
+      applied.peers += delta.peerCount;
+      metrics.peersProgrammed.set(applied.peers);
+      // debug, not info: at scale this is one line per remote event on every host
+      if (report.changes > 0) logger.debug({ changes: report.changes, peers: applied.peers, ms: Math.round(report.durationMs) }, 'data plane updated (peers)');
+    }
+    applied.view = view;
+    return true;
+  }
+
   private async reconcileOnce(): Promise<readonly DataplaneError[]> {
     const { metrics, logger } = this.opts;
     if (!this.opts.ready()) return [];
-    const stopTimer = metrics.reconcileDuration.startTimer();
     const view = this.opts.view();
+    const changes = this.changes.splice(0);
+    const resynced = this.resynced;
+    this.resynced = false;
+    if (!resynced && (await this.reconcilePeers(view, changes))) {
+      this.retryDelay = RECONCILE_RETRY_BASE_MS;
+      metrics.liveNodes.set(view.nodes.size);
+      this.opts.afterReconcile(view, { peersOnly: true });
+      return [];
+    }
+    const stopTimer = metrics.reconcileDuration.startTimer();
     const desired = computeDesiredState({ view, node: this.opts.node, ...(await this.egress(view)) });
     let errors: readonly DataplaneError[] = [];
     const stateJson = JSON.stringify(desired.state);
-    const unchanged = this.lastApplied?.state === stateJson && Date.now() - this.lastApplied.at < PERIODIC_APPLY_MS;
+    // Within the period the kernel's peer tables are taken as the last apply left them (reading them
+    // back grows with the cluster; a local change does not need it); the periodic run reads everything.
+    const repairDue = !this.lastApplied || Date.now() - this.lastApplied.at >= PERIODIC_APPLY_MS;
+    const unchanged = !repairDue && this.lastApplied!.state === stateJson;
     try {
-      const report = unchanged ? { errors: [], warnings: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state);
+      const report = unchanged ? { errors: [], warnings: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state, repairDue ? {} : { trustPeers: true });
       errors = report.errors;
       this.opts.mtuWarnings?.update(view, report.warnings);
-      this.lastApplied = errors.length === 0 ? { state: stateJson, at: unchanged ? this.lastApplied!.at : Date.now() } : undefined;
+      this.lastApplied =
+        errors.length === 0
+          ? { state: stateJson, at: repairDue ? Date.now() : this.lastApplied!.at, view, programmed: new Set(desired.state.networks.map((n) => n.id)), peers: desired.peers }
+          : undefined;
       metrics.peersProgrammed.set(desired.peers);
       metrics.localEndpoints.set(desired.state.networks.reduce((s, n) => s + n.endpoints.length, 0));
       if (report.changes > 0) {
@@ -219,7 +318,7 @@ export class Reconciler {
       this.retryDelay = RECONCILE_RETRY_BASE_MS;
     }
     metrics.liveNodes.set(view.nodes.size);
-    this.opts.afterReconcile(view);
+    this.opts.afterReconcile(view, { peersOnly: false });
     return errors;
   }
 }

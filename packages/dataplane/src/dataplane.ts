@@ -14,6 +14,8 @@ import {
   type DataplaneError,
   type DataplaneObject,
 } from './errors.ts';
+import { BatchSessions } from './batch-session.ts';
+import { resolveDesiredState, type ResolvedDesiredState } from './desired-state.ts';
 import { executePlan, type ExecutionResult } from './executor.ts';
 import { ensureGatewayBridge } from './gateway-bridge.ts';
 import { raiseNeighbourThresholds } from './host-tuning.ts';
@@ -21,8 +23,19 @@ import { iptablesRemovalInput, iptablesRestore } from './iptables.ts';
 import { runBatch } from './iproute2.ts';
 import { probeSandboxes, readActualState } from './kernel-state.ts';
 import { iptablesChains } from './names.ts';
-import { planChanges } from './plan.ts';
+import { commitPeerDelta, planPeerDelta, programmedNetworkOf, type ProgrammedNetwork } from './peer-delta.ts';
+import { planChanges, planResolved } from './plan.ts';
 import { readUnderlay, type UnderlayInfo } from './underlay.ts';
+
+/** vxlan0's entries per network as `programmed` records them, in the shape a kernel read gives. */
+function knownPeers(programmed: ReadonlyMap<string, ProgrammedNetwork>): Map<string, Pick<ActualNetwork, 'neighbours' | 'fdb'>> {
+  return new Map(
+    [...programmed].map(([id, p]) => [
+      id,
+      { neighbours: [...p.neighbours].map(([ip, mac]) => ({ ip, mac, permanent: true })), fdb: [...p.fdb].map(([mac, dst]) => ({ mac, dst })) },
+    ]),
+  );
+}
 
 /** Read → plan → execute rounds of one `apply` (the first plus re-plans after failed lines). */
 export const APPLY_MAX_ROUNDS = 3;
@@ -172,6 +185,18 @@ export interface DesiredPeer {
   readonly mac: string;
   /** The remote host's VTEP (underlay address, the same family as this host's). */
   readonly vtep: string;
+}
+
+/**
+ * A change of one network's peers since the last apply (see {@link Dataplane.applyPeers}): peers that
+ * went and peers that came; a peer that moved to another VTEP is in both, with its old and new values.
+ */
+export interface PeerDelta {
+  /** Network id. */
+  readonly network: string;
+  /** Peers as they were given before (same fields and values). */
+  readonly remove: readonly DesiredPeer[];
+  readonly add: readonly DesiredPeer[];
 }
 
 /** Where a command runs: this process's netns, a name under /run/netns, or a netns file path. */
@@ -337,6 +362,15 @@ export interface Plan {
 export interface ApplyOptions {
   /** Aborts between batches (a running batch is killed); `apply` then rejects with the abort reason. */
   readonly signal?: AbortSignal;
+  /**
+   * Take each network's vxlan0 neighbour and FDB entries from what the last error-free apply (full or
+   * {@link Dataplane.applyPeers}) left, instead of reading them back: that read grows with the number
+   * of peers, and a change of local endpoints does not need it. Everything else is read as always.
+   * Drift in those two tables is then repaired only by an apply without this option, which callers
+   * run periodically. Ignored when there is no such apply to build on, and after a failed line (the
+   * next round reads everything).
+   */
+  readonly trustPeers?: boolean;
 }
 
 /** What one {@link Dataplane.apply} did. */
@@ -354,6 +388,18 @@ export interface ApplyReport {
   readonly warnings: readonly DataplaneError[];
   /** Wall time of the whole call, including reads. */
   readonly durationMs: number;
+}
+
+/** What one {@link Dataplane.applyPeers} did. */
+export interface PeerApplyReport extends ApplyReport {
+  /**
+   * False when the change was not applied on its own (`reason` says why: no error-free full apply
+   * before it, a duplicate or invalid peer, …): nothing was done, and the caller applies the full
+   * desired state with {@link Dataplane.apply}. True when its lines ran; `errors` then lists lines
+   * the kernel refused, and the next call must be a full apply (which reads the kernel back).
+   */
+  readonly incremental: boolean;
+  readonly reason?: string;
 }
 
 /** What `ensureGatewayBridge` made or found. */
@@ -382,6 +428,12 @@ export class Dataplane {
   #tuned = false;
   #gatewayReady = false;
   #queue: Promise<unknown> = Promise.resolve();
+  /**
+   * What each network's vxlan0 holds after the last error-free apply (full, or incremental since);
+   * undefined after an apply with errors, when only a full apply (which reads the kernel) may follow.
+   */
+  #programmed: Map<string, ProgrammedNetwork> | undefined;
+  readonly #sessions = new BatchSessions();
 
   /** Validates `config`; throws {@link InvalidConfigError}. Touches nothing in the kernel. */
   constructor(config: DataplaneConfig) {
@@ -437,7 +489,25 @@ export class Dataplane {
    * `errors`, everything else is applied. Rejects only on abort or when the kernel cannot be read.
    */
   apply(desired: DesiredState, options: ApplyOptions = {}): Promise<ApplyReport> {
-    return this.#exclusive(() => this.#apply(desired, options.signal));
+    return this.#exclusive(() => this.#apply(desired, options.signal, options.trustPeers === true));
+  }
+
+  /**
+   * The incremental path: applies a change of peers on top of the last apply without reading the
+   * kernel — one neighbour and one FDB line per peer that came or went, through long-lived batch
+   * processes (batch-session.ts) — when the full planner would make exactly those lines (see
+   * peer-delta.ts); otherwise does nothing and says so (`incremental: false`), and the caller calls
+   * {@link apply} with the full desired state. Only valid when nothing but this instance changes the
+   * kernel between two calls: drift made behind its back is repaired by the next {@link apply}, which
+   * callers run periodically.
+   */
+  applyPeers(deltas: readonly PeerDelta[], options: ApplyOptions = {}): Promise<PeerApplyReport> {
+    return this.#exclusive(() => this.#applyPeers(deltas, options.signal));
+  }
+
+  /** Ends the long-lived batch processes of the incremental path (they also end with this process). */
+  close(): void {
+    this.#sessions.close();
   }
 
   /**
@@ -458,7 +528,35 @@ export class Dataplane {
    * Tries everything, then throws {@link TeardownIncompleteError} if anything is left.
    */
   destroyAll(): Promise<void> {
-    return this.#exclusive(() => this.#destroyAll());
+    return this.#exclusive(() => {
+      this.#forgetProgrammed();
+      return this.#destroyAll();
+    });
+  }
+
+  #forgetProgrammed(): void {
+    this.#programmed = undefined;
+    // A session keeps the namespace it entered alive (and with it a deleted network's VXLAN device).
+    this.#sessions.close();
+  }
+
+  async #applyPeers(deltas: readonly PeerDelta[], signal: AbortSignal | undefined): Promise<PeerApplyReport> {
+    const started = performance.now();
+    signal?.throwIfAborted();
+    const nothing = (reason: string): PeerApplyReport => ({ incremental: false, reason, changes: 0, rounds: 0, errors: [], warnings: [], durationMs: performance.now() - started });
+    if (!this.#programmed) return nothing('no error-free full apply to build on');
+    const planned = planPeerDelta(deltas, this.#programmed, this.#config);
+    if ('full' in planned) return nothing(planned.full);
+    if (planned.plan.changes === 0) return { incremental: true, changes: 0, rounds: 0, errors: [], warnings: [], durationMs: performance.now() - started };
+    const execution = await executePlan(planned.plan, { runner: (tool, netns, lines) => this.#sessions.run(tool, netns, lines), ...(signal ? { signal } : {}) });
+    if (execution.errors.length === 0) commitPeerDelta(this.#programmed, planned);
+    else {
+      this.#programmed = undefined;
+      for (const err of execution.errors.slice(0, LOGGED_ERRORS_PER_APPLY)) this.#logger.warn({ code: err.code, nid: err.object.network, peer: err.object.peer }, err.message);
+    }
+    const durationMs = performance.now() - started;
+    this.#logger.debug({ changes: execution.succeeded, errors: execution.errors.length, durationMs: Math.round(durationMs) }, 'peers applied');
+    return { incremental: true, changes: execution.succeeded, rounds: 1, errors: execution.errors, warnings: [], durationMs };
   }
 
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -474,7 +572,7 @@ export class Dataplane {
     return info;
   }
 
-  async #apply(desired: DesiredState, signal: AbortSignal | undefined): Promise<ApplyReport> {
+  async #apply(desired: DesiredState, signal: AbortSignal | undefined, trustPeers: boolean): Promise<ApplyReport> {
     const started = performance.now();
     signal?.throwIfAborted();
     if (!this.#tuned) {
@@ -495,15 +593,18 @@ export class Dataplane {
     };
     if (wantsGateway && !this.#gatewayReady) await ensureGateway();
 
+    let known = trustPeers && this.#programmed ? knownPeers(this.#programmed) : undefined;
+    this.#programmed = undefined;
     let changes = 0;
     let rounds = 0;
     let plan: Plan | undefined;
+    let resolved: ResolvedDesiredState | undefined;
     let execution: ExecutionResult | undefined;
     let lastFailure = '';
     while (rounds < APPLY_MAX_ROUNDS) {
       signal?.throwIfAborted();
       const [state, sandboxes] = await Promise.all([
-        readActualState(this.#config, { iptables: false, ...(signal ? { signal } : {}) }),
+        readActualState(this.#config, { iptables: false, ...(signal ? { signal } : {}), ...(known ? { known } : {}) }),
         probeSandboxes(desired),
       ]);
       if (wantsGateway && !gatewayTried && !state.host.gatewayBridge?.subnet) {
@@ -511,18 +612,24 @@ export class Dataplane {
         continue;
       }
       rounds++;
-      plan = planChanges(desired, { ...state, sandboxes }, this.#config);
+      const actual = { ...state, sandboxes };
+      resolved = resolveDesiredState(desired, this.#config, actual);
+      plan = planResolved(resolved, actual, this.#config);
       execution = undefined;
       if (plan.changes === 0) break;
+      // netns del/add: a batch session would keep a deleted namespace alive, or program a replaced one
+      if (plan.stages.some((s) => s.name === 'namespaces')) this.#sessions.close();
       execution = await executePlan(plan, signal ? { signal } : {});
       changes += execution.succeeded;
       if (execution.failedKeys.size === 0) break;
       const failure = execution.errors.map((e) => e.message).join('\n');
       if (failure === lastFailure) break;
       lastFailure = failure;
+      known = undefined; // a line failed: read everything back
     }
     const errors = [...upfront, ...(plan?.errors ?? []), ...(execution?.errors ?? [])];
     const warnings = plan?.warnings ?? [];
+    if (errors.length === 0 && resolved) this.#programmed = new Map(resolved.networks.map((n) => [n.id, programmedNetworkOf(n)]));
     const durationMs = performance.now() - started;
     const summary = { changes, rounds, errors: errors.length, warnings: warnings.length, durationMs: Math.round(durationMs) };
     for (const err of errors.slice(0, LOGGED_ERRORS_PER_APPLY)) {

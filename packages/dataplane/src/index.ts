@@ -31,6 +31,8 @@ export {
   type GatewayBridgeConfig,
   type GatewayBridgeInfo,
   type NetnsTarget,
+  type PeerApplyReport,
+  type PeerDelta,
   type Plan,
   type PlanBatch,
   type PlanOp,

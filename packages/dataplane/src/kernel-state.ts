@@ -132,10 +132,23 @@ export async function listOverlayNamespaces(prefix: string): Promise<string[]> {
   return names.filter((n) => networkIdOfNetns(prefix, n) !== undefined).sort();
 }
 
-export async function readOverlayNetwork(prefix: string, netns: string, signal?: AbortSignal): Promise<ActualNetwork> {
+/**
+ * One overlay namespace. `known` gives its vxlan0 neighbour and FDB entries instead of reading them
+ * (they are the only part whose size grows with the cluster: one of each per remote endpoint).
+ */
+export async function readOverlayNetwork(
+  prefix: string,
+  netns: string,
+  signal?: AbortSignal,
+  known?: Pick<ActualNetwork, 'neighbours' | 'fdb'>,
+): Promise<ActualNetwork> {
   const id = networkIdOfNetns(prefix, netns)!;
   const target = { kind: 'name', name: netns } as const;
   try {
+    if (known) {
+      const [links] = await readJsonBatch('ip', target, ['-d'], ['addr show'], { ...(signal ? { signal } : {}) });
+      return { id, netns, links: parseLinks(links), neighbours: known.neighbours, fdb: known.fdb };
+    }
     const [ipOut, fdbOut] = await Promise.all([
       readJsonBatch('ip', target, ['-d'], ['addr show', 'neigh show'], { ...(signal ? { signal } : {}) }),
       readJson('bridge', target, ['fdb', 'show'], { ...(signal ? { signal } : {}) }),
@@ -179,11 +192,17 @@ export async function readHost(config: ResolvedConfig, options: { iptables: bool
   };
 }
 
-/** Everything this prefix owns: overlay namespaces (read concurrently) and the host's parts. */
-export async function readActualState(config: ResolvedConfig, options: { iptables: boolean; signal?: AbortSignal }): Promise<ActualState> {
+/**
+ * Everything this prefix owns: overlay namespaces (read concurrently) and the host's parts. `known`:
+ * per network id, vxlan0's entries as the caller knows them (not read; see {@link readOverlayNetwork}).
+ */
+export async function readActualState(
+  config: ResolvedConfig,
+  options: { iptables: boolean; signal?: AbortSignal; known?: ReadonlyMap<string, Pick<ActualNetwork, 'neighbours' | 'fdb'>> },
+): Promise<ActualState> {
   const names = await listOverlayNamespaces(config.prefix);
   const [networks, host] = await Promise.all([
-    mapConcurrent(names, READ_CONCURRENCY, (n) => readOverlayNetwork(config.prefix, n, options.signal)),
+    mapConcurrent(names, READ_CONCURRENCY, (n) => readOverlayNetwork(config.prefix, n, options.signal, options.known?.get(networkIdOfNetns(config.prefix, n)!))),
     readHost(config, options),
   ]);
   return { prefix: config.prefix, networks, host };

@@ -89,7 +89,11 @@ const egressKey = (endpointId: string): string => `eg:${endpointId}`;
 
 /** The exact changes that turn `actual` into `desired`; see the module comment for the stages. */
 export function planChanges(desired: DesiredState, actual: ActualState, config: ResolvedConfig): Plan {
-  const resolved = resolveDesiredState(desired, config, actual);
+  return planResolved(resolveDesiredState(desired, config, actual), actual, config);
+}
+
+/** {@link planChanges} for a desired state already resolved against `actual`. */
+export function planResolved(resolved: ResolvedDesiredState, actual: ActualState, config: ResolvedConfig): Plan {
   const plan = new PlanBuilder();
   const actualById = new Map(actual.networks.map((n) => [n.id, n]));
   const desiredIds = new Set(resolved.networks.map((n) => n.id));

@@ -67,6 +67,14 @@ const WATCH_JITTER_FRACTION = 1 / 16;
 export const WATCH_RECONNECT_BUDGET_MS = 15_000;
 export const WATCH_RETRY_BASE_MS = 100;
 export const WATCH_RETRY_CAP_MS = 2_000;
+/**
+ * When two blocking reads in a row brought changes less than this apart (a burst of writes), the next
+ * one waits this long: every answer is the whole prefix (2 000 endpoint records are ≈ 1 MB of JSON,
+ * for every watcher of `endpoints/`), so during a burst a watcher reads about twice per interval and
+ * gets the writes folded into one batch, instead of one full listing per write. A watch that was quiet
+ * hears the first change at once.
+ */
+export const WATCH_MIN_INTERVAL_MS = 200;
 /** Listings (and watch batches) whose state a later watch can start from. */
 export const SNAPSHOT_CACHE_SIZE = 32;
 /**
@@ -322,6 +330,7 @@ class ConsulStore implements KVStore {
     let state = this.listings.recall(prefix, fromRevision) ?? this.batches.recall(prefix, fromRevision);
     let failingSince: number | undefined;
     let attempt = 0;
+    let lastChangeAt: number | undefined;
     while (!channel.isClosed) {
       let read: PrefixRead;
       try {
@@ -372,6 +381,10 @@ class ConsulStore implements KVStore {
       if (events.length > 0) {
         this.batches.remember(prefix, String(index), state);
         channel.push({ events, revision: String(index) });
+        const now = Date.now();
+        const burst = lastChangeAt !== undefined && now - lastChangeAt < WATCH_MIN_INTERVAL_MS;
+        lastChangeAt = now;
+        if (burst) await sleep(WATCH_MIN_INTERVAL_MS, signal).catch(() => undefined);
       }
     }
   }

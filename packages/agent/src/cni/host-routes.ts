@@ -18,7 +18,7 @@
  */
 
 import { execFile } from 'node:child_process';
-import { allEndpoints, type ClusterView } from '../cluster-view.ts';
+import { endpointsOfNode, type ClusterView } from '../cluster-view.ts';
 
 /**
  * The routing protocol number (`ip route … proto N`) that marks kvnet's host routes. Unassigned in
@@ -49,8 +49,8 @@ const key = (r: HostRoute): string => `${r.dst} via ${r.via}`;
  */
 export function desiredHostRoutes(view: ClusterView, node: string, egressOf: (eid: string) => { readonly address: string } | undefined): HostRoute[] {
   const routes: HostRoute[] = [];
-  for (const e of allEndpoints(view)) {
-    if (e.node !== node || !e.cni || !e.netns) continue;
+  for (const e of endpointsOfNode(view, node)) {
+    if (!e.cni || !e.netns) continue;
     const net = view.networks.get(e.network);
     if (!net || net.internal) continue;
     const egress = egressOf(e.id);

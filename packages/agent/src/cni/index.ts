@@ -14,7 +14,7 @@
  */
 
 import type { Logger } from 'pino';
-import type { ClusterView } from '../cluster-view.ts';
+import { endpointsOfNode, type ClusterView } from '../cluster-view.ts';
 import type { AgentContext, Face } from '../context.ts';
 import { NotFoundError } from '../errors.ts';
 import { CniAttachments } from './attachments.ts';
@@ -94,22 +94,23 @@ class CniFace implements Face {
   private async sweep(): Promise<void> {
     const view = this.ctx.cluster.view();
     const gone = new Set<string>();
-    for (const eps of view.endpoints.values()) {
-      for (const e of eps.values()) {
-        if (e.node !== this.ctx.node.name || !e.cni || !e.netns || isNetns(e.netns)) continue;
-        gone.add(e.id);
-        if (!this.missing.has(e.id) || this.stopped) continue;
-        try {
-          await this.attachments.detach({ network: e.network, containerId: e.cni.containerId, ifname: e.cni.ifname });
-          this.ctx.metrics.orphansRemoved.inc({ kind: 'cni-sandbox' });
-          this.logger.info({ eid: e.id, endpoint: e.name, netns: e.netns, containerId: e.cni.containerId }, 'CNI endpoint removed: its network namespace is gone and no DEL came');
-        } catch (err) {
-          if (!(err instanceof NotFoundError)) this.logger.warn({ err, eid: e.id }, 'could not remove a CNI endpoint whose network namespace is gone; retrying');
-        }
+    for (const e of endpointsOfNode(view, this.ctx.node.name)) {
+      if (!e.cni || !e.netns || isNetns(e.netns)) continue;
+      gone.add(e.id);
+      if (!this.missing.has(e.id) || this.stopped) continue;
+      try {
+        await this.attachments.detach({ network: e.network, containerId: e.cni.containerId, ifname: e.cni.ifname });
+        this.ctx.metrics.orphansRemoved.inc({ kind: 'cni-sandbox' });
+        this.logger.info({ eid: e.id, endpoint: e.name, netns: e.netns, containerId: e.cni.containerId }, 'CNI endpoint removed: its network namespace is gone and no DEL came');
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) this.logger.warn({ err, eid: e.id }, 'could not remove a CNI endpoint whose network namespace is gone; retrying');
       }
     }
     this.missing = gone;
-    this.syncRoutes(true);
+    // The last sync found none of our routes and none are wanted: only this face adds them, so there
+    // is nothing to read again (a host without CNI endpoints does not start a process every sweep).
+    const nothingToDo = this.lastRoutes === '[]' && this.wantedRoutes(view).length === 0;
+    this.syncRoutes(!nothingToDo);
   }
 
   /** Synchronises host routes with the view (serialised; a request during a run runs once more after it). */

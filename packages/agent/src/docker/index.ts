@@ -64,6 +64,8 @@ export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}):
   const backend = new StoreDockerBackend({ ...ctx, logger });
   const stopping = new AbortController();
   let sync: DockerNetworkSync | undefined;
+  /** The next pass must run whatever the reconcile was: the first one, and after one that left work pending or failed. */
+  let followUp = true;
   // dockerd removes its network whatever kvnet answers: put it back at once (scope local; in scope global
   // dockerd's own cluster store keeps it)
   const onDelete = {
@@ -101,15 +103,25 @@ export async function startDocker(ctx: AgentContext, deps: DockerFaceDeps = {}):
     backend,
     plugin,
     sync,
-    afterReconcile(): void {
+    afterReconcile(_view, info): void {
       if (!sync || !ctx.cluster.storeHealthy) return;
+      // Remote endpoints coming and going change nothing dockerd mirrors: such a run (one per event at
+      // scale) skips the pass — and its Engine API call — unless the last pass left work for later.
+      if (info?.peersOnly && !followUp && sync.settled) return;
+      followUp = false;
       sync
         .run(() => ctx.cluster.view())
         .then((r) => {
-          if (r.errors.length > 0) ctx.reconciler.scheduleRetry();
-          else if (r.pending > 0) ctx.reconciler.schedule(DOCKER_SYNC_PENDING_MS); // name new endpoints once dockerd lists them
+          if (r.errors.length > 0) {
+            followUp = true;
+            ctx.reconciler.scheduleRetry();
+          } else if (r.pending > 0) {
+            followUp = true;
+            ctx.reconciler.schedule(DOCKER_SYNC_PENDING_MS); // name new endpoints once dockerd lists them
+          }
         })
         .catch((err) => {
+          followUp = true;
           logger.warn({ err }, 'cannot reach the local dockerd to mirror kvnet networks; will retry');
           ctx.reconciler.scheduleRetry();
         });

@@ -128,6 +128,15 @@ export class DockerNetworkSync {
   private readonly vanished = new Map<string, number>();
 
   /** DeleteNetwork of `nid` started on this host. */
+  /**
+   * Nothing waits for a later pass: no network waiting out its grace or its refused removal, none being
+   * removed, no endpoint waiting for a name. A pass then only has work when networks or this host's
+   * endpoints changed.
+   */
+  get settled(): boolean {
+    return this.unnameable.size === 0 && this.refused.size === 0 && this.removing.size === 0 && this.vanished.size === 0 && !this.running;
+  }
+
   holdBack(nid: string): void {
     this.removing.add(nid);
   }

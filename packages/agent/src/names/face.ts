@@ -5,7 +5,9 @@
  * - **After every reconcile** the table is rebuilt from the view ({@link buildNameTable} over
  *   {@link localSandboxes}) and sent with one listener per network that has a local endpoint (its
  *   overlay namespace, `/run/netns/<prefix>-<nid>`), unless neither changed. Passes never overlap; a
- *   request during a pass is folded into the next one.
+ *   request during a pass is folded into the next one. After a reconcile that moved only remote
+ *   endpoints, at most one pass per {@link NAMES_PEERS_INTERVAL_MS} (pass-throttle.ts: a burst of
+ *   remote connects costs a few whole-table passes per host, not one each).
  * - **Before a new local endpoint is handed back** (a plumb hook: `kvnet network connect` returning,
  *   Docker's CreateEndpoint answered) a pass that includes it has run: its network's listener is open
  *   before the container's first query, and a standalone sandbox has its route to the resolver address.
@@ -23,7 +25,7 @@ import { existsSync } from 'node:fs';
 import { overlayNetnsName } from '@kvnet/dataplane';
 import { sleep } from '@kvnet/store';
 import type { ClusterView } from '../cluster-view.ts';
-import { allEndpoints } from '../cluster-view.ts';
+import { endpointsOfNode } from '../cluster-view.ts';
 import { resolverAddressOf, resolverSocketFor } from '../config.ts';
 import type { AgentContext, Face } from '../context.ts';
 import type { EndpointRecord } from '../layout.ts';
@@ -35,6 +37,7 @@ import { DockerEngine } from '../docker/engine.ts';
 import type { DoctorCheck, DoctorFinding } from '../doctor/report.ts';
 import { DockerSandboxes } from './docker-sandboxes.ts';
 import { buildNameTable, listenersFor, localSandboxes, routeHolder } from './name-table.ts';
+import { PassThrottle } from './pass-throttle.ts';
 import { DEFAULT_RESOLVER_ADDRESS, type Names, type NamesContext, type ResolverStatus } from './names.ts';
 import { defaultResolverCommand, startNames } from './names-client.ts';
 import { ensureSandboxRoute, ensureSandboxRouteByMac, joinStaticRoutes } from './resolver-address.ts';
@@ -43,6 +46,8 @@ import { ensureSandboxRoute, ensureSandboxRouteByMac, joinStaticRoutes } from '.
 export const NETNS_DIR = '/run/netns';
 /** A failed pass (the resolver unreachable, a route that could not be added) is tried again after this long. */
 export const NAMES_RETRY_MS = 2_000;
+/** Least time between two passes asked for by reconciles that moved only remote endpoints. */
+export const NAMES_PEERS_INTERVAL_MS = 250;
 
 /** One connected route of a Docker Join answer. */
 export interface JoinRoute {
@@ -123,7 +128,7 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
   let running: Promise<void> | undefined;
   let retryTimer: NodeJS.Timeout | undefined;
 
-  const localEndpoints = (view: ClusterView): EndpointRecord[] => allEndpoints(view).filter((e) => e.node === node.name);
+  const localEndpoints = (view: ClusterView): EndpointRecord[] => endpointsOfNode(view, node.name);
 
   async function pass(): Promise<void> {
     const view = ctx.cluster.view();
@@ -238,6 +243,7 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     for (const w of waiters.splice(0)) w.resolve();
   }
 
+  const peersPasses = new PassThrottle(NAMES_PEERS_INTERVAL_MS, () => void sync());
   ctx.networks.onPlumbed(() => sync());
   // The first table before "agent ready", bounded like a plumb hook: a resolver slow to open many
   // listeners finishes them in the background.
@@ -272,8 +278,9 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
   return {
     address,
     doctorCheck,
-    afterReconcile(): void {
-      void sync();
+    afterReconcile(_view, info): void {
+      if (info?.peersOnly) peersPasses.request();
+      else void sync();
     },
     dockerJoin(endpointId, sandboxKey) {
       const route = sandboxes.join(endpointId, sandboxKey);
@@ -289,6 +296,7 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     status: () => names.status(),
     async uninstall() {
       stopped = true;
+      peersPasses.stop();
       clearTimeout(retryTimer);
       release();
       await names.shutdown({ cleanup: true });
@@ -296,6 +304,7 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     async stop() {
       // A pass in flight gets its update rejected by the client's stop; nothing waits for it.
       stopped = true;
+      peersPasses.stop();
       clearTimeout(retryTimer);
       release();
       await names.stop();
