@@ -37,9 +37,9 @@
  *   bundle has them, and from the server (etcd `/metrics`: Range / Txn+Put+DeleteRange RPCs and
  *   watch events sent; Consul's Prometheus counters: KV and txn HTTP calls), idle rates subtracted;
  * - agent RSS (largest and mean VmRSS) at the end;
- * - each host's DNS resolver process (the names face's; the agent starts it detached, so it is neither
- *   its child nor in its counters): its CPU in the same windows as the agent's (resolver_cpu_*), and
- *   its RSS. `--dns off` runs the agents with `--dns-address off` (no names face, no resolver), to see
+ * - each host's DNS resolver process (the names face's; the agent starts it detached, in a session of
+ *   its own, but it stays the agent's child, so agent_cpu_* and agent_children_rss include it): its
+ *   CPU alone in the same windows as the agent's (resolver_cpu_*), and its RSS. `--dns off` runs the agents with `--dns-address off` (no names face, no resolver), to see
  *   what names cost at scale.
  *
  * The machine is shared and has two cores: `--quiet-load L` waits (polling every 30 s, at most 45 min)
@@ -261,8 +261,8 @@ function childrenRssMib(pid: number | undefined): number {
 }
 
 /**
- * Each host's DNS resolver process (the names face's, started detached by the agent, so neither its
- * child nor in its counters): found by the `--socket` path on its command line.
+ * Each host's DNS resolver process (the names face's; started detached by the agent, it is still its
+ * child, and counted in the agent's CPU too): found by the `--socket` path on its command line.
  */
 function resolverPids(c: Cluster): Map<string, number> {
   const bySocket = new Map(c.hosts.map((h) => [resolverSocketFor(h.socket), h.node]));

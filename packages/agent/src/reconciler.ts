@@ -73,6 +73,8 @@ export interface ReconcilerOptions {
   readonly afterReconcile: (view: ClusterView, info: ReconcileInfo) => void;
   /** Reports networks this host's underlay cannot carry, once each (with the data plane's apply warnings). */
   readonly mtuWarnings?: MtuWarningLog;
+  /** The drift repair's period; default {@link PERIODIC_APPLY_MS} (tests shorten it). */
+  readonly periodicApplyMs?: number;
 }
 
 /** The last state applied without errors: what the next run builds on. */
@@ -105,12 +107,21 @@ export class Reconciler {
   /** View changes since the last run, and whether a re-list came among them. */
   private changes: ViewChange[] = [];
   private resynced = false;
+  /**
+   * Set by the periodic timer: the next run repairs. Without it the timer's run found the period not
+   * quite over (it started a few ms after the last repair) and did nothing, so the repair fell to the
+   * next remote event instead — a full apply, kernel read included, charged to (and delaying) an event.
+   */
+  private repairRequested = false;
 
   constructor(private readonly opts: ReconcilerOptions) {}
 
   /** Starts the periodic drift repair. */
   start(): void {
-    this.periodicTimer = setInterval(() => this.schedule(), PERIODIC_APPLY_MS);
+    this.periodicTimer = setInterval(() => {
+      this.repairRequested = true;
+      this.schedule();
+    }, this.periodMs);
   }
 
   /** Records what a batch of store events changed in the view (call before {@link schedule}). */
@@ -234,6 +245,15 @@ export class Reconciler {
     return { egress, egress6 };
   }
 
+  /** Whether this run must be the full path with every kernel table read back (the drift repair). */
+  private repairDue(): boolean {
+    return !this.lastApplied || this.repairRequested || Date.now() - this.lastApplied.at >= this.periodMs;
+  }
+
+  private get periodMs(): number {
+    return this.opts.periodicApplyMs ?? PERIODIC_APPLY_MS;
+  }
+
   /**
    * The peers-only path (see the module comment): true when it did the whole job — nothing this host
    * programs changed, or the data plane applied the peers' lines without errors.
@@ -241,7 +261,7 @@ export class Reconciler {
   private async reconcilePeers(view: ClusterView, changes: readonly ViewChange[]): Promise<boolean> {
     const { dataplane, logger, metrics } = this.opts;
     const applied = this.lastApplied;
-    if (!applied || !dataplane.applyPeers || Date.now() - applied.at >= PERIODIC_APPLY_MS) return false;
+    if (!applied || !dataplane.applyPeers || this.repairDue()) return false;
     const delta = desiredDelta({ before: applied.view, after: view, changes, node: this.opts.node, programmed: applied.programmed });
     if (delta.kind === 'full') {
       logger.debug({ reason: delta.reason }, 'full reconcile');
@@ -290,7 +310,8 @@ export class Reconciler {
     const stateJson = JSON.stringify(desired.state);
     // Within the period the kernel's peer tables are taken as the last apply left them (reading them
     // back grows with the cluster; a local change does not need it); the periodic run reads everything.
-    const repairDue = !this.lastApplied || Date.now() - this.lastApplied.at >= PERIODIC_APPLY_MS;
+    const repairDue = this.repairDue();
+    if (repairDue) this.repairRequested = false;
     const unchanged = !repairDue && this.lastApplied!.state === stateJson;
     try {
       const report = unchanged ? { errors: [], warnings: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state, repairDue ? {} : { trustPeers: true });
