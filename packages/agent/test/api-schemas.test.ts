@@ -2,16 +2,9 @@ import test from 'ava';
 import { connectSchema, createNetworkSchema, validate } from '../src/api/schemas.ts';
 import { statusOf } from '../src/api/index.ts';
 import { InvalidInputError, NameConflictError, NotFoundError } from '../src/errors.ts';
+import { invalidInputMessage } from './fixtures/invalid-input.ts';
 
-const message = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof InvalidInputError) return err.message;
-    throw err;
-  }
-  throw new Error('did not throw');
-};
+const message = invalidInputMessage;
 
 test('a valid create passes through unchanged', (t) => {
   const body = { name: 'my.net-1', subnet: '10.1.0.0/16', gateway: '10.1.0.254', ipRange: '10.1.1.0/24', auxAddresses: { router: '10.1.0.2' }, internal: true, labels: { a: 'b' }, options: { 'com.docker.x': 'y' } };

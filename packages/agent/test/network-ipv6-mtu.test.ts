@@ -12,27 +12,19 @@ import { buildClusterView, type ClusterView } from '../src/cluster-view.ts';
 import { checkVxlanPort } from '../src/cluster-settings.ts';
 import { computeDesiredState } from '../src/desired-state.ts';
 import { assignEgress6, egressIpv6For } from '../src/egress.ts';
-import { InvalidInputError } from '../src/errors.ts';
 import { encodeRecord, endpointAddresses, keys, networkPools, type EndpointRecord, type NetworkRecord, type NodeRecord } from '../src/layout.ts';
 import { AgentMetrics } from '../src/metrics.ts';
 import { chooseNetworkMtu, defaultMtuProblem, defaultNetworkMtu, MtuWarningLog, networkMtuWarning, type DatapathSettings } from '../src/network-mtu.ts';
 import { planNetworkPools } from '../src/network-pools.ts';
 import { newEndpointRecord } from '../src/records.ts';
+import { invalidInputMessage } from './fixtures/invalid-input.ts';
 
 const nid = 'a'.repeat(64);
 const eid = (c: string): string => c.repeat(64);
 const underlay1400: UnderlayInfo = { ifname: 'eth0', mtu: 1400, address: '198.18.0.1', family: 4, overlayMtu: 1350 };
 const datapath1400: DatapathSettings = { vxlanPort: 4789, underlay: underlay1400, defaultMtu: 1350 };
 
-const message = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof InvalidInputError) return err.message;
-    throw err;
-  }
-  throw new Error('did not throw');
-};
+const message = invalidInputMessage;
 
 test('pools: no subnet is one default IPv4 pool; --ipv6 adds a default IPv6 one; only IPv6 subnets make an IPv6-only network', (t) => {
   t.deepEqual(planNetworkPools({}), { v4: {} });
