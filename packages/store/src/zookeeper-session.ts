@@ -36,6 +36,12 @@ export const SESSION_RECONNECT_FRACTION = 2 / 3;
 export const LIVENESS_CHECK_FRACTION = 1 / 6;
 export const LIVENESS_CHECK_MIN_MS = 50;
 export const LIVENESS_CHECK_MAX_MS = 1_000;
+/**
+ * A connection the server accepted but whose handshake it has not answered after this fraction of the
+ * session timeout is dropped and tried again (the client's own connect timeout stops at the TCP
+ * connect: a server that accepts and then says nothing — stopping, starting, frozen — held it forever).
+ */
+export const HANDSHAKE_FRACTION = 1 / 2;
 /** How long a graceful close waits for the server to confirm before the socket is destroyed. */
 export const CLOSE_CONFIRM_MS = 1_000;
 const CLOSE_POLL_MS = 25;
@@ -104,6 +110,10 @@ const CM_CLOSED = -2;
 interface ConnectionManager {
   state: number;
   socket?: Socket;
+  /** Bytes of a reply not yet complete; the client keeps them across connections (see the constructor). */
+  pendingBuffer: Buffer | null;
+  onSocketConnected(): void;
+  onSocketClosed(hadError: boolean): void;
   connectTimeoutHandler: NodeJS.Timeout | null;
   servers: Array<{ host: string; port: number }>;
   queue(request: unknown, callback: JuteCallback): void;
@@ -234,6 +244,8 @@ export class ZkSession {
   private connected = false;
   private everConnected = false;
   private lastHeardAt = Date.now();
+  /** When the current socket's TCP connect completed while the handshake is still unanswered. */
+  private handshakeSince: number | undefined;
   private probing = false;
   private closing = false;
   private endReason: SessionEndReason | undefined;
@@ -265,6 +277,20 @@ export class ZkSession {
     // A reconnect already scheduled (spin delay) must not open a socket after close().
     const findNextServer = this.cm.findNextServer.bind(this.cm);
     this.cm.findNextServer = (callback) => findNextServer((server) => (this.closing ? undefined : callback(server)));
+    // The client binds these per socket when it connects, so instance properties take effect.
+    const onSocketConnected = this.cm.onSocketConnected.bind(this.cm);
+    this.cm.onSocketConnected = () => {
+      this.handshakeSince = Date.now();
+      onSocketConnected();
+    };
+    const onSocketClosed = this.cm.onSocketClosed.bind(this.cm);
+    this.cm.onSocketClosed = (hadError) => {
+      // A reply cut off by the closed connection must not be glued to the next connection's first
+      // bytes (the client would read the handshake answer as the rest of it and wait forever).
+      this.cm.pendingBuffer = null;
+      this.handshakeSince = undefined;
+      onSocketClosed(hadError);
+    };
     this.acls = options.digest
       ? [new zk.ACL(zk.Permission.ALL, new zk.Id('auth', ''))]
       : [new zk.ACL(zk.Permission.ALL, new zk.Id('world', 'anyone'))];
@@ -555,6 +581,7 @@ export class ZkSession {
       this.negotiatedMs = this.client.getSessionTimeout();
       this.connected = true;
       this.everConnected = true;
+      this.handshakeSince = undefined;
       this.lastHeardAt = Date.now();
       for (const w of this.readyWaiters) w.resolve();
       this.readyWaiters.clear();
@@ -602,7 +629,15 @@ export class ZkSession {
       this.end('expired', `no answer from the server for ${silentMs} ms, longer than the session timeout of ${timeout} ms`);
       return;
     }
-    if (!this.connected) return;
+    if (!this.connected) {
+      const waitedMs = this.handshakeSince === undefined ? 0 : Date.now() - this.handshakeSince;
+      if (waitedMs > timeout * HANDSHAKE_FRACTION) {
+        this.log?.info({ session: this.sessionIdHex, role: this.options.role, waitedMs }, 'ZooKeeper accepted the connection but did not answer the handshake; connecting again');
+        this.handshakeSince = undefined;
+        this.cm.socket?.destroy();
+      }
+      return;
+    }
     if (silentMs > timeout * SESSION_RECONNECT_FRACTION) {
       this.log?.info({ session: this.sessionIdHex, silentMs }, 'no answer from ZooKeeper, reconnecting');
       this.cm.socket?.destroy();

@@ -1,7 +1,8 @@
 /**
  * The ZooKeeper backend against a real ZooKeeper 3.8 (tickTime 500 ms, sessions 1–60 s): the
  * compliance suite, then what is specific to ZooKeeper (session expiry while the server is frozen,
- * ephemeral re-binding, implicit parents, digest ACLs).
+ * ephemeral re-binding, implicit parents, digest ACLs), and faults of the link (a silent connection, a
+ * reply cut off mid-frame) through a TCP proxy in front of the real server.
  */
 
 import test from 'ava';
@@ -10,6 +11,8 @@ import { runServerComplianceSuite } from './compliance.ts';
 import { msUntilGone, storesClosedAfter, useKvServer } from './fixtures/harness.ts';
 import { decodeText, encodeText, hasCode, openStore, parseStoreUrl, type KVStore, type WatchBatch } from '../src/index.ts';
 import { openZookeeperStore } from '../src/zookeeper-store.ts';
+import { ZK, ZkError, ZkSession } from '../src/zookeeper-session.ts';
+import { startFaultProxy, type FaultProxy } from './fixtures/fault-proxy.ts';
 
 const server = useKvServer(test, 'zookeeper');
 test.afterEach.always((t) => {
@@ -417,5 +420,60 @@ test('digest auth: the right credentials read and write, none are refused with a
     t.is(acl[0]!.id.scheme, 'digest');
   } finally {
     raw.close();
+  }
+});
+
+// ---- faults of the link, with a proxy in front of the real server ----
+
+async function sessionVia(proxy: FaultProxy, sessionTimeoutMs: number): Promise<ZkSession> {
+  const session = new ZkSession({ servers: [{ host: '127.0.0.1', port: proxy.port }], sessionTimeoutMs, role: 'test' });
+  session.start();
+  return session;
+}
+
+function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
+  return Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: nothing after ${ms} ms`)), ms))]);
+}
+
+test('a server that takes the connection and never answers the handshake: the session drops it, tries again, and connects once answers come', async (t) => {
+  const proxy = await startFaultProxy({ host: '127.0.0.1', port: server.port }, 'silent');
+  const session = await sessionVia(proxy, 2_000);
+  try {
+    // HANDSHAKE_FRACTION of the 2 s requested timeout: each silent connection is given up after 1 s.
+    await new Promise((r) => setTimeout(r, 2_600));
+    t.true(proxy.accepted >= 2, `the session tried again instead of waiting on the silent connection (${proxy.accepted} connections)`);
+    t.false(session.isConnected);
+    proxy.mode = 'pass';
+    await within(10_000, 'connecting once the server answers', session.ready());
+    t.true(session.isConnected);
+    t.truthy(await session.exists('/'));
+  } finally {
+    await session.close('graceful', 'closed');
+    await proxy.close();
+  }
+});
+
+test('a reply cut off mid-frame: the session reconnects within itself and the next replies parse', async (t) => {
+  const proxy = await startFaultProxy({ host: '127.0.0.1', port: server.port });
+  const session = await sessionVia(proxy, 10_000);
+  const path = `/${label('cut').replace(/\//g, '-')}`;
+  const value = Buffer.alloc(400_000, 7);
+  try {
+    await within(10_000, 'connecting', session.ready());
+    const id = session.id;
+    const created = await session.multi([{ op: 'create', path, data: value, ephemeral: false }]);
+    t.true(created.ok);
+    const cut = proxy.cutNextReply(10_000);
+    const first = await t.throwsAsync(within(10_000, 'the cut read', session.getData(path)));
+    await cut;
+    t.true(first instanceof ZkError && first.code === ZK.CONNECTION_LOSS, String(first));
+    const again = await within(10_000, 'the read after the reconnect', session.getData(path));
+    t.true(again !== undefined && again.data.equals(value), 'the whole value read back');
+    t.is(session.id, id, 'the same session');
+    t.false(session.isEnded);
+    t.true(proxy.accepted >= 2, 'over a new connection');
+  } finally {
+    await session.close('graceful', 'closed');
+    await proxy.close();
   }
 });
