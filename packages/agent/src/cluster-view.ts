@@ -100,6 +100,23 @@ export class BucketMap<V> implements ReadonlyMap<string, V> {
     for (const b of this.buckets) if (b) yield* b.values();
   }
 
+  /**
+   * What differs from an earlier map of the same draft: values whose object changed or appeared, and
+   * keys gone. Buckets both maps share are skipped, so this costs the changed buckets only.
+   */
+  changesSince(before: BucketMap<V>): { put: V[]; removed: string[] } {
+    const put: V[] = [];
+    const removed: string[] = [];
+    for (let i = 0; i < BUCKETS; i++) {
+      const a = before.buckets[i];
+      const b = this.buckets[i];
+      if (a === b) continue;
+      if (b) for (const [k, v] of b) if (a?.get(k) !== v) put.push(v);
+      if (a) for (const k of a.keys()) if (!b?.has(k)) removed.push(k);
+    }
+    return { put, removed };
+  }
+
   [Symbol.iterator](): MapIterator<[string, V]> {
     return this.entries();
   }

@@ -2,12 +2,15 @@
  * The names face as the agent runs it: {@link startNamesFace} takes the agent's context and keeps the
  * resolver process (names-client.ts) fed from the cluster view.
  *
- * - **After every reconcile** the table is rebuilt from the view ({@link buildNameTable} over
- *   {@link localSandboxes}) and sent with one listener per network that has a local endpoint (its
- *   overlay namespace, `/run/netns/<prefix>-<nid>`), unless neither changed. Passes never overlap; a
- *   request during a pass is folded into the next one. After a reconcile that moved only remote
- *   endpoints, at most one pass per {@link NAMES_PEERS_INTERVAL_MS} (pass-throttle.ts: a burst of
- *   remote connects costs a few whole-table passes per host, not one each).
+ * - **After every reconcile** the table's shape ({@link tableShape}: the networks of the local
+ *   sandboxes, the sandboxes, one listener per such network in its overlay namespace,
+ *   `/run/netns/<prefix>-<nid>`) is rebuilt from the view. When it is the one the resolver holds, only
+ *   the records that changed are sent (a patch, {@link recordPatch}: O(changes) in the agent and in the
+ *   resolver, whatever the number of endpoints); otherwise, and after the resolver was restarted or
+ *   refused a patch, the whole table. Passes never overlap; a request during a pass is folded into the
+ *   next one. After a reconcile that moved only remote endpoints, at most one pass per
+ *   {@link NAMES_PEERS_INTERVAL_MS} (pass-throttle.ts: a burst of remote connects costs a few passes
+ *   per host, not one each).
  * - **Before a new local endpoint is handed back** (a plumb hook: `kvnet network connect` returning,
  *   Docker's CreateEndpoint answered) a pass that includes it has run: its network's listener is open
  *   before the container's first query, and a standalone sandbox has its route to the resolver address.
@@ -36,9 +39,9 @@ import { assessDockerDns, findDockerd, readDockerDnsFacts } from '../docker/dns-
 import { DockerEngine } from '../docker/engine.ts';
 import type { DoctorCheck, DoctorFinding } from '../doctor/report.ts';
 import { DockerSandboxes } from './docker-sandboxes.ts';
-import { buildNameTable, listenersFor, localSandboxes, routeHolder } from './name-table.ts';
+import { listenersFor, localSandboxes, networkRecords, recordPatch, routeHolder, sentRecords, tableShape, type SentRecords } from './name-table.ts';
 import { PassThrottle } from './pass-throttle.ts';
-import { DEFAULT_RESOLVER_ADDRESS, type Names, type NamesContext, type ResolverStatus } from './names.ts';
+import { DEFAULT_RESOLVER_ADDRESS, NAME_TABLE_FORMAT, type Names, type NamesContext, type NameTable, type ResolverStatus } from './names.ts';
 import { defaultResolverCommand, startNames } from './names-client.ts';
 import { ensureSandboxRoute, ensureSandboxRouteByMac, joinStaticRoutes } from './resolver-address.ts';
 
@@ -121,7 +124,8 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
   const sandboxes = new DockerSandboxes(config.stateDir, (err) => logger.warn({ err: err.message }, 'cannot read the Docker sandbox file; starting without it'));
   const netnsOf = (nid: string): string => `${NETNS_DIR}/${overlayNetnsName(config.namePrefix, nid)}`;
 
-  let lastSent = '';
+  /** What the resolver holds: the table's shape and the endpoint maps its records came from. */
+  let sent: { shapeKey: string; records: SentRecords } | undefined;
   /** Standalone sandbox path → `<holder eid> <ifname>` whose route is in place. */
   const routes = new Map<string, string>();
   let stopped = false;
@@ -137,14 +141,31 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     // A Docker endpoint deleted without a Leave (dockerd crashed) is forgotten; its sandbox is normally
     // gone with it, but a surviving sibling gets the route.
     for (const r of sandboxes.prune((eid) => ids.has(eid))) if (r.nextHolder) await moveDockerRoute(view, r.sandbox, r.nextHolder);
-    const table = buildNameTable(view, localSandboxes(view, node.name, (eid) => sandboxes.sandboxOf(eid)));
-    const listeners = listenersFor(table, netnsOf);
-    const key = JSON.stringify([table, listeners]);
+    const shape = tableShape(view, localSandboxes(view, node.name, (eid) => sandboxes.sandboxOf(eid)), node.name);
+    const listeners = listenersFor(shape, netnsOf);
+    const shapeKey = JSON.stringify([shape, listeners]);
     let failed = false;
-    if (key !== lastSent) {
+    // Same networks, sandboxes and listeners as the table the resolver holds: send only the records
+    // that changed (O(changes)); otherwise, or when the patch is refused, the whole table.
+    let whole = shapeKey !== sent?.shapeKey;
+    if (!whole && sent) {
+      const patch = recordPatch(sent.records, view);
+      if (patch.networks.length > 0) {
+        try {
+          await names.patch(patch);
+          sent = { shapeKey, records: sentRecords(view, sent.records.keys()) };
+        } catch (err) {
+          logger.debug({ err: (err as Error).message }, 'resolver refused a patch; sending the whole table');
+          whole = true;
+        }
+      }
+    }
+    if (whole) {
+      const table: NameTable = { format: NAME_TABLE_FORMAT, networks: shape.networks.map((n) => ({ ...n, records: networkRecords(view, n.id) })), sandboxes: shape.sandboxes };
+      sent = undefined;
       try {
         await names.update(table, listeners);
-        lastSent = key;
+        sent = { shapeKey, records: sentRecords(view, shape.networks.map((n) => n.id)) };
       } catch (err) {
         failed = true;
         logger.warn({ err: (err as Error).message }, 'cannot update the kvnet resolver; names answer from its last table meanwhile');
@@ -244,6 +265,11 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
   }
 
   const peersPasses = new PassThrottle(NAMES_PEERS_INTERVAL_MS, () => void sync());
+  // A resolver reconnected to (restarted, or the feed socket dropped) gets the whole table.
+  names.onReconnect(() => {
+    sent = undefined;
+    void sync();
+  });
   ctx.networks.onPlumbed(() => sync());
   // The first table before "agent ready", bounded like a plumb hook: a resolver slow to open many
   // listeners finishes them in the background.

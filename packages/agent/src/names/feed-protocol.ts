@@ -6,28 +6,31 @@
  * |---|---|
  * | `{op:'hello', seq}` | `{op:'hello', seq, pid, startedAt, protocol}` |
  * | `{op:'update', seq, settings, table, listeners}` | `{op:'updated', seq, report}` once the table is in use and every listener is open or failed |
+ * | `{op:'patch', seq, patch}` | `{op:'patched', seq}` once the changed records are in use; an error when the resolver holds no table or not the patch's networks |
  * | `{op:'status', seq}` | `{op:'status', seq, status}` |
  * | `{op:'exit', seq, cleanup}` | `{op:'exiting', seq}`, then the process closes everything and exits |
  * | anything else | `{op:'error', seq, message, code}` |
  */
 
 import type { Socket } from 'node:net';
-import type { NameTable, NamespaceListener, ResolverSettings, ResolverStatus, UpdateReport } from './names.ts';
+import type { NamePatch, NameTable, NamespaceListener, ResolverSettings, ResolverStatus, UpdateReport } from './names.ts';
 
 /** Bumped on any incompatible change; an agent that meets a resolver of another protocol replaces it. */
-export const FEED_PROTOCOL = 1;
+export const FEED_PROTOCOL = 2;
 /** Longest line either side accepts (a table of ~100 000 endpoints). */
 export const MAX_LINE_BYTES = 64 * 1024 * 1024;
 
 export type FeedRequest =
   | { readonly op: 'hello'; readonly seq: number }
   | { readonly op: 'update'; readonly seq: number; readonly settings: ResolverSettings; readonly table: NameTable; readonly listeners: readonly NamespaceListener[] }
+  | { readonly op: 'patch'; readonly seq: number; readonly patch: NamePatch }
   | { readonly op: 'status'; readonly seq: number }
   | { readonly op: 'exit'; readonly seq: number; readonly cleanup: boolean };
 
 export type FeedReply =
   | { readonly op: 'hello'; readonly seq: number; readonly pid: number; readonly startedAt: string; readonly protocol: number }
   | { readonly op: 'updated'; readonly seq: number; readonly report: UpdateReport }
+  | { readonly op: 'patched'; readonly seq: number }
   | { readonly op: 'status'; readonly seq: number; readonly status: ResolverStatus }
   | { readonly op: 'exiting'; readonly seq: number }
   | { readonly op: 'error'; readonly seq?: number; readonly message: string; readonly code: string };

@@ -10,7 +10,8 @@
  */
 
 import { encodeName, ipv4Bytes, ipv6Bytes, ipv6Text, QTYPE, type DnsAnswer, type DnsQuestion } from './dns-codec.ts';
-import { NAME_TTL_S, type NameTable } from './names.ts';
+import { InvalidNameTableError } from './errors.ts';
+import { NAME_TTL_S, type NamePatch, type NameRecord, type NameTable } from './names.ts';
 
 interface Addresses {
   readonly v4: string[];
@@ -41,7 +42,7 @@ interface CompiledSandbox {
 }
 
 export interface CompiledTable {
-  readonly networks: ReadonlyMap<string, CompiledNetwork>;
+  readonly networks: ReadonlyMap<string, NetworkNames>;
   /** `<network id> <source ip>` → sandbox. */
   readonly bySource: ReadonlyMap<string, CompiledSandbox>;
   /** Source address at the host listener → sandbox. */
@@ -71,39 +72,156 @@ function encodable(name: string): boolean {
   }
 }
 
-function add(map: Map<string, Addresses>, name: string, ip: string | undefined, ip6: string | undefined): void {
-  const key = name.toLowerCase();
-  let a = map.get(key);
-  if (!a) map.set(key, (a = { v4: [], v6: [] }));
-  if (ip && !a.v4.includes(ip)) a.v4.push(ip);
-  if (ip6 && !a.v6.includes(ip6)) a.v6.push(ip6);
+/** One record as the lookups need it: lower-cased names, canonical addresses, its PTR target. */
+interface Prepared {
+  /** The record's name as given: records are ordered by it, then by endpoint id (as the table sorts them). */
+  readonly name: string;
+  readonly endpoint: string;
+  readonly key: string;
+  readonly aliases: readonly string[];
+  readonly ip: string | undefined;
+  readonly ip6: string | undefined;
+  /** `<name>.<network>.`, or undefined when it cannot go on the wire. */
+  readonly ptr: string | undefined;
+}
+
+const byRecordOrder = (a: Prepared, b: Prepared): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.endpoint < b.endpoint ? -1 : a.endpoint > b.endpoint ? 1 : 0);
+
+function addTo(index: Map<string, Set<Prepared>>, key: string, p: Prepared): void {
+  let set = index.get(key);
+  if (!set) index.set(key, (set = new Set()));
+  set.add(p);
+}
+
+function removeFrom(index: Map<string, Set<Prepared>>, key: string, p: Prepared): void {
+  const set = index.get(key);
+  if (!set) return;
+  set.delete(p);
+  if (set.size === 0) index.delete(key);
+}
+
+/**
+ * One network's names, kept up to date one record at a time: a put or a removal recomputes only the
+ * names, aliases and addresses that record touches, so a patch of a few records costs the same at 20
+ * and at 50 000 endpoints. The answers are exactly those of compiling the whole record list at once.
+ */
+export class NetworkNames implements CompiledNetwork {
+  readonly name: string;
+  readonly names = new Map<string, Addresses>();
+  readonly aliases = new Map<string, Addresses>();
+  readonly ptr = new Map<string, string>();
+  private readonly records = new Map<string, Prepared>();
+  private readonly byName = new Map<string, Set<Prepared>>();
+  private readonly byAlias = new Map<string, Set<Prepared>>();
+  private readonly byAddress = new Map<string, Set<Prepared>>();
+
+  constructor(
+    readonly id: string,
+    name: string,
+    readonly internal: boolean,
+    records: readonly NameRecord[] = [],
+  ) {
+    this.name = name.toLowerCase();
+    const touched = { names: new Set<string>(), aliases: new Set<string>(), addresses: new Set<string>() };
+    for (const r of records) this.insert(r, touched);
+    this.recompute(touched);
+  }
+
+  get size(): number {
+    return this.records.size;
+  }
+
+  /** Adds or replaces records (by endpoint) and removes endpoints, then recomputes what they touched. */
+  patch(put: readonly NameRecord[], remove: readonly string[]): void {
+    const touched = { names: new Set<string>(), aliases: new Set<string>(), addresses: new Set<string>() };
+    for (const endpoint of remove) this.drop(endpoint, touched);
+    for (const r of put) this.insert(r, touched);
+    this.recompute(touched);
+  }
+
+  private prepare(r: NameRecord): Prepared | undefined {
+    // An endpoint of an IPv6-only network has its IPv6 address in `ip` (layout.ts): it gets AAAA only.
+    const first = canonicalIp(r.ip);
+    const ip = first && !first.includes(':') ? first : undefined;
+    const second = r.ip6 !== undefined ? canonicalIp(r.ip6) : undefined;
+    const ip6 = second && second.includes(':') ? second : first?.includes(':') ? first : undefined;
+    if (!ip && !ip6) return undefined;
+    // A name that cannot go on the wire (a label over 63 bytes: names may be 64 characters) gets no PTR.
+    const target = `${r.name.toLowerCase()}.${this.name}.`;
+    return { name: r.name, endpoint: r.endpoint, key: r.name.toLowerCase(), aliases: r.aliases.map((a) => a.toLowerCase()), ip, ip6, ptr: encodable(target) ? target : undefined };
+  }
+
+  private insert(r: NameRecord, touched: Touched): void {
+    this.drop(r.endpoint, touched);
+    const p = this.prepare(r);
+    if (!p) return;
+    this.records.set(p.endpoint, p);
+    addTo(this.byName, p.key, p);
+    touched.names.add(p.key);
+    for (const a of p.aliases) {
+      addTo(this.byAlias, a, p);
+      touched.aliases.add(a);
+    }
+    for (const ip of [p.ip, p.ip6]) {
+      if (!ip) continue;
+      addTo(this.byAddress, ip, p);
+      touched.addresses.add(ip);
+    }
+  }
+
+  private drop(endpoint: string, touched: Touched): void {
+    const p = this.records.get(endpoint);
+    if (!p) return;
+    this.records.delete(endpoint);
+    removeFrom(this.byName, p.key, p);
+    touched.names.add(p.key);
+    for (const a of p.aliases) {
+      removeFrom(this.byAlias, a, p);
+      touched.aliases.add(a);
+    }
+    for (const ip of [p.ip, p.ip6]) {
+      if (!ip) continue;
+      removeFrom(this.byAddress, ip, p);
+      touched.addresses.add(ip);
+    }
+  }
+
+  private recompute(touched: Touched): void {
+    for (const key of touched.names) setAddresses(this.names, key, this.byName.get(key));
+    for (const key of touched.aliases) setAddresses(this.aliases, key, this.byAlias.get(key));
+    for (const ip of touched.addresses) {
+      // The first record (in record order) with the address and a PTR target answers its PTR.
+      const holders = [...(this.byAddress.get(ip) ?? [])].filter((p) => p.ptr !== undefined).sort(byRecordOrder);
+      if (holders.length > 0) this.ptr.set(ip, holders[0]!.ptr!);
+      else this.ptr.delete(ip);
+    }
+  }
+}
+
+interface Touched {
+  readonly names: Set<string>;
+  readonly aliases: Set<string>;
+  readonly addresses: Set<string>;
+}
+
+/** The addresses of every record holding a name, in record order, each once. */
+function setAddresses(map: Map<string, Addresses>, key: string, holders: ReadonlySet<Prepared> | undefined): void {
+  if (!holders || holders.size === 0) {
+    map.delete(key);
+    return;
+  }
+  const a: Addresses = { v4: [], v6: [] };
+  for (const p of [...holders].sort(byRecordOrder)) {
+    if (p.ip && !a.v4.includes(p.ip)) a.v4.push(p.ip);
+    if (p.ip6 && !a.v6.includes(p.ip6)) a.v6.push(p.ip6);
+  }
+  map.set(key, a);
 }
 
 /** Compiles a table (already validated) for lookups. Records with an unusable address are skipped. */
 export function compileTable(table: NameTable): CompiledTable {
-  const networks = new Map<string, CompiledNetwork>();
-  for (const n of table.networks) {
-    const names = new Map<string, Addresses>();
-    const aliases = new Map<string, Addresses>();
-    const ptr = new Map<string, string>();
-    const netName = n.name.toLowerCase();
-    for (const r of n.records) {
-      // An endpoint of an IPv6-only network has its IPv6 address in `ip` (layout.ts): it gets AAAA only.
-      const first = canonicalIp(r.ip);
-      const ip = first && !first.includes(':') ? first : undefined;
-      const second = r.ip6 !== undefined ? canonicalIp(r.ip6) : undefined;
-      const ip6 = second && second.includes(':') ? second : first?.includes(':') ? first : undefined;
-      if (!ip && !ip6) continue;
-      add(names, r.name, ip, ip6);
-      for (const alias of r.aliases) add(aliases, alias, ip, ip6);
-      // A name that cannot go on the wire (a label over 63 bytes: names may be 64 characters) gets no PTR.
-      const target = `${r.name.toLowerCase()}.${netName}.`;
-      if (!encodable(target)) continue;
-      if (ip && !ptr.has(ip)) ptr.set(ip, target);
-      if (ip6 && !ptr.has(ip6)) ptr.set(ip6, target);
-    }
-    networks.set(n.id, { id: n.id, name: netName, internal: n.internal, names, aliases, ptr });
-  }
+  const networks = new Map<string, NetworkNames>();
+  for (const n of table.networks) networks.set(n.id, new NetworkNames(n.id, n.name, n.internal, n.records));
   const bySource = new Map<string, CompiledSandbox>();
   const byHostSource = new Map<string, CompiledSandbox>();
   for (const s of table.sandboxes) {
@@ -118,6 +236,18 @@ export function compileTable(table: NameTable): CompiledTable {
     }
   }
   return { networks, bySource, byHostSource };
+}
+
+/**
+ * Applies a patch to a compiled table in place: per network, records put (added or replaced by
+ * endpoint) and endpoints removed. A network the table does not have is refused before anything
+ * changes ({@link InvalidNameTableError}): the feeder then sends the whole table.
+ */
+export function patchTable(table: CompiledTable, patch: NamePatch): void {
+  for (const n of patch.networks) {
+    if (!table.networks.has(n.id)) throw new InvalidNameTableError(`name patch: network ${n.id} is not in the table; send the whole table`);
+  }
+  for (const n of patch.networks) table.networks.get(n.id)!.patch(n.put, n.remove);
 }
 
 /**

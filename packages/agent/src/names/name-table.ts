@@ -3,10 +3,10 @@
  * and the checks a resolver process applies to a table it receives.
  */
 
-import type { ClusterView } from '../cluster-view.ts';
+import { allEndpoints, BucketMap, endpointsOfNode, type ClusterView } from '../cluster-view.ts';
 import type { EndpointRecord } from '../layout.ts';
 import { InvalidNameTableError } from './errors.ts';
-import { NAME_TABLE_FORMAT, type LocalSandbox, type NameRecord, type NamespaceListener, type NameTable, type TableNetwork, type TableSandbox } from './names.ts';
+import { NAME_TABLE_FORMAT, type LocalSandbox, type NamePatch, type NameRecord, type NamespaceListener, type NameTable, type TableNetwork, type TableSandbox } from './names.ts';
 
 /** Fields the endpoint record will carry (aliases, IPv6); read when present. */
 type NamedEndpoint = EndpointRecord & { aliases?: unknown; ip6?: unknown };
@@ -32,26 +32,30 @@ function recordOf(e: NamedEndpoint): NameRecord {
  */
 export function localSandboxes(view: ClusterView, node: string, sandboxOf?: (endpointId: string) => string | undefined): LocalSandbox[] {
   const groups = new Map<string, string[]>();
-  for (const byId of view.endpoints.values()) {
-    for (const e of byId.values()) {
-      if (e.node !== node) continue;
-      const key = sandboxOf?.(e.id) ?? e.netns ?? `endpoint:${e.id}`;
-      let list = groups.get(key);
-      if (!list) groups.set(key, (list = []));
-      list.push(e.id);
-    }
+  for (const e of endpointsOfNode(view, node)) {
+    const key = sandboxOf?.(e.id) ?? e.netns ?? `endpoint:${e.id}`;
+    let list = groups.get(key);
+    if (!list) groups.set(key, (list = []));
+    list.push(e.id);
   }
   return [...groups].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([key, endpoints]) => ({ key, endpoints: endpoints.sort() }));
 }
 
+/** A table without its records: which networks, and who asks. What decides whether a patch will do. */
+export interface TableShape {
+  readonly networks: ReadonlyArray<Omit<TableNetwork, 'records'>>;
+  readonly sandboxes: readonly TableSandbox[];
+}
+
 /**
- * Builds the table: every network that a local sandbox is attached to, with every endpoint of it on
- * any host; every sandbox with its networks and source addresses. Endpoints of networks whose record
- * is missing, and sandbox entries naming endpoints not in the view, are left out.
+ * The table's shape: every network that a local sandbox is attached to, every sandbox with its networks
+ * and source addresses. Sandbox entries naming endpoints not in the view, or on networks whose record is
+ * missing, are left out. `node` (the sandboxes' owner) lets it look only at that node's endpoints.
  */
-export function buildNameTable(view: ClusterView, sandboxes: readonly LocalSandbox[]): NameTable {
+export function tableShape(view: ClusterView, sandboxes: readonly LocalSandbox[], node?: string): TableShape {
   const endpointById = new Map<string, NamedEndpoint>();
-  for (const byId of view.endpoints.values()) for (const e of byId.values()) endpointById.set(e.id, e);
+  const candidates = node !== undefined ? endpointsOfNode(view, node) : allEndpoints(view);
+  for (const e of candidates) endpointById.set(e.id, e);
 
   const tableSandboxes: TableSandbox[] = [];
   const wanted = new Set<string>();
@@ -72,24 +76,70 @@ export function buildNameTable(view: ClusterView, sandboxes: readonly LocalSandb
       forward,
     });
   }
-
-  const networks: TableNetwork[] = [];
-  for (const nid of wanted) {
+  const networks = [...wanted].map((nid) => {
     const n = view.networks.get(nid)!;
-    const records = [...(view.endpoints.get(nid)?.values() ?? [])]
-      .map((e) => recordOf(e as NamedEndpoint))
-      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.endpoint < b.endpoint ? -1 : 1));
-    networks.push({ id: n.id, name: n.name, internal: n.internal, records });
-  }
+    return { id: n.id, name: n.name, internal: n.internal };
+  });
   networks.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : 1));
-  return { format: NAME_TABLE_FORMAT, networks, sandboxes: tableSandboxes };
+  return { networks, sandboxes: tableSandboxes };
+}
+
+/** Every endpoint of a network, on any host, as name records (sorted by name, then endpoint). */
+export function networkRecords(view: ClusterView, nid: string): NameRecord[] {
+  return [...(view.endpoints.get(nid)?.values() ?? [])]
+    .map((e) => recordOf(e as NamedEndpoint))
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.endpoint < b.endpoint ? -1 : 1));
+}
+
+/**
+ * Builds the table: every network that a local sandbox is attached to, with every endpoint of it on
+ * any host; every sandbox with its networks and source addresses ({@link tableShape}).
+ */
+export function buildNameTable(view: ClusterView, sandboxes: readonly LocalSandbox[], node?: string): NameTable {
+  const shape = tableShape(view, sandboxes, node);
+  return { format: NAME_TABLE_FORMAT, networks: shape.networks.map((n) => ({ ...n, records: networkRecords(view, n.id) })), sandboxes: shape.sandboxes };
+}
+
+/** A network's endpoint map as a table was built from it; compared by identity, then by record. */
+export type SentRecords = ReadonlyMap<string, ReadonlyMap<string, EndpointRecord> | undefined>;
+
+/** The endpoint maps of `networkIds` in `view`, to compare the next view against ({@link recordPatch}). */
+export function sentRecords(view: ClusterView, networkIds: Iterable<string>): SentRecords {
+  const out = new Map<string, ReadonlyMap<string, EndpointRecord> | undefined>();
+  for (const nid of networkIds) out.set(nid, view.endpoints.get(nid));
+  return out;
+}
+
+/**
+ * What changed in the records of `networkIds` since `sent`: records whose object is not the one sent
+ * (a store event makes a new object), endpoints gone. With the view's {@link BucketMap}s only the
+ * buckets a change copied are looked at, so this is O(changes), not O(endpoints).
+ */
+export function recordPatch(sent: SentRecords, view: ClusterView): NamePatch {
+  const networks: Array<{ id: string; put: NameRecord[]; remove: string[] }> = [];
+  for (const [nid, before] of sent) {
+    const now = view.endpoints.get(nid);
+    if (now === before) continue;
+    const put: NameRecord[] = [];
+    const remove: string[] = [];
+    if (now instanceof BucketMap && before instanceof BucketMap) {
+      const d = now.changesSince(before);
+      for (const e of d.put) put.push(recordOf(e as NamedEndpoint));
+      remove.push(...d.removed);
+    } else {
+      for (const [eid, e] of now ?? []) if (before?.get(eid) !== e) put.push(recordOf(e as NamedEndpoint));
+      for (const eid of before?.keys() ?? []) if (!now?.has(eid)) remove.push(eid);
+    }
+    if (put.length > 0 || remove.length > 0) networks.push({ id: nid, put, remove });
+  }
+  return { networks };
 }
 
 /**
  * One listener per network of the table (each has a local endpoint, hence an overlay namespace here),
  * at the path `netnsOf(network id)` gives (the agent: `/run/netns/` + the data plane's `overlayNetnsName`).
  */
-export function listenersFor(table: NameTable, netnsOf: (networkId: string) => string): NamespaceListener[] {
+export function listenersFor(table: Pick<NameTable, 'networks'> | TableShape, netnsOf: (networkId: string) => string): NamespaceListener[] {
   return table.networks.map((n) => ({ network: n.id, netns: netnsOf(n.id) }));
 }
 
@@ -109,6 +159,10 @@ export function routeHolder(endpoints: readonly Pick<EndpointRecord, 'id' | 'cre
 
 const isString = (v: unknown): v is string => typeof v === 'string';
 const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isString);
+function isNameRecord(r: unknown): boolean {
+  const rec = r as Record<string, unknown> | null;
+  return !!rec && isString(rec.endpoint) && isString(rec.name) && isString(rec.ip) && isStringArray(rec.aliases) && (rec.ip6 === undefined || isString(rec.ip6));
+}
 
 /**
  * Checks a table received from outside the process (the feed socket): shape and types only. Throws
@@ -127,8 +181,7 @@ export function validateNameTable(value: unknown): NameTable {
     const o = n as Record<string, unknown> | null;
     if (!o || !isString(o.id) || !isString(o.name) || typeof o.internal !== 'boolean' || !Array.isArray(o.records)) fail(`networks[${i}]`, 'needs id, name, internal and records');
     (o!.records as unknown[]).forEach((r, j) => {
-      const rec = r as Record<string, unknown> | null;
-      if (!rec || !isString(rec.endpoint) || !isString(rec.name) || !isString(rec.ip) || !isStringArray(rec.aliases) || (rec.ip6 !== undefined && !isString(rec.ip6))) {
+      if (!isNameRecord(r)) {
         fail(`networks[${i}].records[${j}]`, 'needs endpoint, name, aliases (strings), ip and an optional ip6');
       }
     });
@@ -144,4 +197,20 @@ export function validateNameTable(value: unknown): NameTable {
     });
   });
   return value as NameTable;
+}
+
+/** Checks a patch received from outside the process: shape and types only, like {@link validateNameTable}. */
+export function validateNamePatch(value: unknown): NamePatch {
+  const fail = (where: string, what: string): never => {
+    throw new InvalidNameTableError(`name patch: ${where} ${what}`);
+  };
+  if (!value || typeof value !== 'object' || !Array.isArray((value as { networks?: unknown }).networks)) fail('the patch', 'needs a networks list');
+  ((value as { networks: unknown[] }).networks).forEach((n, i) => {
+    const o = n as Record<string, unknown> | null;
+    if (!o || !isString(o.id) || !Array.isArray(o.put) || !isStringArray(o.remove)) fail(`networks[${i}]`, 'needs id, put (records) and remove (endpoint ids)');
+    (o!.put as unknown[]).forEach((r, j) => {
+      if (!isNameRecord(r)) fail(`networks[${i}].put[${j}]`, 'needs endpoint, name, aliases (strings), ip and an optional ip6');
+    });
+  });
+  return value as NamePatch;
 }

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { InvalidConfigError } from '../errors.ts';
 import { InvalidNameTableError, ResolverUnavailableError } from './errors.ts';
 import { FEED_PROTOCOL, LineChannel, type FeedReply, type FeedRequest } from './feed-protocol.ts';
-import { DEFAULT_RESOLVER_SOCKET, type NamespaceListener, type NameTable, type Names, type NamesContext, type ResolverSettings, type ResolverStatus, type UpdateReport } from './names.ts';
+import { DEFAULT_RESOLVER_SOCKET, type NamePatch, type NamespaceListener, type NameTable, type Names, type NamesContext, type ResolverSettings, type ResolverStatus, type UpdateReport } from './names.ts';
 import { EXIT_ALREADY_RUNNING } from './resolver-exit-codes.ts';
 import { checkSettings } from './settings.ts';
 
@@ -78,6 +78,9 @@ class NamesClient implements Names {
   private seq = 0;
   private readonly pending = new Map<number, { resolve: (r: FeedReply) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private last: { table: NameTable; listeners: readonly NamespaceListener[] } | undefined;
+  /** The connection on which {@link last} was accepted: patches apply to it only. */
+  private lastOn: LineChannel | undefined;
+  private readonly reconnectListeners: Array<() => void> = [];
   private connecting: Promise<void> | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectDelay = RECONNECT_FIRST_MS;
@@ -218,7 +221,11 @@ class NamesClient implements Names {
   private async resume(): Promise<void> {
     try {
       await this.ensureConnected();
-      if (this.last && !this.stopped) await this.send(this.last.table, this.last.listeners);
+      if (this.stopped) return;
+      // The feeder knows the current table (the last one sent may have been patched since); without
+      // one, send the last table again.
+      if (this.reconnectListeners.length > 0) for (const l of this.reconnectListeners) l();
+      else if (this.last) await this.send(this.last.table, this.last.listeners);
     } catch (err) {
       this.ctx.logger.warn({ err: (err as Error).message }, 'cannot reach the kvnet resolver; trying again');
       this.scheduleReconnect();
@@ -226,8 +233,11 @@ class NamesClient implements Names {
   }
 
   private async send(table: NameTable, listeners: readonly NamespaceListener[]): Promise<UpdateReport> {
+    const channel = this.channel;
+    this.lastOn = undefined;
     const r = await this.request({ op: 'update', seq: 0, settings: this.settings, table, listeners }, UPDATE_TIMEOUT_MS);
     if (r.op !== 'updated') throw new ResolverUnavailableError(`the kvnet resolver answered update with ${r.op}`);
+    this.lastOn = channel;
     for (const l of r.report.listeners) if (l.state === 'failed') this.ctx.logger.warn({ netns: l.netns, network: l.network, err: l.error }, 'DNS listener failed');
     return r.report;
   }
@@ -237,6 +247,26 @@ class NamesClient implements Names {
     this.last = { table, listeners };
     await this.ensureConnected();
     return this.send(table, listeners);
+  }
+
+  async patch(patch: NamePatch): Promise<void> {
+    if (this.stopped) throw new ResolverUnavailableError('names face stopped');
+    const channel = this.channel;
+    if (!channel || channel.isClosed || channel !== this.lastOn) {
+      throw new ResolverUnavailableError(`the kvnet resolver on ${this.socketPath} does not hold the last table (reconnected since); send the whole table`);
+    }
+    try {
+      const r = await this.request({ op: 'patch', seq: 0, patch }, REQUEST_TIMEOUT_MS);
+      if (r.op !== 'patched') throw new ResolverUnavailableError(`the kvnet resolver answered patch with ${r.op}`);
+    } catch (err) {
+      // What the resolver holds is unknown now: only a whole table may follow.
+      if (this.lastOn === channel) this.lastOn = undefined;
+      throw err;
+    }
+  }
+
+  onReconnect(listener: () => void): void {
+    this.reconnectListeners.push(listener);
   }
 
   async status(): Promise<ResolverStatus> {

@@ -8,6 +8,7 @@
  * const table = buildNameTable(view, localSandboxes(view, node));      // pure
  * const names = await startNames({ logger, socketPath: DEFAULT_RESOLVER_SOCKET });
  * await names.update(table, [{ network: nid, netns: '/run/netns/kvnet-<nid>' }]);
+ * await names.patch(recordPatch(sentRecords(view, [nid]), nextView));  // only what changed
  * await names.stop();        // the resolver process keeps answering from the last table
  * await names.shutdown();    // the resolver process exits (uninstall, tests)
  * ```
@@ -99,13 +100,23 @@ export interface TableSandbox {
 
 /**
  * Everything the resolver answers from: a pure function of the cluster view and the local sandboxes,
- * plain JSON (it crosses a unix socket), rebuilt whole on every change.
+ * plain JSON (it crosses a unix socket). Sent whole when its networks, sandboxes or listeners change,
+ * else patched ({@link NamePatch}).
  */
 export interface NameTable {
   readonly format: typeof NAME_TABLE_FORMAT;
   /** Networks with at least one local endpoint, sorted by name. */
   readonly networks: readonly TableNetwork[];
   readonly sandboxes: readonly TableSandbox[];
+}
+
+/**
+ * What changed in the records of a table already sent, per network: records added or replaced (by
+ * endpoint) and endpoints removed. Networks, sandboxes and listeners are the last table's; when one of
+ * those changes the whole table is sent instead. O(changed records), whatever the size of the table.
+ */
+export interface NamePatch {
+  readonly networks: ReadonlyArray<{ readonly id: string; readonly put: readonly NameRecord[]; readonly remove: readonly string[] }>;
 }
 
 /** An overlay namespace that needs a listener, and the network it belongs to. */
@@ -177,8 +188,10 @@ export interface ResolverStatus {
   readonly pid: number;
   readonly startedAt: string;
   readonly rssMiB: number;
-  /** When the current table arrived (ISO), if any has. */
+  /** When the current table arrived or was last patched (ISO), if any has. */
   readonly tableAt?: string;
+  /** Name records it answers from, over all networks of its table. */
+  readonly records: number;
   readonly listeners: readonly ListenerReport[];
   /** Queries by outcome since start: `answered`, `nodata`, `forwarded`, `refused`, `servfail`, `formerr`, `notimp`, `dropped`. */
   readonly counters: Readonly<Record<string, number>>;
@@ -197,6 +210,15 @@ export interface Names {
    * Rejects with `ResolverUnavailableError` when the resolver process cannot be reached or started.
    */
   update(table: NameTable, listeners: readonly NamespaceListener[]): Promise<UpdateReport>;
+  /**
+   * Changes the records of the table last sent by {@link update}, in use once it resolves. Rejects
+   * (`ResolverUnavailableError`, `InvalidNameTableError`) when the resolver process does not hold that
+   * table — it was restarted or reconnected to since, or refused the patch: send the whole table with
+   * {@link update} then.
+   */
+  patch(patch: NamePatch): Promise<void>;
+  /** Called after the client reconnected to a resolver process on its own (the next pass must send the whole table). */
+  onReconnect(listener: () => void): void;
   status(): Promise<ResolverStatus>;
   /** Disconnects; the resolver process keeps answering from the last table. */
   stop(): Promise<void>;

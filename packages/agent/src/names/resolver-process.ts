@@ -17,8 +17,9 @@ import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { AgentError } from '../errors.ts';
 import { FEED_PROTOCOL, LineChannel, type FeedReply, type FeedRequest } from './feed-protocol.ts';
-import { compileTable } from './name-lookup.ts';
-import { validateNameTable } from './name-table.ts';
+import { compileTable, patchTable, type CompiledTable } from './name-lookup.ts';
+import { validateNamePatch, validateNameTable } from './name-table.ts';
+import { InvalidNameTableError } from './errors.ts';
 import type { ListenerReport, NamespaceListener, ResolverSettings, ResolverStatus } from './names.ts';
 import { HOST_KEY, ListenerSet, type ListenerSpec } from './listeners.ts';
 import { Responder } from './responder.ts';
@@ -85,6 +86,8 @@ export class ResolverProcess {
   private upstreams: UpstreamList = new UpstreamList([], '/etc/resolv.conf', '');
   private settingsKey = '';
   private tableAt: string | undefined;
+  /** The table in use (the responder's), patched in place. */
+  private compiled: CompiledTable | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly startedAt = new Date().toISOString();
   private stopping = false;
@@ -171,6 +174,7 @@ export class ResolverProcess {
       startedAt: this.startedAt,
       rssMiB: Math.round((process.memoryUsage().rss / 1024 / 1024) * 10) / 10,
       ...(this.tableAt ? { tableAt: this.tableAt } : {}),
+      records: [...(this.compiled?.networks.values() ?? [])].reduce((sum, n) => sum + n.size, 0),
       listeners: this.listeners.reports(new Map()),
       counters: this.responder.counters(),
     };
@@ -196,6 +200,10 @@ export class ResolverProcess {
         case 'hello':
           reply({ op: 'hello', seq: req.seq, pid: process.pid, startedAt: this.startedAt, protocol: FEED_PROTOCOL });
           return;
+        case 'patch':
+          this.patch(req.patch);
+          reply({ op: 'patched', seq: req.seq });
+          return;
         case 'status':
           reply({ op: 'status', seq: req.seq, status: this.status() });
           return;
@@ -219,6 +227,14 @@ export class ResolverProcess {
     }
   }
 
+  /** Changes records of the table in use; refused (nothing changed) without a table or for a network it lacks. */
+  private patch(patchIn: unknown): void {
+    const patch = validateNamePatch(patchIn);
+    if (!this.compiled) throw new InvalidNameTableError('name patch: this resolver holds no table yet; send the whole table');
+    patchTable(this.compiled, patch);
+    this.tableAt = new Date().toISOString();
+  }
+
   /** Table first (in use at once), then the listeners. A bad table or bad settings change nothing. */
   private async update(settingsIn: unknown, tableIn: unknown, listenersIn: unknown): Promise<ListenerReport[]> {
     const settings = checkSettings((settingsIn ?? {}) as Record<string, unknown>);
@@ -231,7 +247,8 @@ export class ResolverProcess {
       this.upstreams = new UpstreamList(settings.upstreams.map(parseUpstream), settings.resolvConf, settings.address);
       this.settingsKey = key;
     }
-    this.responder.setTable(compileTable(table));
+    this.compiled = compileTable(table);
+    this.responder.setTable(this.compiled);
     this.tableAt = new Date().toISOString();
     const specs: ListenerSpec[] = (listenersIn as NamespaceListener[]).map((l) => ({ key: l.netns, network: l.network, address: settings.address }));
     if (settings.hostListener) specs.push({ key: HOST_KEY, address: settings.address });

@@ -142,6 +142,15 @@ test.serial('freshness: a removed endpoint stops resolving with the next table, 
   t.deepEqual(addrs(await probes.ca1!.query('newcomer')), ['10.61.0.11']);
   await names.update(tableOf(fx.view()), fx.listeners);
   t.deepEqual(addrs(await probes.ca1!.query('r1')), ['10.61.0.10']);
+  // The same through patches (what the agent sends when only records changed): r1 goes, a newcomer comes, and back.
+  const r1 = { endpoint: 'r1-multi', name: 'r1', aliases: ['web'], ip: '10.61.0.10' };
+  await names.patch({ networks: [{ id: NET.multi.id, put: [{ endpoint: 'new-multi', name: 'newcomer', aliases: ['nc'], ip: '10.61.0.11' }], remove: ['r1-multi'] }] });
+  t.deepEqual(addrs(await probes.ca1!.query('r1')), []);
+  t.deepEqual(addrs(await probes.ca1!.query('newcomer')), ['10.61.0.11']);
+  t.deepEqual(addrs(await probes.ca1!.query('nc')), ['10.61.0.11']);
+  await names.patch({ networks: [{ id: NET.multi.id, put: [r1], remove: ['new-multi'] }] });
+  t.deepEqual(addrs(await probes.ca1!.query('r1')), ['10.61.0.10']);
+  t.deepEqual(addrs(await probes.ca1!.query('newcomer')), []);
 });
 
 test.serial('the feeding side restarts: queries keep being answered, and a new feeder reconnects to the same resolver', async (t) => {

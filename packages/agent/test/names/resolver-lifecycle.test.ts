@@ -11,7 +11,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { InvalidConfigError } from '../../src/errors.ts';
-import { InvalidNameTableError } from '../../src/names/errors.ts';
+import { InvalidNameTableError, ResolverUnavailableError } from '../../src/names/errors.ts';
 import { FEED_PROTOCOL } from '../../src/names/feed-protocol.ts';
 import { NAME_TABLE_FORMAT, type NameTable, type Names, type NamesContext } from '../../src/names/names.ts';
 import { startNames } from '../../src/names/names-client.ts';
@@ -174,4 +174,30 @@ test('a resolver whose socket path is taken over by another exits without removi
   t.true(existsSync(ctx.socketPath!), 'the successor\'s socket is still there');
   t.is((await second.status()).pid, second.resolverPid, 'and answers');
   await second.shutdown();
+});
+
+test('a patch changes the records of the table held; one before any table, for a network it lacks, or after a restart is refused, and the feeder hears of the reconnect', async (t) => {
+  const dir = makeTempDir('names-life');
+  const n = await start(context(dir));
+  let reconnects = 0;
+  n.onReconnect(() => reconnects++);
+  await t.throwsAsync(n.patch({ networks: [{ id: 'n1', put: [], remove: ['e1'] }] }), { instanceOf: ResolverUnavailableError, message: /does not hold the last table/ });
+  await n.update(table('c1'), []);
+  t.is((await n.status()).records, 1);
+  await n.patch({ networks: [{ id: 'n1', put: [{ endpoint: 'e2', name: 'c2', aliases: ['web'], ip: '10.9.0.3' }, { endpoint: 'e3', name: 'c3', aliases: [], ip: '10.9.0.4' }], remove: ['e1'] }] });
+  t.is((await n.status()).records, 2);
+  await t.throwsAsync(n.patch({ networks: [{ id: 'elsewhere', put: [], remove: ['e2'] }] }), { instanceOf: InvalidNameTableError, message: /network elsewhere is not in the table/ });
+  t.is((await n.status()).records, 2, 'nothing of a refused patch applied');
+  await t.throwsAsync(n.patch({ networks: [{ id: 'n1', put: [], remove: ['e2'] }] }), { instanceOf: ResolverUnavailableError }, 'after a refused patch only a whole table may follow');
+  await n.update(table('c1'), []);
+  await n.patch({ networks: [{ id: 'n1', put: [], remove: ['e1'] }] });
+  t.is((await n.status()).records, 0);
+
+  const first = n.resolverPid;
+  process.kill(first, 'SIGKILL');
+  await waitFor('the feeder told of the reconnect', () => reconnects > 0 && n.resolverPid !== first, 15_000, 100);
+  started.add(n.resolverPid);
+  await t.throwsAsync(n.patch({ networks: [{ id: 'n1', put: [], remove: [] }] }), { instanceOf: ResolverUnavailableError }, 'a new resolver holds no table');
+  t.is((await n.status()).records, 0);
+  await n.shutdown();
 });
