@@ -70,6 +70,19 @@ function bucketOf(key: string): number {
   return (h >>> 0) % BUCKETS;
 }
 
+/** Values that changed or appeared (compared by object identity), and keys that went. */
+export interface MapChanges<V> {
+  readonly put: V[];
+  readonly removed: string[];
+}
+
+/** What differs between two maps, added to `out`: values whose object changed or appeared, keys gone. */
+export function mapChanges<V>(before: ReadonlyMap<string, V> | undefined, now: ReadonlyMap<string, V> | undefined, out: MapChanges<V> = { put: [], removed: [] }): MapChanges<V> {
+  if (now) for (const [k, v] of now) if (before?.get(k) !== v) out.put.push(v);
+  if (before) for (const k of before.keys()) if (!now?.has(k)) out.removed.push(k);
+  return out;
+}
+
 /**
  * A read-only map over buckets that later maps share: what a snapshot holds of one network's
  * endpoints. Iteration goes bucket by bucket (not in insertion order).
@@ -101,20 +114,17 @@ export class BucketMap<V> implements ReadonlyMap<string, V> {
   }
 
   /**
-   * What differs from an earlier map of the same draft: values whose object changed or appeared, and
-   * keys gone. Buckets both maps share are skipped, so this costs the changed buckets only.
+   * What differs from an earlier map of the same draft ({@link mapChanges}). Buckets both maps share
+   * are skipped, so this costs the changed buckets only.
    */
-  changesSince(before: BucketMap<V>): { put: V[]; removed: string[] } {
-    const put: V[] = [];
-    const removed: string[] = [];
+  changesSince(before: BucketMap<V>): MapChanges<V> {
+    const out: MapChanges<V> = { put: [], removed: [] };
     for (let i = 0; i < BUCKETS; i++) {
       const a = before.buckets[i];
       const b = this.buckets[i];
-      if (a === b) continue;
-      if (b) for (const [k, v] of b) if (a?.get(k) !== v) put.push(v);
-      if (a) for (const k of a.keys()) if (!b?.has(k)) removed.push(k);
+      if (a !== b) mapChanges(a, b, out);
     }
-    return { put, removed };
+    return out;
   }
 
   [Symbol.iterator](): MapIterator<[string, V]> {

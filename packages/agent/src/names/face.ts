@@ -39,9 +39,9 @@ import { assessDockerDns, findDockerd, readDockerDnsFacts } from '../docker/dns-
 import { DockerEngine } from '../docker/engine.ts';
 import type { DoctorCheck, DoctorFinding } from '../doctor/report.ts';
 import { DockerSandboxes } from './docker-sandboxes.ts';
-import { listenersFor, localSandboxes, networkRecords, recordPatch, routeHolder, sentRecords, tableShape, type SentRecords } from './name-table.ts';
+import { listenersFor, localSandboxes, recordPatch, routeHolder, sentRecords, tableOfShape, tableShape, type SentRecords } from './name-table.ts';
 import { PassThrottle } from './pass-throttle.ts';
-import { DEFAULT_RESOLVER_ADDRESS, NAME_TABLE_FORMAT, type Names, type NamesContext, type NameTable, type ResolverStatus } from './names.ts';
+import { DEFAULT_RESOLVER_ADDRESS, type Names, type NamesContext, type ResolverStatus } from './names.ts';
 import { defaultResolverCommand, startNames } from './names-client.ts';
 import { ensureSandboxRoute, ensureSandboxRouteByMac, joinStaticRoutes } from './resolver-address.ts';
 
@@ -161,7 +161,7 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
       }
     }
     if (whole) {
-      const table: NameTable = { format: NAME_TABLE_FORMAT, networks: shape.networks.map((n) => ({ ...n, records: networkRecords(view, n.id) })), sandboxes: shape.sandboxes };
+      const table = tableOfShape(view, shape);
       sent = undefined;
       try {
         await names.update(table, listeners);

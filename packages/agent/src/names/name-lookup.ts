@@ -156,32 +156,27 @@ export class NetworkNames implements CompiledNetwork {
     const p = this.prepare(r);
     if (!p) return;
     this.records.set(p.endpoint, p);
-    addTo(this.byName, p.key, p);
-    touched.names.add(p.key);
-    for (const a of p.aliases) {
-      addTo(this.byAlias, a, p);
-      touched.aliases.add(a);
-    }
-    for (const ip of [p.ip, p.ip6]) {
-      if (!ip) continue;
-      addTo(this.byAddress, ip, p);
-      touched.addresses.add(ip);
-    }
+    this.index(p, touched, addTo);
   }
 
   private drop(endpoint: string, touched: Touched): void {
     const p = this.records.get(endpoint);
     if (!p) return;
     this.records.delete(endpoint);
-    removeFrom(this.byName, p.key, p);
+    this.index(p, touched, removeFrom);
+  }
+
+  /** Adds a record to (or removes it from) the name, alias and address indexes, noting what it touches. */
+  private index(p: Prepared, touched: Touched, change: (index: Map<string, Set<Prepared>>, key: string, p: Prepared) => void): void {
+    change(this.byName, p.key, p);
     touched.names.add(p.key);
     for (const a of p.aliases) {
-      removeFrom(this.byAlias, a, p);
+      change(this.byAlias, a, p);
       touched.aliases.add(a);
     }
     for (const ip of [p.ip, p.ip6]) {
       if (!ip) continue;
-      removeFrom(this.byAddress, ip, p);
+      change(this.byAddress, ip, p);
       touched.addresses.add(ip);
     }
   }

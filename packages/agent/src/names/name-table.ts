@@ -3,7 +3,7 @@
  * and the checks a resolver process applies to a table it receives.
  */
 
-import { allEndpoints, BucketMap, endpointsOfNode, type ClusterView } from '../cluster-view.ts';
+import { allEndpoints, BucketMap, endpointsOfNode, mapChanges, type ClusterView } from '../cluster-view.ts';
 import type { EndpointRecord } from '../layout.ts';
 import { InvalidNameTableError } from './errors.ts';
 import { NAME_TABLE_FORMAT, type LocalSandbox, type NamePatch, type NameRecord, type NamespaceListener, type NameTable, type TableNetwork, type TableSandbox } from './names.ts';
@@ -96,7 +96,11 @@ export function networkRecords(view: ClusterView, nid: string): NameRecord[] {
  * any host; every sandbox with its networks and source addresses ({@link tableShape}).
  */
 export function buildNameTable(view: ClusterView, sandboxes: readonly LocalSandbox[], node?: string): NameTable {
-  const shape = tableShape(view, sandboxes, node);
+  return tableOfShape(view, tableShape(view, sandboxes, node));
+}
+
+/** A shape with every endpoint of its networks filled in from the view. */
+export function tableOfShape(view: ClusterView, shape: TableShape): NameTable {
   return { format: NAME_TABLE_FORMAT, networks: shape.networks.map((n) => ({ ...n, records: networkRecords(view, n.id) })), sandboxes: shape.sandboxes };
 }
 
@@ -116,20 +120,13 @@ export function sentRecords(view: ClusterView, networkIds: Iterable<string>): Se
  * buckets a change copied are looked at, so this is O(changes), not O(endpoints).
  */
 export function recordPatch(sent: SentRecords, view: ClusterView): NamePatch {
-  const networks: Array<{ id: string; put: NameRecord[]; remove: string[] }> = [];
+  const networks: Array<{ id: string; put: NameRecord[]; remove: readonly string[] }> = [];
   for (const [nid, before] of sent) {
     const now = view.endpoints.get(nid);
     if (now === before) continue;
-    const put: NameRecord[] = [];
-    const remove: string[] = [];
-    if (now instanceof BucketMap && before instanceof BucketMap) {
-      const d = now.changesSince(before);
-      for (const e of d.put) put.push(recordOf(e as NamedEndpoint));
-      remove.push(...d.removed);
-    } else {
-      for (const [eid, e] of now ?? []) if (before?.get(eid) !== e) put.push(recordOf(e as NamedEndpoint));
-      for (const eid of before?.keys() ?? []) if (!now?.has(eid)) remove.push(eid);
-    }
+    const d = now instanceof BucketMap && before instanceof BucketMap ? now.changesSince(before) : mapChanges(before, now);
+    const put = d.put.map((e) => recordOf(e as NamedEndpoint));
+    const remove = d.removed;
     if (put.length > 0 || remove.length > 0) networks.push({ id: nid, put, remove });
   }
   return { networks };
