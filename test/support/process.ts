@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createWriteStream, mkdtempSync, rmSync, readFileSync, existsSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
+import { createSocket } from 'node:dgram';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -54,16 +55,42 @@ export function removeTempDir(dir: string): void {
   tempDirs.delete(dir);
 }
 
-/** A TCP port that was free a moment ago on 127.0.0.1. */
+/** Ports this process has handed out: the kernel may offer a port again once its probe closed it. */
+const handedOut = new Set<number>();
+
+/**
+ * A port that was free a moment ago on `host` for both TCP and UDP (Consul's serf ports take both),
+ * and never one this process handed out before: two calls in a row can otherwise get the same port
+ * (a Consul once refused to start because its serf and server ports were one).
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = await bindTcp(host, 0);
+    if (handedOut.has(port) || !(await udpFree(host, port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(`no free port on ${host} after 100 tries`);
+}
+
+function bindTcp(host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.unref();
     srv.on('error', reject);
-    srv.listen(0, host, () => {
+    srv.listen(port, host, () => {
       const addr = srv.address();
       srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
     });
+  });
+}
+
+function udpFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    sock.unref();
+    sock.once('error', () => resolve(false));
+    sock.bind(port, host, () => sock.close(() => resolve(true)));
   });
 }
 
