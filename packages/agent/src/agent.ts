@@ -129,6 +129,7 @@ export class Agent implements StatusSource {
       const store = (this.store = countingStore(opened, metrics));
       // Faces, IPAM and the record rules fail fast while the store is known to be down (store-guard.ts).
       const health = (this.health = new StoreHealth(store.url));
+      health.onSuspect((error) => logger.warn({ error }, 'a call to the cluster store failed; probing it now to see whether it is down'));
       const guarded = guardStore(store, health);
       const ipam = new Ipam({ store: guarded, logger });
       const records = new Records(guarded, ipam, logger);

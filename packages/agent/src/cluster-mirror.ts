@@ -43,19 +43,29 @@ export interface StoreHealthReport {
   readonly latencyMs?: number;
   /** When the last probe read answered (ISO 8601). */
   readonly lastAnsweredAt?: string;
+  /** A call failed to reach the store with this error and the probe is checking whether it is down. */
+  readonly suspect?: string;
 }
 
-/** Where a failure or success was observed. */
-export type StoreSignal = 'mirror' | 'probe' | 'call';
+/**
+ * Where a failure was observed: a mirror's watch or listing, the probe's read, a call through the
+ * guarded store, or the probe's transaction that tests the write path.
+ */
+export type StoreSignal = 'mirror' | 'probe' | 'call' | 'write-probe';
 
 /**
  * The store's state, from every signal the agent has. Pure bookkeeping (the clock is passed in):
- * - any failure makes it `unavailable` (the time is kept from the first one); while unavailable every
- *   call through the guarded store is refused at once ({@link admits});
+ * - a failure of the agent's own machinery (a mirror, the probe's read or its write transaction)
+ *   makes it `unavailable` (the time is kept from the first one); while unavailable every call
+ *   through the guarded store is refused at once ({@link admits});
+ * - a failed call alone is not an outage: on a loaded store one request can miss its timeout while
+ *   the next answers, and refusing every call after it turned a slow store into a refusing one (a
+ *   burst of 200 connects on 100 hosts). It makes the store {@link suspect}: calls still go through,
+ *   and the probe runs at once, testing the write path; if that fails too, it is an outage;
  * - an outage seen by reads (a probe read or a mirror failed) ends when a read answers again;
- * - an outage seen only by a call (a write that timed out while reads work: the embedded store's
- *   file locked by another process) ends only when the write path answers: meanwhile the probe
- *   ({@link needsWriteProbe}) runs a transaction that changes nothing instead of a plain read;
+ * - an outage seen only by the write path (a write that timed out while reads work: the embedded
+ *   store's file locked by another process) ends only when the write path answers: meanwhile the
+ *   probe ({@link needsWriteProbe}) runs a transaction that changes nothing instead of a plain read;
  * - after an outage it is `resyncing` until every mirror has listed again, then `reachable`.
  */
 export class StoreHealth {
@@ -66,7 +76,9 @@ export class StoreHealth {
   private lastAnsweredAt: number | undefined;
   private mirrorsOk = true;
   private failedOnCall = false;
+  private suspicion: string | undefined;
   private readonly listeners = new Set<(from: StoreState, to: StoreState) => void>();
+  private readonly suspectListeners = new Set<(error: string) => void>();
 
   /** `url` (without credentials) goes into {@link unavailableError}; `now` is the clock. */
   constructor(
@@ -82,13 +94,24 @@ export class StoreHealth {
     return () => this.listeners.delete(listener);
   }
 
+  /** `listener` hears the call failure that made the store {@link suspect} (not the ones after it); returns its removal. */
+  onSuspect(listener: (error: string) => void): () => void {
+    this.suspectListeners.add(listener);
+    return () => this.suspectListeners.delete(listener);
+  }
+
   get current(): StoreState {
     return this.state;
   }
 
-  /** The outage was seen by a call only: the probe must test the write path to see it end. */
+  /** A call failed to reach the store and the probe has not yet said whether the store is down (the call's error). */
+  get suspect(): string | undefined {
+    return this.suspicion;
+  }
+
+  /** A call failed (the store is suspect), or the outage was seen by the write path only: the probe must test the write path. */
   get needsWriteProbe(): boolean {
-    return this.state === 'unavailable' && this.failedOnCall;
+    return this.suspicion !== undefined || (this.state === 'unavailable' && this.failedOnCall);
   }
 
   report(): StoreHealthReport {
@@ -98,15 +121,29 @@ export class StoreHealth {
       ...(this.state !== 'reachable' && this.lastError !== undefined ? { lastError: this.lastError } : {}),
       ...(this.latencyMs !== undefined ? { latencyMs: this.latencyMs } : {}),
       ...(this.lastAnsweredAt !== undefined ? { lastAnsweredAt: new Date(this.lastAnsweredAt).toISOString() } : {}),
+      ...(this.suspicion !== undefined ? { suspect: this.suspicion } : {}),
     };
   }
 
-  /** A failure to reach the store, seen by `source` (`call`: a call through the guarded store, or the write probe). */
+  /**
+   * A failure to reach the store, seen by `source`. A `call` while the store is not already
+   * unavailable only makes it {@link suspect} (and wakes the probe); every other source is an outage.
+   */
   failure(source: StoreSignal, err: unknown): void {
-    const message = err instanceof Error ? err.message : String(err);
-    this.lastError = message.replace(/^cluster store \S+ is unavailable: /, '');
-    if (source !== 'call') this.failedOnCall = false;
-    else if (this.state !== 'unavailable') this.failedOnCall = true;
+    const message = (err instanceof Error ? err.message : String(err)).replace(/^cluster store \S+ is unavailable: /, '');
+    if (source === 'call' && this.state !== 'unavailable') {
+      const first = this.suspicion === undefined;
+      this.suspicion = message;
+      if (first) for (const l of this.suspectListeners) l(message);
+      return;
+    }
+    this.lastError = message;
+    if (source === 'write-probe') {
+      if (this.state !== 'unavailable') this.failedOnCall = true;
+    } else if (source !== 'call') {
+      this.failedOnCall = false;
+    }
+    this.suspicion = undefined;
     this.set('unavailable');
   }
 
@@ -119,6 +156,7 @@ export class StoreHealth {
 
   /** A call (or the write probe) answered: successfully, or with an answer that is not about reachability. */
   callOk(): void {
+    this.suspicion = undefined;
     if (this.state === 'unavailable') this.recovered();
   }
 
@@ -211,30 +249,50 @@ export class ClusterMirror {
     this.probeLoop = this.probe();
   }
 
-  /** Reads this node's record every {@link STORE_PROBE_INTERVAL_MS}; each read is bounded by the store's timeout. */
+  /**
+   * Reads this node's record every {@link STORE_PROBE_INTERVAL_MS}, and at once when a failed call
+   * made the store suspect; each read is bounded by the store's timeout.
+   */
   private async probe(): Promise<void> {
     const signal = this.probeStop.signal;
-    while (!signal.aborted) {
-      await sleep(STORE_PROBE_INTERVAL_MS, signal).catch(() => undefined);
-      if (signal.aborted) return;
-      const t0 = performance.now();
-      const writePath = this.health.needsWriteProbe;
-      try {
-        const key = keys.node(this.opts.node);
-        const rec = await this.opts.store.get(key, { signal });
-        this.health.probeOk(performance.now() - t0);
-        if (writePath) {
-          // A transaction that changes nothing goes the way writes go (the embedded store: its write lock).
-          await this.opts.store.txn([{ op: 'check', key, if: rec ? { revision: rec.revision } : { absent: true } }], { signal });
-          this.health.callOk();
-        }
-      } catch (err) {
+    let wake = new AbortController();
+    const unsubscribe = this.health.onSuspect(() => wake.abort());
+    try {
+      while (!signal.aborted) {
+        // a call that failed while this slept (or while the last probe ran) wakes it
+        if (!wake.signal.aborted) await sleep(STORE_PROBE_INTERVAL_MS, AbortSignal.any([signal, wake.signal])).catch(() => undefined);
+        if (wake.signal.aborted) wake = new AbortController();
         if (signal.aborted) return;
-        if (hasCode(err, 'KVNET_STORE_UNAVAILABLE')) {
-          const first = this.health.current !== 'unavailable';
-          this.health.failure(writePath ? 'call' : 'probe', err);
-          this.opts.onStoreError('probe', err, first);
-        }
+        await this.probeOnce(signal);
+      }
+    } finally {
+      unsubscribe();
+    }
+  }
+
+  private async probeOnce(signal: AbortSignal): Promise<void> {
+    const t0 = performance.now();
+    const writePath = this.health.needsWriteProbe;
+    let writing = false;
+    try {
+      const key = keys.node(this.opts.node);
+      const rec = await this.opts.store.get(key, { signal });
+      this.health.probeOk(performance.now() - t0);
+      if (writePath) {
+        // A transaction that changes nothing goes the way writes go (the embedded store: its write lock).
+        writing = true;
+        await this.opts.store.txn([{ op: 'check', key, if: rec ? { revision: rec.revision } : { absent: true } }], { signal });
+        this.health.callOk();
+      }
+    } catch (err) {
+      if (signal.aborted) return;
+      if (hasCode(err, 'KVNET_STORE_UNAVAILABLE')) {
+        const first = this.health.current !== 'unavailable';
+        this.health.failure(writing ? 'write-probe' : 'probe', err);
+        this.opts.onStoreError('probe', err, first);
+      } else if (writePath) {
+        // an answer that is not about reachability (a refused check) still says the write path works
+        this.health.callOk();
       }
     }
   }

@@ -4,8 +4,10 @@
  * while {@link StoreHealth} says `unavailable`, every call is refused at once with the same
  * `StoreUnavailableError` (`cluster store etcd://… is unavailable: unreachable since … (12 s); last
  * error: …`) instead of each one waiting for the store's full timeout. Every call's outcome is
- * reported back, so a timed-out write marks the store unavailable and a call that answers ends the
- * outage. Membership and the mirrors use the raw store: they are how the agent notices the store is back.
+ * reported back: a call that found no store makes it suspect and the mirror's probe checks at once
+ * (one timed-out call on a loaded store is not an outage; the probe failing too is), and a call that
+ * answers ends a suspicion or an outage. Membership and the mirrors use the raw store: they are how
+ * the agent notices the store is back.
  */
 
 import { hasCode, type KVStore } from '@kvnet/store';
