@@ -116,7 +116,7 @@ export interface ClusterOptions {
   /** Node flags before the agent's entry for a host (e.g. `--cpu-prof` on one agent). */
   readonly nodeArgsFor?: (node: string) => readonly string[] | undefined;
   /** Options of the KV server (server backends), e.g. `prometheus` for Consul's cumulative counters. */
-  readonly serverOptions?: Pick<ServerOptions, 'prometheus'>;
+  readonly serverOptions?: Pick<ServerOptions, 'prometheus' | 'nice'>;
   /** Progress lines (default: none). */
   readonly progress?: (msg: string) => void;
 }
