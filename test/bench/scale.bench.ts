@@ -672,7 +672,9 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     const idleAgentRate = counterDelta(idleAgents0, idleAgents1);
     const idleServerRate = counterDelta(idleServer0, idleServer1);
     const idleCpuPerS = (hosts.reduce((s, h) => s + idleRate.get(h.node)!, 0) / n) * 1000;
-    progress(`  idle CPU per agent: ${round1(idleCpuPerS)} ms/s`);
+    const idleOwnPerS = (hosts.reduce((s, h) => s + ownDelta(idle0, idle1, h.node) / idleSpan, 0) / n) * 1000;
+    const idleResolverPerS = (hosts.reduce((s, h) => s + resolverDelta(idle0, idle1, h.node) / idleSpan, 0) / n) * 1000;
+    progress(`  idle CPU per agent: ${round1(idleCpuPerS)} ms/s (the Node process itself ${round1(idleOwnPerS)}, its resolver ${round1(idleResolverPerS)})`);
     const busy = (a: CpuSnapshot, b: CpuSnapshot, node: string): number => cpuDelta(a, b, node) - idleRate.get(node)! * (b.at - a.at);
 
     // ---- net_visible
@@ -910,6 +912,8 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
       nonmember_cpu_ms_per_event: round2(nonMemberCpu),
       local_connect_cpu_ms: round1(percentile(localCpu, 50)),
       agent_idle_cpu_ms_per_s: round1(idleCpuPerS),
+      agent_own_idle_cpu_ms_per_s: round1(idleOwnPerS),
+      resolver_idle_cpu_ms_per_s: round1(idleResolverPerS),
       store_ops_per_join: joinAgents ? round1(perJoin(joinAgents, idleAgentRate, 'reads') + perJoin(joinAgents, idleAgentRate, 'writes')) : round1(perJoin(joinServer, idleServerRate, 'reads') + perJoin(joinServer, idleServerRate, 'writes')),
       store_reads_per_join: perJoin(joinAgents, idleAgentRate, 'reads'),
       store_writes_per_join: perJoin(joinAgents, idleAgentRate, 'writes'),
@@ -980,7 +984,7 @@ async function main(): Promise<void> {
       'burst_programmed_p50_ms', 'burst_programmed_p99_ms', 'burst_unreachable', 'burst_connect_retries', 'burst_failed_connects', 'agent_rss_mib', 'agent_rss_mean_mib', 'agent_children_rss_mib',
       'agent_cpu_ms_per_event', 'agent_cpu_ms_per_event_p50', 'agent_cpu_ms_per_event_max', 'agent_own_cpu_ms_per_event', 'agent_own_cpu_ms_per_event_p50', 'agent_cpu_ms_per_burst_event', 'agent_cpu_ms_per_fill_event', 'nonmember_cpu_ms_per_event',
       'dns', 'resolver_rss_mib', 'resolver_cpu_ms_per_event', 'resolver_cpu_ms_per_burst_event',
-      'local_connect_cpu_ms', 'agent_idle_cpu_ms_per_s', 'store_ops_per_join', 'store_reads_per_join', 'store_writes_per_join', 'store_watch_events_per_join',
+      'local_connect_cpu_ms', 'agent_idle_cpu_ms_per_s', 'agent_own_idle_cpu_ms_per_s', 'resolver_idle_cpu_ms_per_s', 'store_ops_per_join', 'store_reads_per_join', 'store_writes_per_join', 'store_watch_events_per_join',
       'server_reads_per_join', 'server_writes_per_join', 'server_watch_events_per_join', 'burst_reads_per_connect', 'burst_writes_per_connect', 'fill_ms',
       'load1_start', 'load1_end',
     ],

@@ -54,8 +54,11 @@ export const CLI_MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
  * How agents are run: from the TypeScript sources through tsx (default), or, with
  * `KVNET_AGENT_BUNDLE=path/to/kvnet.mjs` (made by `npm run build`), from the bundle a deployment runs.
  */
-/** The Node flags `dist/kvnet` (written by scripts/build.mjs) runs the bundle with. */
-const BUNDLE_NODE_FLAGS = ['--max-semi-space-size=1'];
+/**
+ * The Node flags `dist/kvnet` (written by scripts/build.mjs) runs the bundle with; `KVNET_TEST_NODE_FLAGS`
+ * (space-separated) replaces them, to compare flags in a benchmark (docs/scale.md: the semi-space size).
+ */
+const BUNDLE_NODE_FLAGS = (process.env.KVNET_TEST_NODE_FLAGS ?? '--max-semi-space-size=1').split(' ').filter(Boolean);
 export function agentEntry(): string[] {
   const bundle = process.env.KVNET_AGENT_BUNDLE;
   if (bundle) {
