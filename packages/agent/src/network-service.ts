@@ -376,9 +376,14 @@ export class NetworkService {
       if (net.deleting) throw new NetworkInUseError(`network ${net.name} is being removed`);
       const eid = newId();
       const name = input.name ?? eid.slice(0, 12);
+      const holder = await store.get(keys.epname(net.id, name));
+      if (holder) {
+        const repeated = input.name !== undefined ? await this.repeatedConnect(net, input, opts.cni, decodeText(holder.value)) : undefined;
+        if (repeated) return repeated;
+        throw new NameConflictError(`endpoint with name ${name} already exists in network ${net.name}`);
+      }
       const ifname = this.chooseIfname(net, input);
       const log = logger.child({ nid: net.id, eid, network: net.name, endpoint: name });
-      if (await store.get(keys.epname(net.id, name))) throw new NameConflictError(`endpoint with name ${name} already exists in network ${net.name}`);
       const pool4 = networkPool(net, 4);
       const pool6 = networkPool(net, 6);
       if (input.ip !== undefined) checkRequestedAddress(net, 'ip', input.ip, pool4);
@@ -413,15 +418,51 @@ export class NetworkService {
         continue;
       }
       log.info({ address: record.address, address6: record.address6, netns: record.netns }, 'endpoint created');
-      const mine = await this.plumb(record, { network: false });
-      if (mine) {
-        log.warn({ err: mine }, 'endpoint could not be plumbed; removing it again');
-        await records.deleteEndpoint(record, { poolId: net.poolId, poolId6: net.poolId6 }).catch((err) => log.error({ err }, 'could not roll back the endpoint'));
-        await this.ctx.reconciler.reconcileNow();
-        throw mine.kind === 'invalid' || mine.code === 'KVNET_DATAPLANE_SANDBOX_NOT_FOUND' || mine.kind === 'conflict' ? new InvalidInputError(mine.message) : new PlumbingError(mine.message);
-      }
-      return toEndpointView(record);
+      return this.plumbOrRollBack(net, record, log);
     }
+  }
+
+  /** Plumbs a stored endpoint; when that fails, removes it again and throws what the data plane said. */
+  private async plumbOrRollBack(net: NetworkRecord, record: EndpointRecord, log: CoreContext['logger']): Promise<EndpointView> {
+    const mine = await this.plumb(record, { network: false });
+    if (mine) {
+      log.warn({ err: mine }, 'endpoint could not be plumbed; removing it again');
+      await this.ctx.records.deleteEndpoint(record, { poolId: net.poolId, poolId6: net.poolId6 }).catch((err) => log.error({ err }, 'could not roll back the endpoint'));
+      await this.ctx.reconciler.reconcileNow();
+      throw mine.kind === 'invalid' || mine.code === 'KVNET_DATAPLANE_SANDBOX_NOT_FOUND' || mine.kind === 'conflict' ? new InvalidInputError(mine.message) : new PlumbingError(mine.message);
+    }
+    return toEndpointView(record);
+  }
+
+  /**
+   * A connect repeated with the same request — same name, sandbox, interface, addresses, aliases and
+   * CNI attachment, on this host — after the first one's outcome was unknown to its caller (the store
+   * did not answer in time, but the endpoint was written; the caller tried again): the endpoint that
+   * exists is the answer, plumbed, instead of "name already exists". Anything that differs is left
+   * to the usual name conflict.
+   */
+  private async repeatedConnect(net: NetworkRecord, input: ConnectInput, cni: CniAttachmentRef | undefined, holder: string): Promise<EndpointView | undefined> {
+    const { store, node, logger } = this.ctx;
+    const entry = await store.get(keys.endpoint(net.id, holder));
+    if (!entry) return undefined;
+    const ep = decodeRecord<EndpointRecord>(entry.value, entry.key);
+    const sameSet = (a: readonly string[] | undefined, b: readonly string[] | undefined): boolean => {
+      const x = new Set(a ?? []);
+      const y = new Set((b ?? []).filter((n) => n !== ep.name));
+      return x.size === y.size && [...x].every((v) => y.has(v));
+    };
+    const same =
+      ep.node === node.name &&
+      ep.netns === input.netns &&
+      (input.ifname === undefined || (ep.ifname ?? DEFAULT_IFNAME) === input.ifname) &&
+      (input.ip === undefined || ep.ip === input.ip) &&
+      (input.ip6 === undefined || ep.ip6 === input.ip6) &&
+      sameSet(ep.aliases, input.aliases) &&
+      JSON.stringify(ep.cni ?? null) === JSON.stringify(cni ?? null);
+    if (!same) return undefined;
+    const log = logger.child({ nid: net.id, eid: ep.id, network: net.name, endpoint: ep.name });
+    log.info({ address: ep.address, netns: ep.netns }, 'connect repeated: the endpoint exists already (an earlier try wrote it); answering with it');
+    return this.plumbOrRollBack(net, ep, log);
   }
 
   /**

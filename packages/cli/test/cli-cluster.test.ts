@@ -104,6 +104,23 @@ rt('network created on h1 is listed on h2; containers on both hosts ping each ot
   t.deepEqual(net!.endpoints.map((e) => `${e.name}@${e.node}`), ['c1@h1', 'c2@h2']);
 });
 
+rt('a connect repeated with the same request answers with the endpoint it made (a retry after an unknown outcome); the same name with anything else is a conflict', async (t) => {
+  const first = JSON.parse((await kvnet(1, 'network', 'inspect', 'multi')).stdout)[0].endpoints.find((e: { name: string }) => e.name === 'c2') as { id: string };
+  const again = await kvnet(1, 'network', 'connect', 'multi', '--netns', c2.path, '--name', 'c2', '--ip', '10.77.1.50');
+  t.is(again.code, 0, again.stderr);
+  const ep = JSON.parse(again.stdout) as { id: string; ip: string; mac: string; node: string };
+  t.deepEqual([ep.id, ep.ip, ep.mac, ep.node], [first.id, '10.77.1.50', '02:42:0a:4d:01:32', 'h2'], 'the same endpoint, not a second one');
+  const otherIp = await kvnet(1, 'network', 'connect', 'multi', '--netns', c2.path, '--name', 'c2', '--ip', '10.77.1.51');
+  t.is(otherIp.code, 1);
+  t.is(otherIp.stderr.trim(), 'kvnet: endpoint with name c2 already exists in network multi');
+  const otherHost = await kvnet(0, 'network', 'connect', 'multi', '--netns', c2.path, '--name', 'c2');
+  t.is(otherHost.code, 1, 'another host\'s agent does not take it for its own');
+  t.is(otherHost.stderr.trim(), 'kvnet: endpoint with name c2 already exists in network multi');
+  const net = JSON.parse((await kvnet(1, 'network', 'inspect', 'multi')).stdout)[0] as { endpoints: Array<{ name: string }> };
+  t.deepEqual(net.endpoints.map((e) => e.name).sort(), ['c1', 'c2']);
+  t.true(await sim!.ping(c1.name, '10.77.1.50', { tries: 20 }), 'c1 → c2 still');
+});
+
 rt('bad input gets a clear error, a non-zero exit, and changes nothing', async (t) => {
   const dupName = await kvnet(1, 'network', 'create', 'multi');
   t.is(dupName.code, 1);
