@@ -126,6 +126,12 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
 
   /** What the resolver holds: the table's shape and the endpoint maps its records came from. */
   let sent: { shapeKey: string; records: SentRecords } | undefined;
+  /**
+   * Something other than remote endpoints may have changed since the last pass (a network record, a
+   * local endpoint, a Docker sandbox, a resolver restart, a retry): the next pass works out the table's
+   * shape and the sandboxes' routes again. Clear: only the records can differ, and a pass is just the patch.
+   */
+  let shapeDirty = true;
   /** Standalone sandbox path → `<holder eid> <ifname>` whose route is in place. */
   const routes = new Map<string, string>();
   let stopped = false;
@@ -136,6 +142,22 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
 
   async function pass(): Promise<void> {
     const view = ctx.cluster.view();
+    if (!shapeDirty && sent) {
+      // Only remote endpoints changed since the last pass (a peers-only reconcile): same networks,
+      // sandboxes and routes. The patch alone, O(changes) — also nothing at all for a network that no
+      // local sandbox uses, where working the shape out again cost more than the event itself.
+      const patch = recordPatch(sent.records, view);
+      if (patch.networks.length === 0) return;
+      try {
+        await names.patch(patch);
+        sent = { shapeKey: sent.shapeKey, records: sentRecords(view, sent.records.keys()) };
+        return;
+      } catch (err) {
+        logger.debug({ err: (err as Error).message }, 'resolver refused a patch; sending the whole table');
+        sent = undefined;
+      }
+    }
+    shapeDirty = false;
     const local = localEndpoints(view);
     const ids = new Set(local.map((e) => e.id));
     // A Docker endpoint deleted without a Leave (dockerd crashed) is forgotten; its sandbox is normally
@@ -229,9 +251,13 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
   let started = 0;
   let waiters: Array<{ gen: number; resolve: () => void }> = [];
 
-  /** Resolves after a pass that started after this call (passes never overlap; requests meanwhile share the next one). */
-  function sync(): Promise<void> {
+  /**
+   * Resolves after a pass that started after this call (passes never overlap; requests meanwhile share
+   * the next one). `peersOnly`: the caller knows only remote endpoints changed (the shape stays clean).
+   */
+  function sync(peersOnly = false): Promise<void> {
     if (stopped) return Promise.resolve();
+    if (!peersOnly) shapeDirty = true;
     const gen = ++requested;
     const done = new Promise<void>((resolve) => waiters.push({ gen, resolve }));
     kick();
@@ -264,7 +290,7 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     for (const w of waiters.splice(0)) w.resolve();
   }
 
-  const peersPasses = new PassThrottle(NAMES_PEERS_INTERVAL_MS, () => void sync());
+  const peersPasses = new PassThrottle(NAMES_PEERS_INTERVAL_MS, () => void sync(true));
   // A resolver reconnected to (restarted, or the feed socket dropped) gets the whole table.
   names.onReconnect(() => {
     sent = undefined;
