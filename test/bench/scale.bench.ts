@@ -839,7 +839,8 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     const burstEps = attempts.filter((a): a is NonNullable<typeof a> => a !== undefined);
     const connectsMs = Date.now() - tb0;
     if (burstFailures.length > 0) {
-      progress(`  burst: ${burstFailures.length} of ${o.burst} connects failed after their retries; the first: ${burstFailures.slice(0, 3).join(' | ')}`);
+      progress(`  burst: ${burstFailures.length} of ${o.burst} connects failed after their retries:`);
+      for (const f of burstFailures) progress(`    ${f}`);
     }
     if (burstEps.length === 0) throw new Error(`every burst connect failed: ${burstFailures.slice(0, 3).join(' | ')}`);
     const deadline = Date.now() + PROGRAMMED_TIMEOUT_MS;
