@@ -140,23 +140,30 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
 
   const localEndpoints = (view: ClusterView): EndpointRecord[] => endpointsOfNode(view, node.name);
 
+  /**
+   * Sends the resolver the records that changed since `sent` (O(changes); nothing when none did).
+   * False when it refused the patch (`sent` is then cleared): the caller sends the whole table.
+   */
+  async function sendPatch(view: ClusterView, held: NonNullable<typeof sent>): Promise<boolean> {
+    const patch = recordPatch(held.records, view);
+    if (patch.networks.length === 0) return true;
+    try {
+      await names.patch(patch);
+      sent = { shapeKey: held.shapeKey, records: sentRecords(view, held.records.keys()) };
+      return true;
+    } catch (err) {
+      logger.debug({ err: (err as Error).message }, 'resolver refused a patch; sending the whole table');
+      sent = undefined;
+      return false;
+    }
+  }
+
   async function pass(): Promise<void> {
     const view = ctx.cluster.view();
-    if (!shapeDirty && sent) {
-      // Only remote endpoints changed since the last pass (a peers-only reconcile): same networks,
-      // sandboxes and routes. The patch alone, O(changes) — also nothing at all for a network that no
-      // local sandbox uses, where working the shape out again cost more than the event itself.
-      const patch = recordPatch(sent.records, view);
-      if (patch.networks.length === 0) return;
-      try {
-        await names.patch(patch);
-        sent = { shapeKey: sent.shapeKey, records: sentRecords(view, sent.records.keys()) };
-        return;
-      } catch (err) {
-        logger.debug({ err: (err as Error).message }, 'resolver refused a patch; sending the whole table');
-        sent = undefined;
-      }
-    }
+    // Only remote endpoints changed since the last pass (a peers-only reconcile): same networks,
+    // sandboxes and routes. The patch alone — also nothing at all for a network that no local sandbox
+    // uses, where working the shape out again cost more than the event itself.
+    if (!shapeDirty && sent && (await sendPatch(view, sent))) return;
     shapeDirty = false;
     const local = localEndpoints(view);
     const ids = new Set(local.map((e) => e.id));
@@ -169,19 +176,7 @@ export async function startNamesFace(ctx: AgentContext, options: NamesFaceOption
     let failed = false;
     // Same networks, sandboxes and listeners as the table the resolver holds: send only the records
     // that changed (O(changes)); otherwise, or when the patch is refused, the whole table.
-    let whole = shapeKey !== sent?.shapeKey;
-    if (!whole && sent) {
-      const patch = recordPatch(sent.records, view);
-      if (patch.networks.length > 0) {
-        try {
-          await names.patch(patch);
-          sent = { shapeKey, records: sentRecords(view, sent.records.keys()) };
-        } catch (err) {
-          logger.debug({ err: (err as Error).message }, 'resolver refused a patch; sending the whole table');
-          whole = true;
-        }
-      }
-    }
+    const whole = !sent || shapeKey !== sent.shapeKey || !(await sendPatch(view, sent));
     if (whole) {
       const table = tableOfShape(view, shape);
       sent = undefined;
