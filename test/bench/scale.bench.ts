@@ -40,7 +40,8 @@
  *   (`kvnet_store_requests_total`, `kvnet_store_watch_events_total`: summed over every agent) where the
  *   bundle has them, and from the server (etcd `/metrics`: Range / Txn+Put+DeleteRange RPCs and
  *   watch events sent; Consul's Prometheus counters: KV and txn HTTP calls), idle rates subtracted;
- * - agent RSS (largest and mean VmRSS) at the end;
+ * - agent RSS (largest and mean VmRSS) at the end, and the largest private part of it (RssAnon:
+ *   VmRSS less the node binary's and libraries' pages, which every Node process on a host shares);
  * - each host's DNS resolver process (the names face's; the agent starts it detached, in a session of
  *   its own, but it stays the agent's child, so agent_cpu_* and agent_children_rss include it): its
  *   CPU alone in the same windows as the agent's (resolver_cpu_*), and its RSS. `--dns off` runs the agents with `--dns-address off` (no names face, no resolver), to see
@@ -60,6 +61,7 @@ import { join } from 'node:path';
 import { resolverSocketFor } from '../../packages/agent/src/config.ts';
 import { Cluster, mapLimit, sleep, type ClusterBackend, type ClusterHost, type Container, type Endpoint } from '../support/cluster.ts';
 import { REPO_ROOT, run } from '../support/process.ts';
+import { childrenRssMib, cpuOf, rssAnonMib, rssMib, statCpu, type Cpu } from './proc-cpu.ts';
 import { printRows, runBench } from './report.ts';
 
 const DEFAULT_BACKENDS: ClusterBackend[] = ['etcd'];
@@ -194,85 +196,7 @@ async function waitForQuiet(limit: number): Promise<string> {
   }
 }
 
-// ---------------------------------------------------------------- CPU and memory from /proc
-
-const CLK_TCK = 100; // USER_HZ on Linux (getconf CLK_TCK)
-
-/** CPU of a process in ms: its own (user+system) and that of its waited-for children (the `ip`/`bridge` runs). */
-interface Cpu {
-  readonly self: number;
-  readonly children: number;
-}
-
-/**
- * A process's CPU in ms: its own (every thread's run time from schedstat, in nanoseconds: the 10 ms
- * ticks of stat would quantise a 1 ms event) and its waited-for children's (cutime+cstime, ticks:
- * that is all the kernel keeps of them).
- */
-function statCpu(pid: number): Cpu {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = (i: number): number => (Number(f[i]) * 1000) / CLK_TCK;
-  let ns = 0;
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // the thread ended: its time is gone from the sum (a thread pool's worker, rarely)
-    }
-  }
-  return { self: ns / 1e6, children: ticks(13) + ticks(14) };
-}
-
-/** The live children of a process (the agent's long-lived ip/bridge batch processes among them). */
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  try {
-    for (const task of readdirSync(`/proc/${pid}/task`)) {
-      for (const c of readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ')) if (c.trim()) out.push(Number(c));
-    }
-  } catch {
-    // gone
-  }
-  return out;
-}
-
-/**
- * An agent's CPU: its own, that of the processes it ran and waited for, and that of its live children
- * (a long-lived batch process's time reaches the parent's counters only when it ends).
- */
-function cpuOf(pid: number | undefined): Cpu {
-  if (!pid) return { self: 0, children: 0 };
-  try {
-    const own = statCpu(pid);
-    let live = 0;
-    for (const c of childrenOf(pid)) {
-      try {
-        const x = statCpu(c);
-        live += x.self + x.children;
-      } catch {
-        // ended meanwhile: its time is in `own.children` at the next reading
-      }
-    }
-    return { self: own.self, children: own.children + live };
-  } catch {
-    return { self: 0, children: 0 };
-  }
-}
-
-/** VmRSS in MiB of a process's live children. */
-function childrenRssMib(pid: number | undefined): number {
-  if (!pid) return 0;
-  let kib = 0;
-  for (const c of childrenOf(pid)) {
-    try {
-      kib += Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${c}/status`, 'utf8'))?.[1] ?? 0);
-    } catch {
-      // gone
-    }
-  }
-  return kib / 1024;
-}
+// ---------------------------------------------------------------- CPU and memory
 
 /**
  * Each host's DNS resolver process (the names face's; started detached by the agent, it is still its
@@ -295,15 +219,6 @@ function resolverPids(c: Cluster): Map<string, number> {
   return out;
 }
 
-function rssMib(pid: number | undefined): number | undefined {
-  if (!pid) return undefined;
-  try {
-    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Per host: the agent's CPU (with its children's) and its resolver's, at one moment. */
 type CpuSnapshot = { at: number; cpu: Map<string, Cpu>; resolver: Map<string, number> };
@@ -871,6 +786,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     progress(`  burst: connects returned after ${connectsMs} ms, all ${burstEps.length} programmed everywhere after ${burstTotalMs} ms; ${unreachable} unreachable in ${pingers.length} × ping; ${burstFailures.length} failed`);
 
     const rss = hosts.map((h) => c.agentRssMib(h)).filter((x): x is number => x !== undefined);
+    const rssAnon = hosts.map((h) => rssAnonMib(h.agent?.child.pid)).filter((x): x is number => x !== undefined);
     const childRss = hosts.map((h) => childrenRssMib(h.agent?.child.pid));
     const resolverRss = [...resolvers.values()].map((pid) => rssMib(pid)).filter((x): x is number => x !== undefined);
     const row: Record<string, number | string> = {
@@ -898,6 +814,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
       burst_failed_connects: burstFailures.length,
       agent_rss_mib: round1(Math.max(...rss)),
       agent_rss_mean_mib: round1(rss.reduce((a, b) => a + b, 0) / rss.length),
+      agent_rss_anon_mib: round1(Math.max(...rssAnon)),
       agent_children_rss_mib: round1(Math.max(...childRss)),
       agent_cpu_ms_per_event: round2(remoteCpu / remoteEvents),
       agent_cpu_ms_per_event_p50: round2(percentile(remoteSamples, 50)),
@@ -982,7 +899,7 @@ async function main(): Promise<void> {
     columns: [
       'agents', 'backend', 'hosts', 'endpoints', 'net_visible_p50_ms', 'net_visible_p99_ms', 'join_connect_p50_ms', 'join_reachable_p50_ms', 'join_reachable_p99_ms',
       'probe_floor_p50_ms', 'probe_floor_p99_ms', 'join_programmed_p50_ms', 'join_programmed_p99_ms', 'burst', 'burst_connects_ms', 'burst_total_ms',
-      'burst_programmed_p50_ms', 'burst_programmed_p99_ms', 'burst_unreachable', 'burst_connect_retries', 'burst_failed_connects', 'agent_rss_mib', 'agent_rss_mean_mib', 'agent_children_rss_mib',
+      'burst_programmed_p50_ms', 'burst_programmed_p99_ms', 'burst_unreachable', 'burst_connect_retries', 'burst_failed_connects', 'agent_rss_mib', 'agent_rss_mean_mib', 'agent_rss_anon_mib', 'agent_children_rss_mib',
       'agent_cpu_ms_per_event', 'agent_cpu_ms_per_event_p50', 'agent_cpu_ms_per_event_max', 'agent_own_cpu_ms_per_event', 'agent_own_cpu_ms_per_event_p50', 'agent_cpu_ms_per_burst_event', 'agent_cpu_ms_per_fill_event', 'nonmember_cpu_ms_per_event',
       'dns', 'resolver_rss_mib', 'resolver_cpu_ms_per_event', 'resolver_cpu_ms_per_burst_event',
       'local_connect_cpu_ms', 'agent_idle_cpu_ms_per_s', 'agent_own_idle_cpu_ms_per_s', 'resolver_idle_cpu_ms_per_s', 'store_ops_per_join', 'store_reads_per_join', 'store_writes_per_join', 'store_watch_events_per_join',

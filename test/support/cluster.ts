@@ -58,12 +58,13 @@ export const CLI_MAIN = join(REPO_ROOT, 'packages/cli/src/main.ts');
  * The Node flags `dist/kvnet` (written by scripts/build.mjs) runs the bundle with; `KVNET_TEST_NODE_FLAGS`
  * (space-separated) replaces them, to compare flags in a benchmark (docs/scale.md: the semi-space size).
  */
-const BUNDLE_NODE_FLAGS = (process.env.KVNET_TEST_NODE_FLAGS ?? '--max-semi-space-size=1').split(' ').filter(Boolean);
 export function agentEntry(): string[] {
   const bundle = process.env.KVNET_AGENT_BUNDLE;
   if (bundle) {
     if (!existsSync(bundle)) throw new Error(`KVNET_AGENT_BUNDLE=${bundle} does not exist: run npm run build`);
-    return [...BUNDLE_NODE_FLAGS, bundle];
+    // read at each start: a benchmark may give some agents other flags (events.bench.ts --before-env)
+    const flags = (process.env.KVNET_TEST_NODE_FLAGS ?? '--max-semi-space-size=1').split(' ').filter(Boolean);
+    return [...flags, bundle];
   }
   return ['--import', 'tsx', CLI_MAIN];
 }
@@ -151,6 +152,8 @@ export type Network = NetworkView;
 export interface StoreSession {
   list(prefix?: string): Promise<{ key: string; value: string }[]>;
   delete(key: string): Promise<boolean>;
+  /** Writes `value` (text without a newline) at `key`, unconditionally. */
+  put(key: string, value: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -504,6 +507,10 @@ export class Cluster {
     return {
       list: async (prefix = '') => (await call(`list ${prefix}`)) as { key: string; value: string }[],
       delete: async (key) => (await call(`delete ${key}`)) as boolean,
+      put: async (key, value) => {
+        if (value.includes('\n')) throw new Error(`store session: put ${key}: the value must be one line`);
+        await call(`put ${key} ${value}`);
+      },
       close: async () => {
         child.stdin.end();
         if (!closed) await new Promise<void>((r) => child.on('close', () => r()));
