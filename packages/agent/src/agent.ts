@@ -14,7 +14,7 @@ import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { Dataplane, readUnderlay, type UnderlayInfo } from '@kvnet/dataplane';
 import { Ipam } from '@kvnet/ipam';
-import { hasCode, openStore, parseStoreOpts, sleep, StoreUnavailableError, type KVStore } from '@kvnet/store';
+import { hasCode, openStore, parseStoreOpts, sleep, StoreUnavailableError, storeErrorDetail, type KVStore } from '@kvnet/store';
 import { startApi } from './api/index.ts';
 import { startCni } from './cni/index.ts';
 import { ClusterMirror, StoreHealth } from './cluster-mirror.ts';
@@ -248,7 +248,7 @@ export class Agent implements StatusSource {
     const servers = describeServers(await probeServers(this.config.storeUrl).catch(() => []));
     if (!servers) return err;
     const url = this.store?.url ?? this.config.storeUrl;
-    const detail = (err as Error).message.replace(/^cluster store \S+ is unavailable: /, '');
+    const detail = storeErrorDetail(err);
     return new StoreUnavailableError(url, `${detail} [${servers}]`, { cause: err });
   }
 

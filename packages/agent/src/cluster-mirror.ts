@@ -15,7 +15,7 @@
  */
 
 import type { Logger } from 'pino';
-import { hasCode, PrefixMirror, sleep, StoreUnavailableError, type KVEntry, type KVStore } from '@kvnet/store';
+import { hasCode, PrefixMirror, sleep, StoreUnavailableError, storeErrorDetail, type KVEntry, type KVStore } from '@kvnet/store';
 import { ClusterViewState, type ClusterView, type ViewChange, type ViewPart } from './cluster-view.ts';
 import { AgentNotReadyError } from './errors.ts';
 import { ENDPOINTS, keys, NETWORKS, NODES } from './layout.ts';
@@ -130,7 +130,7 @@ export class StoreHealth {
    * unavailable only makes it {@link suspect} (and wakes the probe); every other source is an outage.
    */
   failure(source: StoreSignal, err: unknown): void {
-    const message = (err instanceof Error ? err.message : String(err)).replace(/^cluster store \S+ is unavailable: /, '');
+    const message = storeErrorDetail(err);
     if (source === 'call' && this.state !== 'unavailable') {
       const first = this.suspicion === undefined;
       this.suspicion = message;

@@ -105,11 +105,22 @@ export class StoreUnavailableError extends StoreError {
   readonly kind = 'unavailable';
   constructor(
     readonly url: string,
-    detail: string,
+    /** What went wrong (the message without "cluster store URL is unavailable: "). */
+    readonly detail: string,
     options?: { cause?: unknown },
   ) {
     super(`cluster store ${url} is unavailable: ${detail}`, options);
   }
+}
+
+/**
+ * What went wrong with a store call, without the "cluster store URL is unavailable: " every
+ * {@link StoreUnavailableError} starts with (for a message that names the store already, or keeps
+ * only the last error); any other error's message as it is.
+ */
+export function storeErrorDetail(err: unknown): string {
+  if (err instanceof StoreUnavailableError) return err.detail;
+  return (err instanceof Error ? err.message : String(err)).replace(/^cluster store \S+ is unavailable: /, '');
 }
 
 /**

@@ -43,6 +43,7 @@ export {
   StoreError,
   StoreProtocolError,
   StoreUnavailableError,
+  storeErrorDetail,
   TxnTooLargeError,
   ValueTooLargeError,
   WatchResetError,

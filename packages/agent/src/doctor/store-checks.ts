@@ -12,7 +12,7 @@
 import { accessSync, constants } from 'node:fs';
 import { createConnection } from 'node:net';
 import { dirname } from 'node:path';
-import { hasCode, parseStoreUrl } from '@kvnet/store';
+import { hasCode, parseStoreUrl, storeErrorDetail } from '@kvnet/store';
 import type { StoreHealthReport } from '../cluster-mirror.ts';
 import type { CoreContext } from '../context.ts';
 import { decodeRecord, keys, type NodeRecord, type VtepClaim } from '../layout.ts';
@@ -116,7 +116,7 @@ export async function storeChecks(ctx: Pick<CoreContext, 'store' | 'node' | 'con
     // The agent only suspects the store after one failed call (its probe decides); doctor's own read
     // not reaching it is reason enough to say so, with what a connection to each server does.
     if (hasCode(err, 'KVNET_STORE_UNAVAILABLE')) {
-      const lastError = (err as Error).message.replace(/^cluster store \S+ is unavailable: /, '');
+      const lastError = storeErrorDetail(err);
       return [await unreachable(url, ctx.config.storeUrl, { state: 'unavailable', since: readAt, lastError })];
     }
     return [...out, { area: 'store', status: 'fail', summary: `cluster store ${url} did not answer a read: ${(err as Error).message}`, fix: 'check the store servers and the network path to them' }];
