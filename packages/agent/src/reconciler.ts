@@ -15,9 +15,12 @@
  *   case: the full desired state from the current view — host-local egress addresses on the gateway
  *   bridge, then {@link computeDesiredState} — handed to the data plane, which reads the kernel and
  *   changes whatever differs. Within the period it reads everything but the peers' neighbour and FDB
- *   tables (`trustPeers`: taken as the last apply left them); the periodic run reads those too and
- *   repairs drift made behind the agent's back. An unchanged full state is not re-applied before the
- *   period is over.
+ *   tables (`trustPeers`: taken as the last apply left them); the periodic run repairs drift made
+ *   behind the agent's back, and reads those tables back too every {@link peersRepairPeriodMs} — the
+ *   period itself up to 600 peers, longer with more (reading and comparing them is O(peers): at 2 000
+ *   peers about half of an idle agent's CPU was this read every 30 s, measured with `npm run bench --
+ *   events`; at 50 000 it would be seconds of CPU every 30 s on every host). An unchanged full state
+ *   is not re-applied before the period is over.
  *
  * Reconciliation never depends on having seen every event: the full path recomputes everything from
  * the view. A run whose data plane reported errors (a sandbox that vanished, a kernel refusal) is
@@ -40,6 +43,21 @@ export const RECONCILE_RETRY_BASE_MS = 1_000;
 export const RECONCILE_RETRY_CAP_MS = 30_000;
 /** The full desired state is applied (the kernel read and repaired) at least this often (drift repair). */
 export const PERIODIC_APPLY_MS = 30_000;
+/** Per peer programmed, the drift repair of the peers' tables waits this much longer than {@link PERIODIC_APPLY_MS} (see {@link peersRepairPeriodMs}). */
+export const PEERS_REPAIR_MS_PER_PEER = 50;
+/** The peers' tables are read back at least once per this many periods, however many peers. */
+export const PEERS_REPAIR_MAX_PERIODS = 10;
+
+/**
+ * How often the drift repair also reads the peers' neighbour and FDB tables back, for `peers` peers
+ * and a repair period of `periodMs`: the period up to `periodMs / 50 ms` peers (600 at 30 s), then
+ * 50 ms per peer (100 s at 2 000 peers), at most {@link PEERS_REPAIR_MAX_PERIODS} periods (5 min); the
+ * reconciler rounds it up to whole periods (every 4th repair at 2 000 peers). Its average cost stays
+ * near that of 600 peers every 30 s instead of growing with the cluster.
+ */
+export function peersRepairPeriodMs(peers: number, periodMs: number): number {
+  return Math.min(Math.max(periodMs, peers * PEERS_REPAIR_MS_PER_PEER), PEERS_REPAIR_MAX_PERIODS * periodMs);
+}
 
 /**
  * What the loop needs of the data plane (the real `Dataplane`, or a stand-in in unit tests);
@@ -104,6 +122,11 @@ export class Reconciler {
   private loopDone: Promise<void> = Promise.resolve();
   private gateway: GatewayBridgeInfo | undefined;
   private lastApplied: Applied | undefined;
+  /**
+   * Repair runs since one read the peers' tables back (counted in runs, not milliseconds: the timer's
+   * run comes a few ms short of a period after the last, like {@link repairRequested}).
+   */
+  private repairsSincePeersRead = 0;
   /** View changes since the last run, and whether a re-list came among them. */
   private changes: ViewChange[] = [];
   private resynced = false;
@@ -312,10 +335,15 @@ export class Reconciler {
     // back grows with the cluster; a local change does not need it); the periodic run reads everything.
     const repairDue = this.repairDue();
     if (repairDue) this.repairRequested = false;
+    // the peers' tables too (O(peers)): on the first run, and on every repair run that completes peersRepairPeriodMs
+    const repairsPerPeersRead = Math.ceil(peersRepairPeriodMs(desired.peers, this.periodMs) / this.periodMs);
+    const readPeers = !this.lastApplied || (repairDue && this.repairsSincePeersRead + 1 >= repairsPerPeersRead);
     const unchanged = !repairDue && this.lastApplied!.state === stateJson;
     try {
-      const report = unchanged ? { errors: [], warnings: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state, repairDue ? {} : { trustPeers: true });
+      const report = unchanged ? { errors: [], warnings: [], changes: 0, durationMs: 0 } : await this.opts.dataplane.apply(desired.state, readPeers ? {} : { trustPeers: true });
       errors = report.errors;
+      if (readPeers && errors.length === 0) this.repairsSincePeersRead = 0;
+      else if (repairDue) this.repairsSincePeersRead++;
       this.opts.mtuWarnings?.update(view, report.warnings);
       this.lastApplied =
         errors.length === 0

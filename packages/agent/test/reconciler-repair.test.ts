@@ -1,7 +1,8 @@
 /**
  * The reconcile loop's drift repair (pure logic, a stand-in data plane): the periodic timer's run is
  * the repair (every kernel table read back), so a remote event that follows takes the peers path
- * instead of paying for the repair.
+ * instead of paying for the repair; with many peers their tables are read back less often than the
+ * rest (peersRepairPeriodMs).
  */
 
 import test from 'ava';
@@ -15,7 +16,7 @@ import { ClusterViewState } from '../src/cluster-view.ts';
 import { encodeRecord, keys, type EndpointRecord, type NetworkRecord, type NodeRecord } from '../src/layout.ts';
 import { LocalState } from '../src/local-state.ts';
 import { AgentMetrics } from '../src/metrics.ts';
-import { Reconciler, type DataplanePort } from '../src/reconciler.ts';
+import { peersRepairPeriodMs, Reconciler, type DataplanePort } from '../src/reconciler.ts';
 
 const NID = `a${'0'.repeat(63)}`;
 const eid = (n: number): string => `e${n.toString(16).padStart(63, '0')}`;
@@ -73,4 +74,54 @@ test('the periodic run is the repair; a remote event after it takes the peers pa
   reconciler.noteChange(state.apply('endpoints', [put(keys.endpoint(NID, eid(2)), ep(2, 'h2'))]), false);
   await reconciler.reconcileNow();
   t.deepEqual(calls, ['apply(repair)', 'apply(repair)', 'applyPeers(1)']);
+});
+
+test('the peers\' tables are read back every period up to 600 peers, then 50 ms per peer, at most every 10 periods', (t) => {
+  t.is(peersRepairPeriodMs(0, 30_000), 30_000);
+  t.is(peersRepairPeriodMs(600, 30_000), 30_000);
+  t.is(peersRepairPeriodMs(2_000, 30_000), 100_000);
+  t.is(peersRepairPeriodMs(50_000, 30_000), 300_000);
+  t.is(peersRepairPeriodMs(30, 1_000), 1_500);
+});
+
+test('with many peers the periodic repair reads their tables only every peersRepairPeriodMs; the rest every period', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kvnet-reconciler-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const calls: string[] = [];
+  const dataplane: DataplanePort = {
+    apply: async (_d: DesiredState, o: ApplyOptions = {}) => {
+      calls.push(o.trustPeers ? 'apply(trustPeers)' : 'apply(repair)');
+      await sleep(50);
+      return { changes: 0, rounds: 1, errors: [], warnings: [], durationMs: 0 };
+    },
+    applyPeers: async () => ({ incremental: true, changes: 0, rounds: 1, errors: [], warnings: [], durationMs: 0 }),
+    ensureGatewayBridge: async () => {
+      throw new Error('not used: internal network');
+    },
+  };
+  const state = new ClusterViewState();
+  state.apply('networks', [put(keys.network(NID), net)]);
+  state.apply('nodes', [put(keys.node('h1'), node('h1', '198.18.0.1')), put(keys.node('h2'), node('h2', '198.18.0.2'))]);
+  // one local endpoint and 30 peers: with a 1 s period their tables are read back every 1.5 s
+  state.apply('endpoints', [put(keys.endpoint(NID, eid(1)), ep(1, 'h1')), ...Array.from({ length: 30 }, (_, i) => put(keys.endpoint(NID, eid(i + 2)), ep(i + 2, 'h2')))]);
+  const PERIOD_MS = 1_000;
+  const reconciler = new Reconciler({
+    node: 'h1',
+    gatewayBridge: 'none',
+    dataplane,
+    state: LocalState.load(dir),
+    view: () => state.snapshot(),
+    ready: () => true,
+    metrics: new AgentMetrics(),
+    logger: pino({ level: 'silent' }),
+    afterReconcile: () => undefined,
+    periodicApplyMs: PERIOD_MS,
+  });
+  reconciler.start();
+  t.teardown(() => reconciler.stop());
+  await reconciler.reconcileNow();
+  t.deepEqual(calls, ['apply(repair)'], 'the first run reads everything');
+  // ticks at ~1 s (0.95 s since the peers were read: not yet), ~2 s (1.95 s: due), ~3 s (1 s: not yet)
+  await sleep(3 * PERIOD_MS + 300);
+  t.deepEqual(calls, ['apply(repair)', 'apply(trustPeers)', 'apply(repair)', 'apply(trustPeers)']);
 });
