@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- events [--json] [--backend etcd|consul] [--peers 2000] [--events 300]
  * [--rates 5,50,0] [--observers 2] [--bundle PATH] [--compare OLD] [--before-env K=V,…] [--dns on|off]
- * [--cpu-prof]` (root).
+ * [--idle S] [--cpu-prof]` (root).
  *
  * What one remote event costs an agent, measured on a steady stream of them, where the scale
  * benchmark can only take a few dozen isolated events on a loaded machine (docs/scale.md: its
@@ -20,6 +20,10 @@
  *   for each rate in `--rates` (events per second; 0 = as fast as the store client writes them):
  *   `--events` new endpoint records, then the same records deleted, each phase followed by a wait
  *   until every observer's kernel has them (neighbour entries counted), and 1 s.
+ *
+ * With `--idle S`, first an idle row: each observer's CPU per second over S seconds with nothing
+ * happening (lease renewals, store probes, the periodic drift repair: a window of several repair
+ * periods, where the quiet windows of the event phases hold one repair or none).
  *
  * Figures per bundle and rate (mean over its observers): CPU ms per event over the phase (from
  * /proc: the agent's own threads, its ip/bridge batch processes, its resolver), minus the same
@@ -59,13 +63,15 @@ interface Options {
   dns: 'on' | 'off';
   /** Run the observers' agents under `node --cpu-prof` (profiles in dist/profiles/events/). */
   cpuProf: boolean;
+  /** Seconds of an idle measurement before the event phases (0: none). */
+  idleS: number;
   /** Environment of the `before` agents only (`--before-env K=V,K=V`: e.g. an allocator setting, with `--compare` naming the same bundle). */
   beforeEnv: Record<string, string>;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { json: false, backend: 'etcd', peers: 2000, events: 300, rates: [5, 50, 0], observers: 2, bundle: undefined, compare: undefined, dns: 'on', cpuProf: false, beforeEnv: {} };
-  const usage = 'usage: events [--json] [--backend etcd|consul] [--peers 2000] [--events 300] [--rates 5,50,0] [--observers 2] [--bundle PATH] [--compare OLD] [--before-env K=V,…] [--dns on|off] [--cpu-prof]';
+  const o: Options = { json: false, backend: 'etcd', peers: 2000, events: 300, rates: [5, 50, 0], observers: 2, bundle: undefined, compare: undefined, dns: 'on', cpuProf: false, beforeEnv: {}, idleS: 0 };
+  const usage = 'usage: events [--json] [--backend etcd|consul] [--peers 2000] [--events 300] [--rates 5,50,0] [--observers 2] [--bundle PATH] [--compare OLD] [--before-env K=V,…] [--idle S] [--dns on|off] [--cpu-prof]';
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): string => String(argv[++i]);
@@ -78,6 +84,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--bundle') o.bundle = next();
     else if (a === '--compare') o.compare = next();
     else if (a === '--cpu-prof') o.cpuProf = true;
+    else if (a === '--idle') o.idleS = Number(next());
     else if (a === '--before-env') {
       for (const kv of next().split(',')) {
         const i = kv.indexOf('=');
@@ -99,6 +106,7 @@ function parseArgs(argv: string[]): Options {
     if (!Number.isInteger(v) || v < min) throw new Error(`${k} must be an integer ≥ ${min}, not ${v}`);
   }
   if (o.peers + o.events > 250 * 120) throw new Error(`--peers + --events must be at most ${250 * 120} (addresses of ${SUBNET} above .128.0)`);
+  if (!Number.isFinite(o.idleS) || o.idleS < 0) throw new Error(`--idle must be seconds ≥ 0, not ${o.idleS}`);
   if (o.rates.length === 0 || o.rates.some((r) => !Number.isFinite(r) || r < 0)) throw new Error(`--rates must be events per second ≥ 0 (0: as fast as possible), not ${o.rates.join(',')}`);
   return o;
 }
@@ -250,6 +258,32 @@ async function main(): Promise<void> {
     progress('  every observer has them');
 
     const rows: Record<string, number | string>[] = [];
+    if (o.idleS > 0) {
+      progress(`  idle: ${o.idleS} s with nothing happening`);
+      const a = new Map(observerHosts.map((h) => [h, splitOf(h, resolvers.get(h))]));
+      const t0 = performance.now();
+      await sleep(o.idleS * 1000);
+      const span = (performance.now() - t0) / 1000;
+      for (const [label] of bundles) {
+        const hs = observerHosts.filter((h) => labelOf.get(h) === label);
+        const per = hs.map((h) => minus(splitOf(h, resolvers.get(h)), a.get(h)!));
+        const mean = (f: (x: Split) => number): number => round2(per.reduce((sum, x) => sum + f(x), 0) / per.length / span);
+        const row = {
+          suite: 'events',
+          agents: label,
+          backend: o.backend,
+          peers: o.peers,
+          phase: 'idle',
+          idle_s: Math.round(span),
+          idle_cpu_ms_per_s: mean((x) => x.own + x.batch + x.resolver),
+          idle_own_ms_per_s: mean((x) => x.own),
+          idle_batch_ms_per_s: mean((x) => x.batch),
+          idle_per_observer: per.map((x) => round2((x.own + x.batch + x.resolver) / span)).join('/'),
+        };
+        rows.push(row);
+        progress(JSON.stringify(row));
+      }
+    }
     let next = o.peers;
     for (const rate of o.rates) {
       const first = next;
@@ -318,7 +352,7 @@ async function main(): Promise<void> {
     }
     printRows(rows, o.json, {
       title: `events: CPU per remote event of an agent holding ${o.peers} peers, ${o.events} events per phase, ${o.observers} observer(s) per bundle (mean)`,
-      columns: ['agents', 'phase', 'rate', 'written_ms', 'programmed_ms', 'cpu_ms_per_event', 'own_ms_per_event', 'batch_ms_per_event', 'resolver_ms_per_event', 'own_idle_ms_per_s', 'own_per_observer', 'rss_mib', 'rss_anon_mib'],
+      columns: ['agents', 'phase', 'rate', 'idle_cpu_ms_per_s', 'idle_own_ms_per_s', 'idle_batch_ms_per_s', 'written_ms', 'programmed_ms', 'cpu_ms_per_event', 'own_ms_per_event', 'batch_ms_per_event', 'resolver_ms_per_event', 'own_idle_ms_per_s', 'own_per_observer', 'rss_mib', 'rss_anon_mib'],
       width: (col) => Math.max(col.length + 2, 12),
       notes: [
         'cpu = own (the agent process) + batch (its ip/bridge processes) + resolver, per event, minus each observer\'s rate in a quiet window just before.',
