@@ -18,9 +18,9 @@
  *   tables (`trustPeers`: taken as the last apply left them); the periodic run repairs drift made
  *   behind the agent's back, and reads those tables back too every {@link peersRepairPeriodMs} — the
  *   period itself up to 600 peers, longer with more (reading and comparing them is O(peers): at 2 000
- *   peers about half of an idle agent's CPU was this read every 30 s, measured with `npm run bench --
- *   events`; at 50 000 it would be seconds of CPU every 30 s on every host). An unchanged full state
- *   is not re-applied before the period is over.
+ *   peers reading them every 30 s was ≈ 0.4 ms/s of an idle agent's ≈ 7, measured with `npm run bench
+ *   -- events --idle`; at 50 000 peers it would be ≈ 25 times that on every host). An unchanged full
+ *   state is not re-applied before the period is over.
  *
  * Reconciliation never depends on having seen every event: the full path recomputes everything from
  * the view. A run whose data plane reported errors (a sandbox that vanished, a kernel refusal) is
