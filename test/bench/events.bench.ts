@@ -40,8 +40,8 @@ import { keys, type EndpointRecord } from '../../packages/agent/src/layout.ts';
 import { newEndpointRecord } from '../../packages/agent/src/records.ts';
 import { Cluster, sleep, type ClusterBackend, type ClusterHost, type Container, type StoreSession } from '../support/cluster.ts';
 import { REPO_ROOT, run } from '../support/process.ts';
-import { childrenOf, cpuOf, rssAnonMib, rssMib, statCpu } from './proc-cpu.ts';
-import { printRows, runBench } from './report.ts';
+import { childrenOf, cpuOf, rssAnonMib, rssMib, statCpu } from '../support/proc-stats.ts';
+import { agentBundle, printRows, runBench } from './report.ts';
 
 /** Quiet window before each phase, whose CPU rate is subtracted. */
 const IDLE_MS = 15_000;
@@ -91,8 +91,7 @@ function parseArgs(argv: string[]): Options {
         if (i <= 0) throw new Error(`--before-env takes K=V[,K=V], not ${kv}; ${usage}`);
         o.beforeEnv[kv.slice(0, i)] = kv.slice(i + 1);
       }
-    }
-    else if (a === '--dns') {
+    } else if (a === '--dns') {
       const v = next();
       if (v !== 'on' && v !== 'off') throw new Error(`--dns must be on or off, not ${v}; ${usage}`);
       o.dns = v;
@@ -182,11 +181,7 @@ async function main(): Promise<void> {
     progress('the events benchmark needs root (network namespaces)');
     process.exit(2);
   }
-  let bundle = o.bundle;
-  if (!bundle) {
-    bundle = join(REPO_ROOT, 'dist', 'kvnet.mjs');
-    await run(process.execPath, [join(REPO_ROOT, 'scripts', 'build.mjs'), bundle]);
-  }
+  const bundle = await agentBundle(o.bundle);
   if (o.cpuProf) mkdirSync(PROFILE_DIR, { recursive: true });
   const bundles: Array<[string, string]> = o.compare ? [['before', o.compare], ['current', bundle]] : [['current', bundle]];
   const hostCount = 1 + o.observers * bundles.length;

@@ -1,7 +1,11 @@
 /**
  * What every `npm run bench -- <suite>` shares: how results are printed (a table for people, or with
- * `--json` one object per case and nothing else on stdout), and how a suite's main function ends.
+ * `--json` one object per case and nothing else on stdout), how a suite's main function ends, and the
+ * production bundle the agent-running suites start.
  */
+
+import { join } from 'node:path';
+import { REPO_ROOT, run } from '../support/process.ts';
 
 export type Row = Record<string, unknown>;
 
@@ -43,4 +47,16 @@ export function runBench(main: () => Promise<void>): void {
     process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exitCode = 1;
   });
+}
+
+/**
+ * The agent bundle a suite runs: `given` (`--bundle`), or the production bundle built now into
+ * dist/kvnet.mjs (dist/, not a temp dir: the bundle resolves its external dependencies from the
+ * repo's node_modules).
+ */
+export async function agentBundle(given: string | undefined): Promise<string> {
+  if (given) return given;
+  const bundle = join(REPO_ROOT, 'dist', 'kvnet.mjs');
+  await run(process.execPath, [join(REPO_ROOT, 'scripts', 'build.mjs'), bundle]);
+  return bundle;
 }

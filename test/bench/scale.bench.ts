@@ -61,8 +61,8 @@ import { join } from 'node:path';
 import { resolverSocketFor } from '../../packages/agent/src/config.ts';
 import { Cluster, mapLimit, sleep, type ClusterBackend, type ClusterHost, type Container, type Endpoint } from '../support/cluster.ts';
 import { REPO_ROOT, run } from '../support/process.ts';
-import { childrenRssMib, cpuOf, rssAnonMib, rssMib, statCpu, type Cpu } from './proc-cpu.ts';
-import { printRows, runBench } from './report.ts';
+import { childrenRssMib, cpuOf, rssAnonMib, rssMib, statCpu, type Cpu } from '../support/proc-stats.ts';
+import { agentBundle, printRows, runBench } from './report.ts';
 
 const DEFAULT_BACKENDS: ClusterBackend[] = ['etcd'];
 const DEFAULT_HOSTS = [10];
@@ -874,12 +874,7 @@ async function main(): Promise<void> {
     progress('the scale benchmark needs root (network namespaces)');
     process.exit(2);
   }
-  let bundle = o.bundle;
-  if (!bundle) {
-    // dist/ (not a temp dir): the bundle resolves its external dependencies from the repo's node_modules.
-    bundle = join(REPO_ROOT, 'dist', 'kvnet.mjs');
-    await run(process.execPath, [join(REPO_ROOT, 'scripts', 'build.mjs'), bundle]);
-  }
+  const bundle = await agentBundle(o.bundle);
   const rows: Record<string, number | string>[] = [];
   for (const backend of o.backends) {
     for (const hosts of o.hosts) {

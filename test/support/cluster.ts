@@ -42,6 +42,7 @@ import { startServer, type KvServer, type ServerBackend, type ServerOptions } fr
 import { randomInt } from 'node:crypto';
 import { makeTempDir, removeTempDir, run as runCommand, runId, startProcess, REPO_ROOT, type ManagedProcess, type RunResult } from './process.ts';
 import { attachNamespace, createSimNetwork, MAX_SIM_HOSTS, type SimContainer, type SimHost, type SimNetwork } from './sim-hosts.ts';
+import { rssMib } from './proc-stats.ts';
 
 export type ClusterBackend = 'local' | ServerBackend;
 export const CLUSTER_BACKENDS: readonly ClusterBackend[] = ['local', 'etcd', 'consul', 'zookeeper'];
@@ -365,14 +366,7 @@ export class Cluster {
 
   /** Resident set size of the host's agent in MiB (from /proc). */
   agentRssMib(host: ClusterHost): number | undefined {
-    const pid = host.agent?.child.pid;
-    if (!pid) return undefined;
-    try {
-      const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-      return m ? Number(m[1]) / 1024 : undefined;
-    } catch {
-      return undefined;
-    }
+    return rssMib(host.agent?.child.pid);
   }
 
   /**

@@ -26,6 +26,22 @@ const node = (name: string, ip: string): NodeRecord => ({ name, advertise: ip, a
 const ep = (n: number, owner: string): EndpointRecord => ({ id: eid(n), name: `e${n}`, network: NID, node: owner, nodeId: `id-${owner}`, address: `10.0.0.${n}/16`, ip: `10.0.0.${n}`, mac: `02:42:0a:00:00:${n.toString(16).padStart(2, '0')}`, netns: `/run/netns/c${n}`, ifname: 'eth0', createdAt: `2026-01-01T00:00:${String(n).padStart(2, '0')}Z` });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A reconciler of node h1 over `state`, with a stand-in data plane and a short repair period. */
+function reconcilerOn(dataplane: DataplanePort, state: ClusterViewState, dir: string, periodicApplyMs: number): Reconciler {
+  return new Reconciler({
+    node: 'h1',
+    gatewayBridge: 'none',
+    dataplane,
+    state: LocalState.load(dir),
+    view: () => state.snapshot(),
+    ready: () => true,
+    metrics: new AgentMetrics(),
+    logger: pino({ level: 'silent' }),
+    afterReconcile: () => undefined,
+    periodicApplyMs,
+  });
+}
+
 test('the periodic run is the repair; a remote event after it takes the peers path', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'kvnet-reconciler-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -49,18 +65,7 @@ test('the periodic run is the repair; a remote event after it takes the peers pa
   state.apply('nodes', [put(keys.node('h1'), node('h1', '198.18.0.1')), put(keys.node('h2'), node('h2', '198.18.0.2'))]);
   state.apply('endpoints', [put(keys.endpoint(NID, eid(1)), ep(1, 'h1'))]);
   const PERIOD_MS = 1_000;
-  const reconciler = new Reconciler({
-    node: 'h1',
-    gatewayBridge: 'none',
-    dataplane,
-    state: LocalState.load(dir),
-    view: () => state.snapshot(),
-    ready: () => true,
-    metrics: new AgentMetrics(),
-    logger: pino({ level: 'silent' }),
-    afterReconcile: () => undefined,
-    periodicApplyMs: PERIOD_MS,
-  });
+  const reconciler = reconcilerOn(dataplane, state, dir, PERIOD_MS);
   reconciler.start();
   t.teardown(() => reconciler.stop());
   await reconciler.reconcileNow();
@@ -105,18 +110,7 @@ test('with many peers the periodic repair reads their tables only every peersRep
   // one local endpoint and 30 peers: with a 1 s period their tables are read back every 1.5 s
   state.apply('endpoints', [put(keys.endpoint(NID, eid(1)), ep(1, 'h1')), ...Array.from({ length: 30 }, (_, i) => put(keys.endpoint(NID, eid(i + 2)), ep(i + 2, 'h2')))]);
   const PERIOD_MS = 1_000;
-  const reconciler = new Reconciler({
-    node: 'h1',
-    gatewayBridge: 'none',
-    dataplane,
-    state: LocalState.load(dir),
-    view: () => state.snapshot(),
-    ready: () => true,
-    metrics: new AgentMetrics(),
-    logger: pino({ level: 'silent' }),
-    afterReconcile: () => undefined,
-    periodicApplyMs: PERIOD_MS,
-  });
+  const reconciler = reconcilerOn(dataplane, state, dir, PERIOD_MS);
   reconciler.start();
   t.teardown(() => reconciler.stop());
   await reconciler.reconcileNow();

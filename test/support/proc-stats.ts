@@ -1,5 +1,5 @@
 /**
- * CPU and memory of processes from /proc, for the benchmarks that measure agents (scale, events):
+ * CPU and memory of processes from /proc, for the harness and the benchmarks that measure agents (scale, events):
  * per-thread run time from schedstat (nanoseconds; stat's 10 ms ticks would quantise a 1 ms event),
  * the time of waited-for children, and the live children's own (an agent's long-lived batch processes).
  */
@@ -84,14 +84,20 @@ export function childrenRssMib(pid: number | undefined): number {
   return kib / 1024;
 }
 
-export function rssMib(pid: number | undefined): number | undefined {
+/** A `kB` field of /proc/PID/status (`VmRSS`, `RssAnon`, …) in MiB; undefined when the process is gone. */
+export function statusMib(pid: number | undefined, field: 'VmRSS' | 'RssAnon' | 'RssFile'): number | undefined {
   if (!pid) return undefined;
   try {
-    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) / 1024 : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** VmRSS in MiB. */
+export function rssMib(pid: number | undefined): number | undefined {
+  return statusMib(pid, 'VmRSS');
 }
 
 /**
@@ -101,11 +107,5 @@ export function rssMib(pid: number | undefined): number | undefined {
  * of those pages.
  */
 export function rssAnonMib(pid: number | undefined): number | undefined {
-  if (!pid) return undefined;
-  try {
-    const m = /^RssAnon:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : undefined;
-  } catch {
-    return undefined;
-  }
+  return statusMib(pid, 'RssAnon');
 }
