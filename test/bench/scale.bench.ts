@@ -782,6 +782,14 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
       const targets = burstEps.filter((b) => b.ct.host !== h).map((b) => b.ep.ip);
       const lost = await c.unreachableFrom(observers.get(h.node)!.ct, targets, 2);
       unreachable += lost.length;
+      // which, and whether the kernel of the pinging host has them (to tell a lost ping on a loaded machine from a missing entry)
+      if (lost.length > 0) {
+        const peers = await c.kernelPeers(h, scale.id);
+        for (const ip of lost) {
+          const ep = burstEps.find((b) => b.ep.ip === ip)!;
+          progress(`    ${ep.ct.short} (${ip}, on ${ep.ct.host.node}) did not answer ${h.node}'s ping; ${h.node}'s kernel ${peers.neigh.some((n) => n.ip === ip) ? 'has' : 'lacks'} its neighbour entry`);
+        }
+      }
     }
     progress(`  burst: connects returned after ${connectsMs} ms, all ${burstEps.length} programmed everywhere after ${burstTotalMs} ms; ${unreachable} unreachable in ${pingers.length} × ping; ${burstFailures.length} failed`);
 
