@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- events [--json] [--backend etcd|consul] [--peers 2000] [--events 300]
+ * `npm run bench -- events [--json] [--backend etcd|consul|zookeeper] [--peers 2000] [--events 300]
  * [--rates 5,50,0] [--observers 2] [--bundle PATH] [--compare OLD] [--before-env K=V,…] [--dns on|off]
  * [--idle S] [--cpu-prof]` (root).
  *
@@ -38,7 +38,7 @@ import { join } from 'node:path';
 import { resolverSocketFor } from '../../packages/agent/src/config.ts';
 import { keys, type EndpointRecord } from '../../packages/agent/src/layout.ts';
 import { newEndpointRecord } from '../../packages/agent/src/records.ts';
-import { Cluster, sleep, type ClusterBackend, type ClusterHost, type Container, type StoreSession } from '../support/cluster.ts';
+import { Cluster, sleep, type ClusterBackend, type ClusterHost, type StoreSession } from '../support/cluster.ts';
 import { REPO_ROOT, run } from '../support/process.ts';
 import { childrenOf, cpuOf, rssAnonMib, rssMib, statCpu } from '../support/proc-stats.ts';
 import { agentBundle, printRows, runBench } from './report.ts';
@@ -220,12 +220,10 @@ async function main(): Promise<void> {
     progress(`agents: writer ${writer.node}; observers ${observerHosts.map((h) => `${h.node} (${labelOf.get(h)})`).join(', ')}`);
     const net = (await c.api(writer, 'POST', '/v1/networks', { name: 'ev', subnet: SUBNET })).body as { id: string };
     if (!net.id) throw new Error(`could not create the network: ${JSON.stringify(net)}`);
-    const own: Container[] = [];
     for (const h of observerHosts) {
       const ct = await c.addContainer(h, `o${h.index}`);
       const r = await c.api(h, 'POST', '/v1/networks/ev/endpoints', { netns: ct.path, name: ct.short });
       if (r.status !== 201 && r.status !== 200) throw new Error(`connect on ${h.node}: ${r.status} ${JSON.stringify(r.body)}`);
-      own.push(ct);
     }
     const resolvers = new Map(observerHosts.map((h) => [h, o.dns === 'on' ? resolverPid(h) : undefined]));
     session = await c.storeSession();
