@@ -33,14 +33,13 @@
  * with `--compare`), and for telling where an event's cost goes.
  */
 
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { resolverSocketFor } from '../../packages/agent/src/config.ts';
 import { keys, type EndpointRecord } from '../../packages/agent/src/layout.ts';
 import { newEndpointRecord } from '../../packages/agent/src/records.ts';
 import { Cluster, sleep, type ClusterBackend, type ClusterHost, type StoreSession } from '../support/cluster.ts';
-import { REPO_ROOT, run } from '../support/process.ts';
-import { childrenOf, cpuOf, rssAnonMib, rssMib, statCpu } from '../support/proc-stats.ts';
+import { REPO_ROOT } from '../support/process.ts';
+import { cpuOf, rssAnonMib, rssMib, statCpu } from '../support/proc-stats.ts';
 import { agentBundle, printRows, runBench } from './report.ts';
 
 /** Quiet window before each phase, whose CPU rate is subtracted. */
@@ -120,20 +119,6 @@ interface Split {
   resolver: number;
 }
 
-/** The host's resolver process (a child of its agent, found by its `--socket`), if it runs. */
-function resolverPid(h: ClusterHost): number | undefined {
-  const socket = resolverSocketFor(h.socket);
-  for (const pid of childrenOf(h.agent!.child.pid!)) {
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      const i = argv.indexOf('--socket');
-      if (i >= 0 && argv[i + 1] === socket) return pid;
-    } catch {
-      // gone
-    }
-  }
-  return undefined;
-}
 
 function splitOf(h: ClusterHost, resolver: number | undefined): Split {
   const all = cpuOf(h.agent?.child.pid);
@@ -150,18 +135,13 @@ function splitOf(h: ClusterHost, resolver: number | undefined): Split {
 
 const minus = (a: Split, b: Split): Split => ({ own: a.own - b.own, batch: a.batch - b.batch, resolver: a.resolver - b.resolver });
 
-/** Neighbour entries of the network's VXLAN device in a host's overlay namespace (its programmed peers). */
-async function programmedPeers(c: Cluster, h: ClusterHost, nid: string): Promise<number> {
-  const r = await run('ip', ['-n', c.overlayNetns(h, nid), 'neigh', 'show', 'dev', 'vxlan0', 'nud', 'permanent'], { allowFailure: true, timeoutMs: 30_000 });
-  return r.code === 0 ? r.stdout.split('\n').filter((l) => l.trim()).length : -1;
-}
 
 async function waitProgrammed(c: Cluster, hosts: readonly ClusterHost[], nid: string, want: number, what: string): Promise<void> {
   const deadline = Date.now() + PROGRAMMED_TIMEOUT_MS;
   const pending = new Map(hosts.map((h) => [h, -1]));
   while (pending.size > 0) {
     for (const h of [...pending.keys()]) {
-      const n = await programmedPeers(c, h, nid);
+      const n = await c.programmedPeers(h, nid);
       if (n === want) pending.delete(h);
       else pending.set(h, n);
     }
@@ -225,7 +205,8 @@ async function main(): Promise<void> {
       const r = await c.api(h, 'POST', '/v1/networks/ev/endpoints', { netns: ct.path, name: ct.short });
       if (r.status !== 201 && r.status !== 200) throw new Error(`connect on ${h.node}: ${r.status} ${JSON.stringify(r.body)}`);
     }
-    const resolvers = new Map(observerHosts.map((h) => [h, o.dns === 'on' ? resolverPid(h) : undefined]));
+    const pids = o.dns === 'on' ? c.resolverPids() : new Map<string, number>();
+    const resolvers = new Map(observerHosts.map((h) => [h, pids.get(h.node)]));
     session = await c.storeSession();
     const nodeEntry = (await session.list('nodes')).find((e) => e.key === keys.node(writer.node));
     if (!nodeEntry) throw new Error(`no node record for ${writer.node}`);

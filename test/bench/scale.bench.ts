@@ -58,7 +58,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { resolverSocketFor } from '../../packages/agent/src/config.ts';
 import { Cluster, mapLimit, sleep, type ClusterBackend, type ClusterHost, type Container, type Endpoint } from '../support/cluster.ts';
 import { REPO_ROOT, run } from '../support/process.ts';
 import { childrenRssMib, cpuOf, rssAnonMib, rssMib, statCpu, type Cpu } from '../support/proc-stats.ts';
@@ -198,26 +197,6 @@ async function waitForQuiet(limit: number): Promise<string> {
 
 // ---------------------------------------------------------------- CPU and memory
 
-/**
- * Each host's DNS resolver process (the names face's; started detached by the agent, it is still its
- * child, and counted in the agent's CPU too): found by the `--socket` path on its command line.
- */
-function resolverPids(c: Cluster): Map<string, number> {
-  const bySocket = new Map(c.hosts.map((h) => [resolverSocketFor(h.socket), h.node]));
-  const out = new Map<string, number>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-      const i = argv.indexOf('--socket');
-      const node = i >= 0 ? bySocket.get(argv[i + 1] ?? '') : undefined;
-      if (node) out.set(node, Number(d));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
 
 
 /** Per host: the agent's CPU (with its children's) and its resolver's, at one moment. */
@@ -457,10 +436,6 @@ async function fastArp(c: Cluster, ct: Container, ifname: string): Promise<void>
 }
 
 /** Number of permanent neighbour entries on vxlan0 of the host's overlay namespace of `nid`. */
-async function programmedPeers(c: Cluster, h: ClusterHost, nid: string): Promise<number> {
-  const r = await run('ip', ['-n', c.overlayNetns(h, nid), 'neigh', 'show', 'dev', 'vxlan0', 'nud', 'permanent'], { allowFailure: true, timeoutMs: 30_000 });
-  return r.code === 0 ? r.stdout.split('\n').filter((l) => l.trim()).length : -1;
-}
 
 /** Polls every host in rounds (every `pollMs`) until `GET /v1/networks/NAME` answers 200; ms from `t0` to the last. */
 async function timeVisible(c: Cluster, name: string, t0: number, pollMs: number): Promise<number> {
@@ -503,7 +478,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
   });
   const probers: Prober[] = [];
   const monitors = new Map<string, PeerMonitor>();
-  resolvers = o.dns === 'on' ? resolverPids(c) : new Map();
+  resolvers = o.dns === 'on' ? c.resolverPids() : new Map();
   if (o.dns === 'on') progress(`  ${resolvers.size} resolver processes found (their CPU and RSS are reported as resolver_*)`);
   try {
     const hosts = c.hosts;
@@ -553,7 +528,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     while (pendingHosts.size > 0) {
       if (Date.now() - fillStart > PROGRAMMED_TIMEOUT_MS * 5) throw new Error(`fill not programmed on ${[...pendingHosts].map((h) => h.node).join(', ')}`);
       await mapLimit([...pendingHosts], READ_CONCURRENCY, async (h) => {
-        if ((await programmedPeers(c, h, scale.id)) === expected - o.perHost) pendingHosts.delete(h);
+        if ((await c.programmedPeers(h, scale.id)) === expected - o.perHost) pendingHosts.delete(h);
       });
       if (pendingHosts.size > 0) await sleep(2_000);
     }

@@ -618,6 +618,33 @@ export class Cluster {
     return { neigh, fdb, exists: true };
   }
 
+  /** Permanent neighbour entries on a host's VXLAN device for a network (the peers its agent programmed); −1 when they cannot be read. */
+  async programmedPeers(host: ClusterHost, networkId: string): Promise<number> {
+    const r = await run('ip', ['-n', this.overlayNetns(host, networkId), 'neigh', 'show', 'dev', 'vxlan0', 'nud', 'permanent'], { allowFailure: true, timeoutMs: 30_000 });
+    return r.code === 0 ? r.stdout.split('\n').filter((l) => l.trim()).length : -1;
+  }
+
+  /**
+   * Each host's DNS resolver process (the names face's; started detached by the agent, it is still its
+   * child): node → pid, found by the `--socket` path on its command line.
+   */
+  resolverPids(): Map<string, number> {
+    const bySocket = new Map(this.hosts.map((h) => [resolverSocketFor(h.socket), h.node]));
+    const out = new Map<string, number>();
+    for (const d of readdirSync('/proc')) {
+      if (!/^\d+$/.test(d)) continue;
+      try {
+        const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+        const i = argv.indexOf('--socket');
+        const node = i >= 0 ? bySocket.get(argv[i + 1] ?? '') : undefined;
+        if (node) out.set(node, Number(d));
+      } catch {
+        // gone
+      }
+    }
+    return out;
+  }
+
   /** Link names in a namespace (`ip -n NS link`), or undefined when the namespace does not exist. */
   async links(ns: string): Promise<{ ifname: string; alias?: string }[] | undefined> {
     if (!existsSync(join(NETNS_DIR, ns))) return undefined;

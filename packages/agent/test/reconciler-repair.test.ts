@@ -42,9 +42,8 @@ function reconcilerOn(dataplane: DataplanePort, state: ClusterViewState, dir: st
   });
 }
 
-test('the periodic run is the repair; a remote event after it takes the peers path', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'kvnet-reconciler-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+/** A stand-in data plane that records its calls: `apply(repair)` (every table read back), `apply(trustPeers)`, `applyPeers(n)`. */
+function recordingDataplane(): { calls: string[]; dataplane: DataplanePort } {
   const calls: string[] = [];
   const dataplane: DataplanePort = {
     apply: async (_d: DesiredState, o: ApplyOptions = {}) => {
@@ -60,6 +59,13 @@ test('the periodic run is the repair; a remote event after it takes the peers pa
       throw new Error('not used: internal network');
     },
   };
+  return { calls, dataplane };
+}
+
+test('the periodic run is the repair; a remote event after it takes the peers path', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kvnet-reconciler-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const { calls, dataplane } = recordingDataplane();
   const state = new ClusterViewState();
   state.apply('networks', [put(keys.network(NID), net)]);
   state.apply('nodes', [put(keys.node('h1'), node('h1', '198.18.0.1')), put(keys.node('h2'), node('h2', '198.18.0.2'))]);
@@ -92,18 +98,7 @@ test('the peers\' tables are read back every period up to 600 peers, then 50 ms 
 test('with many peers the periodic repair reads their tables only every peersRepairPeriodMs; the rest every period', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'kvnet-reconciler-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const calls: string[] = [];
-  const dataplane: DataplanePort = {
-    apply: async (_d: DesiredState, o: ApplyOptions = {}) => {
-      calls.push(o.trustPeers ? 'apply(trustPeers)' : 'apply(repair)');
-      await sleep(50);
-      return { changes: 0, rounds: 1, errors: [], warnings: [], durationMs: 0 };
-    },
-    applyPeers: async () => ({ incremental: true, changes: 0, rounds: 1, errors: [], warnings: [], durationMs: 0 }),
-    ensureGatewayBridge: async () => {
-      throw new Error('not used: internal network');
-    },
-  };
+  const { calls, dataplane } = recordingDataplane();
   const state = new ClusterViewState();
   state.apply('networks', [put(keys.network(NID), net)]);
   state.apply('nodes', [put(keys.node('h1'), node('h1', '198.18.0.1')), put(keys.node('h2'), node('h2', '198.18.0.2'))]);
