@@ -16,6 +16,10 @@
  *   also means re-list; with the same data it is Consul reaping tombstones, and the watch goes on. A broken connection is
  *   retried for {@link WATCH_RECONNECT_BUDGET_MS}: the next read is compared with the last state, so
  *   nothing is missed, and after that the watch asks for a re-list.
+ * - **Ranges** (`startsWith`) are native: Consul's recursive read takes any text prefix, so a listing
+ *   or watch reads the path `<prefix>/<startsWith>` and each blocking answer carries only that part
+ *   (`watchReadsWholeRange`: every answer is the whole range, so callers split large ones). The
+ *   remembered listings and batches are keyed by prefix and `startsWith`.
  * - **Leases** are sessions (see `consul-lease.ts`) of half the requested TTL, so that they end
  *   within it; a session TTL below the server's `session_ttl_min` is raised to the minimum Consul
  *   states in its refusal.
@@ -38,7 +42,7 @@ import {
 } from './consul-txn.ts';
 import { backoffDelay, sleep } from './deadline.ts';
 import { LeaseLostError, StoreClosedError, StoreProtocolError, StoreUnavailableError, ValueTooLargeError, WatchResetError } from './errors.ts';
-import { validateKey, validatePrefix } from './keys.ts';
+import { rangeStart, validateKey, validatePrefix, validateStartsWith } from './keys.ts';
 import { diffSnapshots, SnapshotCache, type Snapshot, type SnapshotEntry } from './snapshot-diff.ts';
 import type { StoreAddress } from './store-url.ts';
 import type {
@@ -47,6 +51,7 @@ import type {
   KVListing,
   KVStore,
   Lease,
+  ListOptions,
   PutCondition,
   PutOptions,
   Revision,
@@ -111,7 +116,12 @@ export async function openConsulStore(address: StoreAddress, options: StoreOptio
 
 class ConsulStore implements KVStore {
   readonly backend = 'consul' as const;
-  readonly capabilities: StoreCapabilities = { exactHistory: false, maxValueBytes: MAX_VALUE_BYTES, maxTxnOps: MAX_TXN_OPS };
+  readonly capabilities: StoreCapabilities = {
+    exactHistory: false,
+    maxValueBytes: MAX_VALUE_BYTES,
+    maxTxnOps: MAX_TXN_OPS,
+    watchReadsWholeRange: true,
+  };
   readonly url: string;
   private readonly transport: ConsulTransport;
   private readonly timeoutMs: number;
@@ -146,18 +156,22 @@ class ConsulStore implements KVStore {
     return reply.body ? this.toEntry(reply.body) : undefined;
   }
 
-  async list(prefix: string, options: { signal?: AbortSignal } = {}): Promise<KVListing> {
+  async list(prefix: string, options: ListOptions = {}): Promise<KVListing> {
     validatePrefix(prefix);
+    validateStartsWith(options.startsWith);
     this.assertOpen();
-    const read = await this.readPrefix(prefix, { signal: options.signal });
+    const read = await this.readPrefix(prefix, options.startsWith, { signal: options.signal });
     const revision = String(read.index);
-    this.listings.remember(prefix, revision, read.snapshot);
+    this.listings.remember(prefix, options.startsWith, revision, read.snapshot);
     return { entries: read.entries, revision };
   }
 
   /**
-   * Reads every key below `prefix` with the index of the read: at once and linearizable, or as a
-   * blocking query that returns when the prefix's index passes `after.index`.
+   * Reads every key of the range (below `prefix`, and starting with `startsWith` there) with the
+   * index of the read: at once and linearizable, or as a blocking query that returns when the
+   * range's index passes `after.index`. Consul matches a recursive read's path as plain text, so
+   * the range is the path `<prefix>/<startsWith>`, and its index is the highest one of that text
+   * prefix: writes to other keys below `prefix` do not wake it.
    *
    * A watch's read passes the state it holds (`previous`) and gets only the snapshot (`entries` stays
    * empty): every answer is the whole prefix (2 000 endpoint records at 100 hosts × 20, for one
@@ -165,9 +179,13 @@ class ConsulStore implements KVStore {
    * no copy of its value, no key check, no new object — so what a read costs beyond Consul's own JSON is
    * the entries that changed (measured: `npm run bench -- events --backend consul`, docs/scale.md).
    */
-  private async readPrefix(prefix: string, options: { signal?: AbortSignal | undefined; after?: bigint; previous?: Snapshot }): Promise<PrefixRead> {
+  private async readPrefix(
+    prefix: string,
+    startsWith: string | undefined,
+    options: { signal?: AbortSignal | undefined; after?: bigint; previous?: Snapshot },
+  ): Promise<PrefixRead> {
     const blocking = options.after !== undefined;
-    const path = `${this.prefix}/${prefix === '' ? '' : `${prefix}/`}`;
+    const path = `${this.prefix}/${rangeStart(prefix, startsWith)}`;
     const reply = await this.request<ConsulEntry[]>(
       blocking ? 'watch' : 'list',
       (consul, ctx) =>
@@ -327,6 +345,7 @@ class ConsulStore implements KVStore {
 
   watch(prefix: string, fromRevision: Revision, options: WatchOptions = {}): AsyncIterable<WatchBatch> {
     validatePrefix(prefix);
+    validateStartsWith(options.startsWith);
     this.assertOpen();
     const stop = new AbortController();
     const channel: WatchChannel = new WatchChannel(() => {
@@ -334,17 +353,23 @@ class ConsulStore implements KVStore {
       this.watches.delete(channel);
     }, options.signal);
     this.watches.add(channel);
-    void this.runWatch(prefix, fromRevision, channel, stop.signal).catch((err: unknown) => channel.fail(err));
+    void this.runWatch(prefix, options.startsWith, fromRevision, channel, stop.signal).catch((err: unknown) => channel.fail(err));
     return channel;
   }
 
-  private async runWatch(prefix: string, fromRevision: Revision, channel: WatchChannel, signal: AbortSignal): Promise<void> {
+  private async runWatch(
+    prefix: string,
+    startsWith: string | undefined,
+    fromRevision: Revision,
+    channel: WatchChannel,
+    signal: AbortSignal,
+  ): Promise<void> {
     if (!/^\d{1,19}$/.test(fromRevision)) {
       channel.fail(new WatchResetError(prefix, `revision "${fromRevision}" was not made by the Consul store`));
       return;
     }
     let index = BigInt(fromRevision);
-    let state = this.listings.recall(prefix, fromRevision) ?? this.batches.recall(prefix, fromRevision);
+    let state = this.listings.recall(prefix, startsWith, fromRevision) ?? this.batches.recall(prefix, startsWith, fromRevision);
     let failingSince: number | undefined;
     let attempt = 0;
     let lastChangeAt: number | undefined;
@@ -352,7 +377,7 @@ class ConsulStore implements KVStore {
       let read: PrefixRead;
       try {
         // after a failure, read at once: a blocking read would hide a dead server for a whole wait
-        read = await this.readPrefix(prefix, { signal, ...(state && failingSince === undefined ? { after: index } : {}), ...(state ? { previous: state } : {}) });
+        read = await this.readPrefix(prefix, startsWith, { signal, ...(state && failingSince === undefined ? { after: index } : {}), ...(state ? { previous: state } : {}) });
       } catch (err) {
         if (channel.isClosed) return;
         if (this.closed) return channel.fail(new StoreClosedError(this.url));
@@ -361,7 +386,7 @@ class ConsulStore implements KVStore {
         if (Date.now() - failingSince > WATCH_RECONNECT_BUDGET_MS) {
           return channel.fail(new WatchResetError(prefix, `the server could not be read for ${WATCH_RECONNECT_BUDGET_MS} ms: ${err.message}`, { cause: err }));
         }
-        this.log?.debug({ err, prefix, attempt }, 'watch read failed, retrying');
+        this.log?.debug({ err, prefix, startsWith, attempt }, 'watch read failed, retrying');
         await sleep(backoffDelay(attempt++, WATCH_RETRY_BASE_MS, WATCH_RETRY_CAP_MS), signal).catch(() => undefined);
         continue;
       }
@@ -391,12 +416,12 @@ class ConsulStore implements KVStore {
             new WatchResetError(prefix, `the server's index went backwards from ${index} to ${read.index} and the data changed (restarted without its data or restored from a snapshot)`),
           );
         }
-        this.log?.debug({ prefix, from: String(index), to: String(read.index) }, 'prefix index went backwards with the same state, going on');
+        this.log?.debug({ prefix, startsWith, from: String(index), to: String(read.index) }, 'prefix index went backwards with the same state, going on');
       }
       state = read.snapshot;
       index = read.index;
       if (events.length > 0) {
-        this.batches.remember(prefix, String(index), state);
+        this.batches.remember(prefix, startsWith, String(index), state);
         channel.push({ events, revision: String(index) });
         const now = Date.now();
         const burst = lastChangeAt !== undefined && now - lastChangeAt < WATCH_MIN_INTERVAL_MS;

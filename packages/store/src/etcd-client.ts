@@ -26,6 +26,7 @@ import {
 import type { Logger } from 'pino';
 import { backoffDelay, sleep, withDeadline } from './deadline.ts';
 import { InvalidStoreUrlError, StoreClosedError, StoreProtocolError, StoreUnavailableError, isStoreError } from './errors.ts';
+import { rangeStart } from './keys.ts';
 import { formatHost, type StoreAddress } from './store-url.ts';
 import type { StoreOptions } from './store.ts';
 
@@ -164,10 +165,16 @@ export class KeyLayout {
     return Buffer.from(this.root + key);
   }
 
-  /** The server range below `prefix` (`''` = the whole store). */
-  range(prefix: string): { key: Buffer; range_end: Buffer } {
-    const start = prefix === '' ? this.root : `${this.root}${prefix}/`;
-    return { key: Buffer.from(start), range_end: Buffer.from(`${start.slice(0, -1)}0`) };
+  /**
+   * The server range below `prefix` (`''` = the whole store), with `startsWith` only the keys whose
+   * path below `prefix/` starts with it: from `<root><prefix>/<startsWith>` to its prefix end (the
+   * last byte plus one; keys and `startsWith` are ASCII below 0x7f, so it never carries).
+   */
+  range(prefix: string, startsWith?: string): { key: Buffer; range_end: Buffer } {
+    const start = Buffer.from(this.root + rangeStart(prefix, startsWith));
+    const end = Buffer.from(start);
+    end[end.length - 1] = start[start.length - 1]! + 1;
+    return { key: start, range_end: end };
   }
 
   /** The relative key of a server key; the server only returns keys from our ranges. */

@@ -1,7 +1,8 @@
 /**
  * The etcd v3 backend (`etcd://h1:2379[,h2:2379]/prefix`), on the `etcd3` client's gRPC layer.
  *
- * - Keys live under `<prefix>/` on the server (see {@link KeyLayout}).
+ * - Keys live under `<prefix>/` on the server (see {@link KeyLayout}). A `startsWith` range is native:
+ *   listings and watches ask for the key range from `<prefix>/<startsWith>` to its prefix end.
  * - Revisions are etcd's: a key's revision is its `mod_revision`, a listing's is the response
  *   header revision, and `watch(prefix, R)` asks etcd for `start_revision = R + 1`. etcd keeps every
  *   revision until it is compacted, so watches have exact history. A listing is read in pages of
@@ -32,7 +33,7 @@ import { InvalidKeyError, LeaseLostError, StoreClosedError, StoreProtocolError, 
 import { EtcdRpc, KeyLayout, createEtcdClient } from './etcd-client.ts';
 import { EtcdLease } from './etcd-lease.ts';
 import { EtcdWatch } from './etcd-watch.ts';
-import { validateKey, validatePrefix } from './keys.ts';
+import { validateKey, validatePrefix, validateStartsWith } from './keys.ts';
 import type { StoreAddress } from './store-url.ts';
 import type {
   CasResult,
@@ -40,6 +41,7 @@ import type {
   KVListing,
   KVStore,
   Lease,
+  ListOptions,
   PutCondition,
   PutOptions,
   Revision,
@@ -81,7 +83,12 @@ export async function openEtcdStore(address: StoreAddress, options: StoreOptions
 class EtcdStore implements KVStore {
   readonly backend = 'etcd' as const;
   readonly url: string;
-  readonly capabilities: StoreCapabilities = { exactHistory: true, maxValueBytes: MAX_VALUE_BYTES, maxTxnOps: MAX_TXN_OPS };
+  readonly capabilities: StoreCapabilities = {
+    exactHistory: true,
+    maxValueBytes: MAX_VALUE_BYTES,
+    maxTxnOps: MAX_TXN_OPS,
+    watchReadsWholeRange: false,
+  };
   private readonly client: Etcd3;
   private readonly rpc: EtcdRpc;
   private readonly layout: KeyLayout;
@@ -112,12 +119,13 @@ class EtcdStore implements KVStore {
     return kv ? this.entry(kv) : undefined;
   }
 
-  async list(prefix: string, options?: { signal?: AbortSignal }): Promise<KVListing> {
+  async list(prefix: string, options?: ListOptions): Promise<KVListing> {
     validatePrefix(prefix);
+    validateStartsWith(options?.startsWith);
     this.assertOpen();
     for (let restart = 0; ; restart++) {
       try {
-        return await this.listPages(prefix, options?.signal);
+        return await this.listPages(prefix, options?.startsWith, options?.signal);
       } catch (err) {
         const compacted = /required revision has been compacted/.test(String((err as { cause?: unknown }).cause));
         if (!compacted || restart >= LIST_MAX_RESTARTS) throw err;
@@ -126,8 +134,8 @@ class EtcdStore implements KVStore {
     }
   }
 
-  private async listPages(prefix: string, signal: AbortSignal | undefined): Promise<KVListing> {
-    const range = this.layout.range(prefix);
+  private async listPages(prefix: string, startsWith: string | undefined, signal: AbortSignal | undefined): Promise<KVListing> {
+    const range = this.layout.range(prefix, startsWith);
     const entries: KVEntry[] = [];
     let revision: string | undefined;
     let from = range.key;
@@ -291,13 +299,16 @@ class EtcdStore implements KVStore {
 
   watch(prefix: string, fromRevision: Revision, options?: WatchOptions): AsyncIterable<WatchBatch> {
     validatePrefix(prefix);
+    validateStartsWith(options?.startsWith);
     this.assertOpen();
     if (!/^[0-9]+$/.test(fromRevision)) {
       const channel = new WatchChannel(() => undefined, options?.signal);
       channel.fail(new WatchResetError(prefix, `${JSON.stringify(fromRevision)} is not an etcd revision`));
       return channel;
     }
-    const watch = new EtcdWatch(this.rpc, this.layout, prefix, BigInt(fromRevision), options?.signal, (w) => this.watches.delete(w));
+    const watch = new EtcdWatch(this.rpc, this.layout, prefix, options?.startsWith, BigInt(fromRevision), options?.signal, (w) =>
+      this.watches.delete(w),
+    );
     if (!watch.channel.isClosed) this.watches.add(watch);
     return watch.channel;
   }

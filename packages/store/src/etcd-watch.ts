@@ -1,6 +1,6 @@
 /**
- * One etcd watch: a gRPC Watch stream of its own, created with `start_revision = from + 1`, whose
- * events are delivered in revision order as batches.
+ * One etcd watch: a gRPC Watch stream of its own on the key range of a prefix (and `startsWith`),
+ * created with `start_revision = from + 1`, whose events are delivered in revision order as batches.
  *
  * State machine (one stream at a time):
  *
@@ -60,6 +60,7 @@ export class EtcdWatch {
   private readonly log: Logger | undefined;
 
   /**
+   * @param startsWith only keys whose path below `prefix/` starts with it (undefined: all below `prefix`).
    * @param from the revision the caller has seen; the watch delivers every change after it.
    * @param onDone called once when the watch ends for any reason (the store forgets it then).
    */
@@ -67,12 +68,13 @@ export class EtcdWatch {
     private readonly rpc: EtcdRpc,
     private readonly layout: KeyLayout,
     private readonly prefix: string,
+    private readonly startsWith: string | undefined,
     from: bigint,
     signal: AbortSignal | undefined,
     private readonly onDone: (watch: EtcdWatch) => void,
   ) {
     this.next = from + 1n;
-    this.log = rpc.log?.child({ watch: prefix });
+    this.log = rpc.log?.child({ watch: prefix, ...(startsWith !== undefined ? { startsWith } : {}) });
     this.channel = new WatchChannel(() => this.teardown(), signal);
     if (!this.channel.isClosed) void this.open();
   }
@@ -105,7 +107,7 @@ export class EtcdWatch {
     stream.on('end', () => this.onStreamGone(stream, new Error('etcd ended the watch stream')));
     stream.write({
       create_request: {
-        ...this.layout.range(this.prefix),
+        ...this.layout.range(this.prefix, this.startsWith),
         start_revision: this.next.toString(),
         progress_notify: true,
       },
@@ -189,7 +191,7 @@ export class EtcdWatch {
     if (this.channel.isClosed) return;
     if (err instanceof Error && /invalid auth token/.test(err.message)) {
       // etcd3 renews its token only when a unary call is refused; make one so the reopened stream gets a fresh one
-      void this.rpc.client.kv.range({ ...this.layout.range(this.prefix), count_only: true }).catch(() => undefined);
+      void this.rpc.client.kv.range({ ...this.layout.range(this.prefix, this.startsWith), count_only: true }).catch(() => undefined);
     }
     const now = performance.now();
     this.brokenSince ??= now;

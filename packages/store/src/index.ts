@@ -17,6 +17,7 @@ export type {
   KVStore,
   Lease,
   LeaseLostReason,
+  ListOptions,
   PutCondition,
   PutOptions,
   Revision,
@@ -51,7 +52,7 @@ export {
   isStoreError,
   type ErrorKind,
 } from './errors.ts';
-export { validateKey, validatePrefix, isUnder, joinKey, encodeSegment, decodeSegment } from './keys.ts';
+export { validateKey, validatePrefix, validateStartsWith, isUnder, joinKey, encodeSegment, decodeSegment } from './keys.ts';
 export { parseStoreUrl, DEFAULT_PREFIX, DEFAULT_LOCAL_PATH, type StoreAddress, type StoreHost } from './store-url.ts';
 export { openStore, parseStoreOpts } from './open-store.ts';
 export { encodeJson, decodeJson, encodeText, decodeText } from './codec.ts';

@@ -1,6 +1,7 @@
 /** Key rules shared by every backend, checked before anything is sent to a server. */
 
 import { InvalidKeyError } from './errors.ts';
+import type { ListOptions, WatchOptions } from './store.ts';
 
 export const MAX_SEGMENT_BYTES = 255;
 export const MAX_KEY_BYTES = 1024;
@@ -21,6 +22,33 @@ export function validatePrefix(prefix: string): void {
   if (typeof prefix !== 'string') throw new InvalidKeyError(String(prefix), 'a prefix must be a string');
   if (prefix === '') return;
   validatePath(prefix);
+}
+
+/**
+ * Throws {@link InvalidKeyError} unless `startsWith` (of {@link ListOptions.startsWith} and
+ * {@link WatchOptions.startsWith}) is undefined or the start of a segment: non-empty, made of
+ * `A–Z a–z 0–9 . _ ~ : @ + = , -` (so no `/`) and at most 255 bytes.
+ */
+export function validateStartsWith(startsWith: string | undefined): void {
+  if (startsWith === undefined) return;
+  if (typeof startsWith !== 'string') throw new InvalidKeyError(String(startsWith), 'startsWith must be a string');
+  if (startsWith.length === 0) throw new InvalidKeyError(startsWith, 'startsWith must not be empty (leave it out to mean every key)');
+  if (Buffer.byteLength(startsWith) > MAX_SEGMENT_BYTES) {
+    throw new InvalidKeyError(startsWith, `startsWith is longer than ${MAX_SEGMENT_BYTES} bytes`);
+  }
+  if (!SEGMENT_CHARS.test(startsWith)) {
+    const bad = [...startsWith].find((c) => !SEGMENT_CHARS.test(c)) ?? '?';
+    throw new InvalidKeyError(startsWith, `startsWith is the start of one segment and contains ${describeChar(bad)}`);
+  }
+}
+
+/**
+ * The text every key of the range (`prefix`, `startsWith`) starts with: `prefix/startsWith`,
+ * `startsWith` alone for the prefix `''`, and `prefix/` (or `''`) without `startsWith`. Both must
+ * be valid already.
+ */
+export function rangeStart(prefix: string, startsWith: string | undefined): string {
+  return (prefix === '' ? '' : `${prefix}/`) + (startsWith ?? '');
 }
 
 function validatePath(path: string): void {
@@ -51,8 +79,12 @@ function describeChar(c: string): string {
   return `the character ${JSON.stringify(c)} (allowed: A-Z a-z 0-9 . _ ~ : @ + = , -)`;
 }
 
-/** True when `key` lies strictly below `prefix` (`''` contains everything). */
-export function isUnder(prefix: string, key: string): boolean {
+/**
+ * True when `key` lies strictly below `prefix` (`''` contains everything) and, with `startsWith`,
+ * its path below `prefix/` starts with it: the keys `list(prefix, {startsWith})` covers.
+ */
+export function isUnder(prefix: string, key: string, startsWith?: string): boolean {
+  if (startsWith !== undefined) return key.startsWith(rangeStart(prefix, startsWith));
   if (prefix === '') return true;
   return key.length > prefix.length + 1 && key.startsWith(prefix) && key.charCodeAt(prefix.length) === 0x2f;
 }

@@ -8,6 +8,8 @@
  *   revision of its last write. Every change is also appended to `log`, which gives watches exact
  *   history: a watch from revision R replays `log` rows with `rev > R`. The log keeps the last
  *   {@link LOG_RETAIN_REVISIONS} revisions; a watch from an older revision is told to re-list.
+ * - A `startsWith` range is native: listings and watches scan the key range from `<prefix>/<startsWith>`
+ *   to its prefix end, in `kv` and in `log` alike.
  * - Other processes' commits are noticed by polling `PRAGMA data_version` (cheap: it reads shared
  *   memory) every {@link WATCH_POLL_MS}; this process's own commits wake watches directly.
  * - Leases are rows with an expiry time; their owner pushes the expiry forward every TTL/3, and every
@@ -24,7 +26,7 @@ import type { Logger } from 'pino';
 import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
 import { sleep } from './deadline.ts';
 import { LeaseLostError, StoreClosedError, StoreProtocolError, StoreUnavailableError, WatchResetError } from './errors.ts';
-import { validateKey, validatePrefix } from './keys.ts';
+import { rangeStart, validateKey, validatePrefix, validateStartsWith } from './keys.ts';
 import type { StoreAddress } from './store-url.ts';
 import type {
   CasResult,
@@ -33,6 +35,7 @@ import type {
   KVStore,
   Lease,
   LeaseLostReason,
+  ListOptions,
   PutCondition,
   PutOptions,
   Revision,
@@ -104,9 +107,15 @@ function isBusy(err: unknown): boolean {
   return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'));
 }
 
-/** The key range of everything strictly below `prefix`, for an index scan (`/` + 1 is `0`). */
-function prefixRange(prefix: string): [string, string] {
-  return prefix === '' ? ['', '\u{10FFFF}'] : [`${prefix}/`, `${prefix}0`];
+/**
+ * The key range of everything strictly below `prefix` (and, with `startsWith`, starting with it
+ * there), for an index scan: from the range's first text to that text with its last character plus
+ * one (`/` + 1 is `0`; keys are ASCII below 0x7f, and SQLite compares TEXT bytewise).
+ */
+function prefixRange(prefix: string, startsWith: string | undefined): [string, string] {
+  if (prefix === '' && startsWith === undefined) return ['', '\u{10FFFF}'];
+  const lo = rangeStart(prefix, startsWith);
+  return [lo, lo.slice(0, -1) + String.fromCharCode(lo.charCodeAt(lo.length - 1) + 1)];
 }
 
 /**
@@ -149,6 +158,7 @@ class LocalStore implements KVStore {
     exactHistory: true,
     maxValueBytes: MAX_VALUE_BYTES,
     maxTxnOps: MAX_TXN_OPS,
+    watchReadsWholeRange: false,
   };
 
   private readonly path: string;
@@ -333,9 +343,10 @@ class LocalStore implements KVStore {
     );
   }
 
-  async list(prefix: string, options?: { signal?: AbortSignal }): Promise<KVListing> {
+  async list(prefix: string, options?: ListOptions): Promise<KVListing> {
     validatePrefix(prefix);
-    const [lo, hi] = prefixRange(prefix);
+    validateStartsWith(options?.startsWith);
+    const [lo, hi] = prefixRange(prefix, options?.startsWith);
     return this.withRetry(
       'list',
       () =>
@@ -467,8 +478,9 @@ class LocalStore implements KVStore {
 
   watch(prefix: string, fromRevision: Revision, options?: WatchOptions): AsyncIterable<WatchBatch> {
     validatePrefix(prefix);
+    validateStartsWith(options?.startsWith);
     const from = parseRevision(this.url, fromRevision);
-    const [lo, hi] = prefixRange(prefix);
+    const [lo, hi] = prefixRange(prefix, options?.startsWith);
     let last = from;
     let busy = false;
     let dirty = true;

@@ -8,7 +8,8 @@
 import type { Logger } from 'pino';
 import { backoffDelay, sleep } from './deadline.ts';
 import { hasCode } from './errors.ts';
-import type { KVEntry, KVStore, Revision, WatchEvent } from './store.ts';
+import { validateStartsWith } from './keys.ts';
+import type { KVEntry, KVStore, ListOptions, Revision, WatchEvent } from './store.ts';
 
 export const MIRROR_RETRY_BASE_MS = 100;
 export const MIRROR_RETRY_CAP_MS = 5_000;
@@ -22,6 +23,11 @@ export interface MirrorChange {
 
 export interface PrefixMirrorOptions {
   readonly logger?: Logger;
+  /**
+   * Mirror only the keys whose path below the prefix starts with this (see
+   * {@link ListOptions.startsWith}); passed to both the listing and the watch.
+   */
+  readonly startsWith?: string;
   /** Called after each applied change; errors thrown here are logged and do not stop the mirror. */
   readonly onChange?: (change: MirrorChange, mirror: PrefixMirror) => void;
   /** Called when the mirror loses the store (unhealthy) and when it is back (healthy). */
@@ -39,12 +45,17 @@ export class PrefixMirror {
 
   /** Resolves after the first successful listing. */
   readonly synced: Promise<void>;
+  /** The range this mirror covers below {@link prefix}: the keys starting with this; undefined for all. */
+  readonly startsWith: string | undefined;
 
+  /** @throws InvalidKeyError when `options.startsWith` is not a valid range (see {@link ListOptions.startsWith}). */
   constructor(
     readonly store: KVStore,
     readonly prefix: string,
     private readonly options: PrefixMirrorOptions = {},
   ) {
+    validateStartsWith(options.startsWith);
+    this.startsWith = options.startsWith;
     this.synced = new Promise((resolve) => (this.syncedResolve = resolve));
   }
 
@@ -94,7 +105,7 @@ export class PrefixMirror {
     try {
       this.options.onChange?.(change, this);
     } catch (err) {
-      this.options.logger?.error({ err, prefix: this.prefix }, 'mirror change callback failed');
+      this.options.logger?.error({ err, prefix: this.prefix, startsWith: this.startsWith }, 'mirror change callback failed');
     }
   }
 
@@ -103,7 +114,8 @@ export class PrefixMirror {
     let first = true;
     while (!signal.aborted) {
       try {
-        const listing = await this.store.list(this.prefix, { signal });
+        const range = this.startsWith === undefined ? {} : { startsWith: this.startsWith };
+        const listing = await this.store.list(this.prefix, { signal, ...range });
         this.applyListing(listing.entries);
         this.revisionValue = listing.revision;
         if (first) this.syncedResolve();
@@ -111,7 +123,7 @@ export class PrefixMirror {
         first = false;
         attempt = 0;
         this.setHealth(true);
-        for await (const batch of this.store.watch(this.prefix, listing.revision, { signal })) {
+        for await (const batch of this.store.watch(this.prefix, listing.revision, { signal, ...range })) {
           for (const ev of batch.events) {
             if (ev.type === 'put') this.entries.set(ev.key, { key: ev.key, value: ev.value, revision: ev.revision });
             else this.entries.delete(ev.key);
@@ -123,7 +135,7 @@ export class PrefixMirror {
         if (signal.aborted) break;
         const reset = hasCode(err, 'KVNET_STORE_WATCH_RESET');
         if (!reset) this.setHealth(false, err);
-        this.options.logger?.warn({ err, prefix: this.prefix, attempt }, reset ? 'watch reset, listing again' : 'store error, retrying');
+        this.options.logger?.warn({ err, prefix: this.prefix, startsWith: this.startsWith, attempt }, reset ? 'watch reset, listing again' : 'store error, retrying');
         try {
           await sleep(reset && attempt === 0 ? 0 : backoffDelay(attempt, MIRROR_RETRY_BASE_MS, MIRROR_RETRY_CAP_MS) + 50, signal);
         } catch {

@@ -42,15 +42,17 @@ export function diffSnapshots(
 
 /**
  * Remembers the last few listings a store instance produced, so a watch started from a listing's
- * revision knows the exact state it starts from (these backends cannot replay history).
+ * revision knows the exact state it starts from (these backends cannot replay history). Keyed by
+ * the range (prefix and `startsWith`) and the revision: a watch never starts from the state of
+ * another range that happens to share the revision.
  */
 export class SnapshotCache {
   private readonly entries = new Map<string, Snapshot>();
 
   constructor(private readonly capacity = 32) {}
 
-  remember(prefix: string, revision: Revision, snapshot: Snapshot): void {
-    const id = `${prefix}\0${revision}`;
+  remember(prefix: string, startsWith: string | undefined, revision: Revision, snapshot: Snapshot): void {
+    const id = cacheId(prefix, startsWith, revision);
     this.entries.delete(id);
     this.entries.set(id, snapshot);
     while (this.entries.size > this.capacity) {
@@ -59,7 +61,11 @@ export class SnapshotCache {
     }
   }
 
-  recall(prefix: string, revision: Revision): Snapshot | undefined {
-    return this.entries.get(`${prefix}\0${revision}`);
+  recall(prefix: string, startsWith: string | undefined, revision: Revision): Snapshot | undefined {
+    return this.entries.get(cacheId(prefix, startsWith, revision));
   }
+}
+
+function cacheId(prefix: string, startsWith: string | undefined, revision: Revision): string {
+  return JSON.stringify([prefix, startsWith ?? null, revision]);
 }

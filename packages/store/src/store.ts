@@ -88,9 +88,29 @@ export interface WatchBatch {
   readonly revision: Revision;
 }
 
+/** Options of {@link KVStore.list}. */
+export interface ListOptions {
+  readonly signal?: AbortSignal;
+  /**
+   * Only keys whose path below `prefix/` starts with this text (for the prefix `''`: whose whole
+   * key starts with it). Unlike the prefix it may end inside a segment: `list('net/a', {startsWith:
+   * 'x'})` lists `net/a/x`, `net/a/xy` and `net/a/x/deeper`, but not `net/a/y`, `net/ax` nor `net/a`.
+   * It splits one large range into smaller ones, e.g. the endpoints of one network by the first hex
+   * digit of their id. Non-empty, made of segment characters only (no `/`), at most 255 bytes; any
+   * other value is refused with {@link InvalidKeyError} before anything is sent. Undefined: every
+   * key below `prefix`.
+   */
+  readonly startsWith?: string;
+}
+
 export interface WatchOptions {
   /** Ends the watch; the iterator then finishes without an error. */
   readonly signal?: AbortSignal;
+  /**
+   * Watch only the keys {@link ListOptions.startsWith} would list. The watch's `fromRevision` must
+   * come from a listing (or an earlier batch) of the same prefix with the same `startsWith`.
+   */
+  readonly startsWith?: string;
 }
 
 /**
@@ -133,12 +153,19 @@ export interface StoreCapabilities {
   readonly maxValueBytes: number;
   /** Largest number of operations in one {@link KVStore.txn}. */
   readonly maxTxnOps: number;
+  /**
+   * True when every watch answer carries every key of the watched range, not only the changes
+   * (Consul's blocking queries): one change then costs each watcher of the range O(keys in the
+   * range) in transfer and comparison. Callers that watch many keys split the range with
+   * {@link WatchOptions.startsWith} so that a change costs only its part.
+   */
+  readonly watchReadsWholeRange: boolean;
 }
 
 /**
  * The contract. Every call that talks to the server rejects with {@link StoreUnavailableError}
  * (naming the URL) when the server does not answer within the store's `timeoutMs`, and with
- * {@link InvalidKeyError} before anything is sent when a key is malformed.
+ * {@link InvalidKeyError} before anything is sent when a key, prefix or `startsWith` is malformed.
  */
 export interface KVStore {
   /** The store URL with any credentials removed; safe to log and to put into messages. */
@@ -151,9 +178,10 @@ export interface KVStore {
 
   /**
    * Every key strictly below `prefix` (`net/a` lists `net/a/x` but not `net/ab` nor `net/a`
-   * itself), sorted by key, from one consistent point in time. `''` lists the whole store.
+   * itself), sorted by key, from one consistent point in time. `''` lists the whole store. With
+   * {@link ListOptions.startsWith}, only the keys whose path below `prefix/` starts with it.
    */
-  list(prefix: string, options?: { signal?: AbortSignal }): Promise<KVListing>;
+  list(prefix: string, options?: ListOptions): Promise<KVListing>;
 
   /** Unconditional write; returns the new revision. */
   put(key: string, value: Uint8Array, options?: PutOptions): Promise<Revision>;
@@ -172,9 +200,11 @@ export interface KVStore {
 
   /**
    * Every change below `prefix` made after `fromRevision` (a revision from {@link list} of the
-   * same prefix, or from an earlier batch), in order, until the signal aborts. When the backend
-   * cannot continue without a possible gap the iterator throws {@link WatchResetError}; the caller
-   * lists again and starts a new watch. A watch never ends silently.
+   * same prefix and the same {@link WatchOptions.startsWith}, or from an earlier batch of such a
+   * watch), in order, until the signal aborts. With `startsWith`, only changes of the keys that
+   * listing covers. When the backend cannot continue without a possible gap the iterator throws
+   * {@link WatchResetError}; the caller lists again and starts a new watch. A watch never ends
+   * silently.
    */
   watch(prefix: string, fromRevision: Revision, options?: WatchOptions): AsyncIterable<WatchBatch>;
 

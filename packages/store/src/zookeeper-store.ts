@@ -24,10 +24,15 @@
  * cannot have children: a lease-bound put of a key that has keys below it, and a put below a
  * lease-bound key, are refused with {@link InvalidKeyError}.
  *
- * Watches report state (`exactHistory: false`), see `zookeeper-tracker.ts`. Reads are served by the
- * server the store's session is connected to; node-zookeeper-client cannot send ZooKeeper's `sync`
- * (its reply parser drops the connection on that opcode), so in a multi-server ensemble a read may
- * lag the leader by that server's apply delay. Conditional writes are always decided by the leader.
+ * Watches report state (`exactHistory: false`), see `zookeeper-tracker.ts`. A `startsWith` range is
+ * filtered client side: the listing and the watch still read and follow every znode below the
+ * prefix and keep only the range's keys, so a range is correct (its revisions are the whole
+ * prefix's) but not faster than the whole prefix.
+ *
+ * Reads are served by the server the store's session is connected to; node-zookeeper-client cannot
+ * send ZooKeeper's `sync` (its reply parser drops the connection on that opcode), so in a
+ * multi-server ensemble a read may lag the leader by that server's apply delay. Conditional writes
+ * are always decided by the leader.
  */
 
 import type { Logger } from 'pino';
@@ -44,7 +49,7 @@ import {
   WatchResetError,
   isStoreError,
 } from './errors.ts';
-import { validateKey, validatePrefix } from './keys.ts';
+import { isUnder, validateKey, validatePrefix, validateStartsWith } from './keys.ts';
 import { SnapshotCache } from './snapshot-diff.ts';
 import type {
   CasResult,
@@ -53,6 +58,7 @@ import type {
   KVStore,
   Lease,
   LeaseLostReason,
+  ListOptions,
   PutCondition,
   PutOptions,
   Revision,
@@ -162,7 +168,12 @@ const GUARD_CODES: ReadonlySet<number> = new Set([ZK.BAD_VERSION, ZK.NODE_EXISTS
 class ZookeeperStore implements KVStore {
   readonly backend = 'zookeeper' as const;
   readonly url: string;
-  readonly capabilities: StoreCapabilities = { exactHistory: false, maxValueBytes: MAX_VALUE_BYTES, maxTxnOps: MAX_TXN_OPS };
+  readonly capabilities: StoreCapabilities = {
+    exactHistory: false,
+    maxValueBytes: MAX_VALUE_BYTES,
+    maxTxnOps: MAX_TXN_OPS,
+    watchReadsWholeRange: false,
+  };
 
   private readonly root: string;
   private readonly timeoutMs: number;
@@ -199,8 +210,10 @@ class ZookeeperStore implements KVStore {
     return this.withMain(`get ${key}`, options.signal, async (session) => entryOf(key, await session.getData(this.pathOf(key))));
   }
 
-  async list(prefix: string, options: { signal?: AbortSignal } = {}): Promise<KVListing> {
+  async list(prefix: string, options: ListOptions = {}): Promise<KVListing> {
     validatePrefix(prefix);
+    const { startsWith } = options;
+    validateStartsWith(startsWith);
     return this.withMain(`list ${JSON.stringify(prefix)}`, options.signal, (session, signal) => {
       return new Promise<KVListing>((resolve, reject) => {
         const tracker: PrefixTracker = new PrefixTracker(session, this.pathOf(prefix), this.root, {
@@ -208,9 +221,10 @@ class ZookeeperStore implements KVStore {
             if (!tracker.settled) return;
             tracker.stop();
             signal.removeEventListener('abort', onAbort);
-            const snapshot = tracker.entries();
+            // a range is filtered here; the revision stays the whole prefix's, as a range watch computes it
+            const snapshot = tracker.entries(startsWith === undefined ? undefined : (key) => isUnder(prefix, key, startsWith));
             const revision = hexZxid(tracker.revision());
-            this.cache.remember(prefix, revision, snapshot);
+            this.cache.remember(prefix, startsWith, revision, snapshot);
             const entries = [...snapshot]
               .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
               .map(([key, e]): KVEntry => ({ key, value: e.value, revision: e.revision, ...(e.leaseId ? { leaseId: e.leaseId } : {}) }));
@@ -233,6 +247,7 @@ class ZookeeperStore implements KVStore {
 
   watch(prefix: string, fromRevision: Revision, options: WatchOptions = {}): AsyncIterable<WatchBatch> {
     validatePrefix(prefix);
+    validateStartsWith(options.startsWith);
     let watch: TrackedWatch | undefined;
     const channel = new WatchChannel(() => watch?.stop(), options.signal);
     if (this.closed) {
@@ -244,6 +259,7 @@ class ZookeeperStore implements KVStore {
       rootPath: this.pathOf(prefix),
       storeRoot: this.root,
       prefix,
+      ...(options.startsWith !== undefined ? { startsWith: options.startsWith } : {}),
       fromRevision,
       cache: this.cache,
       channel,

@@ -22,7 +22,7 @@
 
 import type { Logger } from 'pino';
 import { StoreUnavailableError, WatchResetError } from './errors.ts';
-import { validateKey } from './keys.ts';
+import { isUnder, validateKey } from './keys.ts';
 import { diffSnapshots, type SnapshotCache, type SnapshotEntry } from './snapshot-diff.ts';
 import type { WatchChannel } from './watch-channel.ts';
 import { isConnectionError, SessionEndedError, ZK, ZkError, type WatchKind, type ZkSession, type ZkStat } from './zookeeper-session.ts';
@@ -149,12 +149,16 @@ export class PrefixTracker {
     return min;
   }
 
-  /** The keys as tracked now (each a true state of that key, at its mzxid). */
-  entries(): Map<string, TrackedEntry> {
+  /**
+   * The keys as tracked now (each a true state of that key, at its mzxid); with `inRange`, only
+   * those it accepts (a `startsWith` range, filtered here: the tracker follows the whole subtree).
+   */
+  entries(inRange?: (key: string) => boolean): Map<string, TrackedEntry> {
     const out = new Map<string, TrackedEntry>();
     for (const node of this.byPath.values()) {
       const d = node.data;
       if (!d || d.value === undefined) continue;
+      if (inRange && !inRange(node.key)) continue;
       const leaseId = leaseIdOf(d.stat);
       out.set(node.key, { value: d.value, revision: keyRevision(d.stat), order: d.stat.mzxid, ...(leaseId ? { leaseId } : {}) });
     }
@@ -364,6 +368,12 @@ export interface TrackedWatchOptions {
   readonly rootPath: string;
   readonly storeRoot: string;
   readonly prefix: string;
+  /**
+   * Only keys whose path below `prefix/` starts with this. Filtered here, client side: the
+   * tracker still follows every znode below the prefix, and revisions stay the whole subtree's
+   * (the same as a `startsWith` listing's), so a range is correct but no cheaper than its prefix.
+   */
+  readonly startsWith?: string;
   readonly fromRevision: string;
   readonly cache: SnapshotCache;
   readonly channel: WatchChannel;
@@ -379,12 +389,15 @@ export interface TrackedWatchOptions {
 /** One `watch()`: a tracker plus the state the consumer has seen (see the module comment). */
 export class TrackedWatch {
   private readonly tracker: PrefixTracker;
+  private readonly inRange: ((key: string) => boolean) | undefined;
   private emitted: Map<string, SnapshotEntry> | undefined;
   private flushQueued = false;
   private startTimer: NodeJS.Timeout | undefined;
   private done = false;
 
   constructor(private readonly o: TrackedWatchOptions) {
+    const { prefix, startsWith } = o;
+    this.inRange = startsWith === undefined ? undefined : (key) => isUnder(prefix, key, startsWith);
     this.tracker = new PrefixTracker(o.session, o.rootPath, o.storeRoot, {
       onUpdate: () => this.queueFlush(),
       onFail: (err) => this.fail(o.mapError(err)),
@@ -432,11 +445,12 @@ export class TrackedWatch {
     if (!this.emitted) {
       if (!tracker.settled) return;
       if (this.startTimer) clearTimeout(this.startTimer);
-      const baseline = this.o.cache.recall(this.o.prefix, this.o.fromRevision);
+      const baseline = this.o.cache.recall(this.o.prefix, this.o.startsWith, this.o.fromRevision);
       if (baseline) {
         this.emitted = new Map(baseline);
       } else if (hexZxid(tracker.revision()) === this.o.fromRevision) {
-        this.emitted = new Map(tracker.entries());
+        // nothing below the prefix changed since that listing, so neither did the range
+        this.emitted = tracker.entries(this.inRange);
       } else {
         return this.fail(
           new WatchResetError(this.o.prefix, `revision ${this.o.fromRevision} was not listed by this store object and the prefix has changed since`),
@@ -445,7 +459,7 @@ export class TrackedWatch {
     }
     const bound = tracker.bound();
     const upTo = (order: bigint | undefined): boolean => bound === undefined || (order !== undefined && order <= bound);
-    const current = tracker.entries();
+    const current = tracker.entries(this.inRange);
     const next = new Map(this.emitted);
     let changed = false;
     for (const [key, entry] of current) {
@@ -468,7 +482,7 @@ export class TrackedWatch {
     const events = diffSnapshots(this.emitted, next, revision, at);
     this.emitted = next;
     tracker.forgetDeletions((key) => next.has(key));
-    this.o.cache.remember(this.o.prefix, revision, next);
+    this.o.cache.remember(this.o.prefix, this.o.startsWith, revision, next);
     this.o.channel.push({ events, revision });
   }
 }

@@ -10,7 +10,18 @@ import type { ExecutionContext, TestFn } from 'ava';
 import { spawnJsonChild, type JsonChild } from '../../../test/support/json-child.ts';
 import { fileURLToPath } from 'node:url';
 import type { KvServer } from '../../../test/support/kv-servers.ts';
-import { decodeText, encodeText, hasCode, openStore, PrefixMirror, type KVStore, type StoreBackendName, type StoreOptions } from '../src/index.ts';
+import {
+  decodeText,
+  encodeText,
+  hasCode,
+  openStore,
+  PrefixMirror,
+  type KVStore,
+  type StoreBackendName,
+  type StoreOptions,
+  type TxnOp,
+  type WatchEvent,
+} from '../src/index.ts';
 import { collect, msUntilGone, storesClosedAfter } from './fixtures/harness.ts';
 
 export interface ComplianceTarget {
@@ -49,6 +60,8 @@ function runClient(args: string[]): JsonChild & { firstLine: Promise<unknown> } 
 }
 
 const text = (s: string): Uint8Array => encodeText(s);
+/** `capabilities.watchReadsWholeRange` of each backend: only Consul's blocking queries answer with the whole range. */
+const WATCH_READS_WHOLE_RANGE: Record<StoreBackendName, boolean> = { consul: true, etcd: false, zookeeper: false, local: false };
 
 /**
  * The suite against a real etcd, Consul or ZooKeeper server (from `useKvServer`), the same way for
@@ -217,6 +230,37 @@ export function runComplianceSuite(test: TestFn, target: () => ComplianceTarget)
     t.deepEqual((await store.list('nothing/here')).entries, []);
   });
 
+  test('list with startsWith returns only the keys whose path below the prefix starts with it, sorted', async (t) => {
+    const { store } = await fresh(t);
+    const all = ['net/a', 'net/a/wx', 'net/a/x', 'net/a/x/deeper', 'net/a/xy', 'net/a/y', 'net/ax', 'net/ax/1', 'net/b/x', 'x/1', 'xtop', 'ynet/a/x'];
+    // written out of order, so a sorted answer is the store's doing
+    for (const key of [...all].reverse()) await store.put(key, text(`v:${key}`));
+    const keys = async (prefix: string, startsWith: string): Promise<string[]> => {
+      const listing = await store.list(prefix, { startsWith });
+      for (const e of listing.entries) t.is(decodeText(e.value), `v:${e.key}`);
+      return listing.entries.map((e) => e.key);
+    };
+    t.deepEqual(await keys('net/a', 'x'), ['net/a/x', 'net/a/x/deeper', 'net/a/xy'], 'not net/a/y, net/ax nor net/a itself');
+    t.deepEqual(await keys('net', 'a'), ['net/a', 'net/a/wx', 'net/a/x', 'net/a/x/deeper', 'net/a/xy', 'net/a/y', 'net/ax', 'net/ax/1'], 'ends inside a segment');
+    t.deepEqual(await keys('', 'x'), ['x/1', 'xtop'], "below '' the whole key starts with it");
+    t.deepEqual(await keys('net/a', 'xy'), ['net/a/xy']);
+    t.deepEqual(await keys('net/a', 'z'), []);
+    t.deepEqual(await keys('nothing/here', 'x'), []);
+    t.deepEqual(await keys('net/a', 'x'.repeat(255)), [], 'the longest accepted startsWith');
+    t.deepEqual(
+      (await store.list('net/a')).entries.map((e) => e.key),
+      ['net/a/wx', 'net/a/x', 'net/a/x/deeper', 'net/a/xy', 'net/a/y'],
+      'without startsWith: every key below the prefix, as before',
+    );
+    const listed = (await store.list('net/a', { startsWith: 'xy' })).entries[0]!;
+    t.is(listed.revision, (await store.get('net/a/xy'))!.revision);
+  });
+
+  test('capabilities say whether a watch answer carries the whole watched range', async (t) => {
+    const { store } = await fresh(t);
+    t.is(store.capabilities.watchReadsWholeRange, WATCH_READS_WHOLE_RANGE[store.backend]);
+  });
+
   test('create-only and compare-and-swap report a lost race as a value, never overwrite', async (t) => {
     const { store } = await fresh(t);
     const c1 = await store.putIf('k', text('first'), { absent: true });
@@ -362,6 +406,117 @@ export function runComplianceSuite(test: TestFn, target: () => ComplianceTarget)
     );
   });
 
+  test('a startsWith watch from a startsWith listing sees every change of its range and nothing else, with no gap', async (t) => {
+    const { store } = await fresh(t);
+    const range = { prefix: 'sw', startsWith: 'a' } as const;
+    await store.put('sw/a1', text('a1'));
+    await store.put('sw/b1', text('b1'));
+    await store.put('swa', text('not below sw'));
+    const listing = await store.list('sw', { startsWith: 'a' });
+    t.deepEqual(listing.entries.map((e) => e.key), ['sw/a1']);
+    // between the listing and the watch: the watch must still deliver what is in its range
+    await store.put('sw/a2', text('early'));
+    await store.put('sw/b2', text('b2'));
+    await store.put('swa/1', text('not below sw'));
+    await store.put('sw', text('the prefix key itself'));
+    const watching = collect(store, range, listing.revision, (evs) => evs.some((e) => e.key === 'sw/a-end'), 30_000);
+    await store.put('sw/b3', text('b3'));
+    await store.put('sw/a', text('a'));
+    await store.put('swab', text('not below sw'));
+    await store.put('sw/ab/deep', text('deep'));
+    await store.put('sw/c/a', text('below another segment'));
+    await store.delete('sw/a1');
+    await store.delete('sw/b1');
+    await store.put('sw/ba', text('ba'));
+    await store.put('sw/a-end', text('end'));
+    const { events, batches, reset } = await watching;
+    t.is(reset, undefined, `watch failed: ${String(reset)}`);
+    const described = events.map((e) => `${e.type}:${e.key}${e.type === 'put' ? '=' + decodeText(e.value) : ''}`);
+    t.deepEqual(events.filter((e) => !e.key.startsWith('sw/a')), [], `only keys of the range: ${described.join(' ')}`);
+    if (store.capabilities.exactHistory) {
+      t.deepEqual(described, ['put:sw/a2=early', 'put:sw/a=a', 'put:sw/ab/deep=deep', 'delete:sw/a1', 'put:sw/a-end=end']);
+    } else {
+      t.deepEqual(described.filter((d) => d.startsWith('put:')), ['put:sw/a2=early', 'put:sw/a=a', 'put:sw/ab/deep=deep', 'put:sw/a-end=end']);
+      t.deepEqual(described.filter((d) => d.startsWith('delete:')), ['delete:sw/a1']);
+    }
+    // the listing plus the events is the range as it is now
+    const view = new Map(listing.entries.map((e) => [e.key, decodeText(e.value)]));
+    for (const e of events) {
+      if (e.type === 'put') view.set(e.key, decodeText(e.value));
+      else view.delete(e.key);
+    }
+    const now = await store.list('sw', { startsWith: 'a' });
+    t.deepEqual([...view].sort(), now.entries.map((e) => [e.key, decodeText(e.value)]));
+    t.deepEqual(now.entries.map((e) => e.key), ['sw/a', 'sw/a-end', 'sw/a2', 'sw/ab/deep']);
+    // a watch of the same range goes on from the last batch's revision
+    const next = collect(store, range, batches.at(-1)!.revision, (evs) => evs.length > 0, 30_000);
+    await store.put('sw/b4', text('b4'));
+    await store.put('sw/a3', text('a3'));
+    const after = await next;
+    t.is(after.reset, undefined, String(after.reset));
+    t.deepEqual(after.events.map((e) => `${e.type}:${e.key}`), ['put:sw/a3']);
+  });
+
+  test('two startsWith watches on one prefix are independent, also when their listings share a revision', async (t) => {
+    const { store } = await fresh(t);
+    // One transaction: both ranges then have the same last change, and every backend may give both
+    // listings one revision; a watch must still start from its own range's state.
+    const put = (key: string, value: string): TxnOp => ({ op: 'put', key, value: text(value) });
+    t.true((await store.txn([put('two/a1', 'a1'), put('two/b1', 'b1'), put('two/c1', 'c1')])).ok);
+    const la = await store.list('two', { startsWith: 'a' });
+    const lb = await store.list('two', { startsWith: 'b' });
+    t.deepEqual(la.entries.map((e) => e.key), ['two/a1']);
+    t.deepEqual(lb.entries.map((e) => e.key), ['two/b1']);
+    t.log(`listing revisions: a ${la.revision}, b ${lb.revision}`);
+    const wa = collect(store, { prefix: 'two', startsWith: 'a' }, la.revision, (evs) => evs.some((e) => e.key === 'two/a-end'), 30_000);
+    const wb = collect(store, { prefix: 'two', startsWith: 'b' }, lb.revision, (evs) => evs.some((e) => e.key === 'two/b-end'), 30_000);
+    await store.put('two/b2', text('b2'));
+    await store.put('two/a1', text('a1-new'));
+    await store.put('two/c1', text('c1-new'));
+    await store.delete('two/b1');
+    await store.put('two/a-end', text('end'));
+    await store.put('two/b-end', text('end'));
+    const [a, b] = await Promise.all([wa, wb]);
+    t.is(a.reset, undefined, String(a.reset));
+    t.is(b.reset, undefined, String(b.reset));
+    const describe = (evs: readonly WatchEvent[]): string[] => evs.map((e) => `${e.type}:${e.key}${e.type === 'put' ? '=' + decodeText(e.value) : ''}`);
+    t.deepEqual(describe(a.events), ['put:two/a1=a1-new', 'put:two/a-end=end']);
+    if (store.capabilities.exactHistory) {
+      t.deepEqual(describe(b.events), ['put:two/b2=b2', 'delete:two/b1', 'put:two/b-end=end']);
+    } else {
+      t.deepEqual(describe(b.events).sort(), ['delete:two/b1', 'put:two/b-end=end', 'put:two/b2=b2']);
+    }
+  });
+
+  test('a PrefixMirror with startsWith mirrors only its range and says which range it covers', async (t) => {
+    const { store } = await fresh(t);
+    t.is(new PrefixMirror(store, 'mir').startsWith, undefined);
+    await store.put('mir/a1', text('a1'));
+    await store.put('mir/b1', text('b1'));
+    await store.put('mira/1', text('not below mir'));
+    const seen: WatchEvent[] = [];
+    const mirror = new PrefixMirror(store, 'mir', { startsWith: 'a', onChange: (change) => seen.push(...change.events) });
+    t.is(mirror.startsWith, 'a');
+    t.is(mirror.prefix, 'mir');
+    mirror.start();
+    try {
+      await mirror.synced;
+      t.deepEqual([...mirror.view.keys()], ['mir/a1']);
+      await store.put('mir/a2', text('a2'));
+      await store.put('mir/b2', text('b2'));
+      await store.put('mir/ab/c', text('deep'));
+      await store.delete('mir/a1');
+      await store.put('mir/a-end', text('end'));
+      const deadline = Date.now() + 30_000;
+      while (!mirror.view.has('mir/a-end') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      await mirror.stop();
+    }
+    t.deepEqual([...mirror.view.keys()].sort(), ['mir/a-end', 'mir/a2', 'mir/ab/c']);
+    t.deepEqual(seen.filter((e) => !e.key.startsWith('mir/a')), [], 'no change outside the range reached the mirror');
+    t.is(mirror.resyncs, 0);
+  });
+
   test('a watch started after the writes, from an older revision, still sees them or asks for a re-list', async (t) => {
     const { store } = await fresh(t);
     await store.put('late/seed', text('s'));
@@ -492,6 +647,26 @@ export function runComplianceSuite(test: TestFn, target: () => ComplianceTarget)
       message: /invalid store key/,
     });
     if (!dead) t.is(await store.get('ok'), undefined, 'a transaction with one bad key writes nothing');
+  });
+
+  test('a malformed startsWith is refused with InvalidKeyError naming it before anything reaches the server', async (t) => {
+    const dead = target().unreachableUrl;
+    const store = dead ? await target().open(dead(), { timeoutMs: OUTAGE_TIMEOUT_MS }) : (await fresh(t)).store;
+    if (dead) opened.push(store);
+    for (const bad of ['', 'a/b', 'a b', 'x'.repeat(256), 'a\0']) {
+      const what = JSON.stringify(bad.length > 20 ? `${bad.slice(0, 20)}…` : bad);
+      const listErr = await t.throwsAsync(store.list('net', { startsWith: bad }));
+      t.true(hasCode(listErr, 'KVNET_STORE_INVALID_KEY'), `list ${what}: ${String(listErr)}`);
+      t.true(listErr!.message.includes(JSON.stringify(bad)), `list ${what}: the message names the value: ${listErr!.message}`);
+      // a watch that accepted it would wait or fail otherwise; the time limit ends it without an error
+      const watchErr = await t.throwsAsync(async () => {
+        for await (const _ of store.watch('net', '1', { startsWith: bad, signal: AbortSignal.timeout(5_000) })) break;
+      });
+      t.true(hasCode(watchErr, 'KVNET_STORE_INVALID_KEY'), `watch ${what}: ${String(watchErr)}`);
+      t.true(watchErr!.message.includes(JSON.stringify(bad)), `watch ${what}: the message names the value: ${watchErr!.message}`);
+      const mirrorErr = t.throws(() => new PrefixMirror(store, 'net', { startsWith: bad }));
+      t.true(hasCode(mirrorErr, 'KVNET_STORE_INVALID_KEY'), `mirror ${what}: ${String(mirrorErr)}`);
+    }
   });
 
   test('close() leaves nothing that keeps the process alive', async (t) => {

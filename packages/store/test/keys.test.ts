@@ -1,5 +1,5 @@
 import test from 'ava';
-import { decodeSegment, encodeSegment, isUnder, parseStoreUrl, validateKey } from '../src/index.ts';
+import { decodeSegment, encodeSegment, isUnder, parseStoreUrl, validateKey, validateStartsWith } from '../src/index.ts';
 
 test('validateKey accepts normal keys and refuses malformed ones', (t) => {
   for (const ok of ['a', 'a/b', 'networks/4f1c:x@y=z,w+v~u-t_s.r']) t.notThrows(() => validateKey(ok));
@@ -14,6 +14,23 @@ test('isUnder matches whole segments only', (t) => {
   t.false(isUnder('net/a', 'net/ab'));
   t.false(isUnder('net/a', 'net/a'));
   t.true(isUnder('', 'anything'));
+});
+
+test('validateStartsWith accepts the start of a segment and refuses anything else, naming the value', (t) => {
+  for (const ok of [undefined, 'a', '0', '.', '..', '~', 'ab:c@d=e,f+g-h_i', 'x'.repeat(255)]) t.notThrows(() => validateStartsWith(ok), String(ok));
+  for (const bad of ['', 'a/b', '/', 'a b', 'a\0', 'ä', 'x'.repeat(256)]) {
+    const err = t.throws(() => validateStartsWith(bad), { code: 'KVNET_STORE_INVALID_KEY' } as never, JSON.stringify(bad));
+    t.true(err!.message.includes(JSON.stringify(bad)), err!.message);
+  }
+  t.throws(() => validateStartsWith(null as unknown as string), { code: 'KVNET_STORE_INVALID_KEY' } as never);
+});
+
+test('isUnder with startsWith: below the prefix and starting with it there', (t) => {
+  for (const key of ['net/a/x', 'net/a/xy', 'net/a/x/deeper']) t.true(isUnder('net/a', key, 'x'), key);
+  for (const key of ['net/a/y', 'net/ax', 'net/a', 'net/ax/1', 'net/b/x']) t.false(isUnder('net/a', key, 'x'), key);
+  t.true(isUnder('', 'xtop', 'x'));
+  t.true(isUnder('', 'x/1', 'x'));
+  t.false(isUnder('', 'net/x', 'x'));
 });
 
 test('encodeSegment round-trips arbitrary text into a valid segment', (t) => {
