@@ -1,8 +1,10 @@
 /**
- * The agent's live copy of the cluster: four {@link PrefixMirror}s (list, watch from the listing's
- * revision, re-list on any watch error) over `networks/`, `endpoints/`, `nodes/` and this node's
- * `reaped/<node>/`, the decoded {@link ClusterView} kept from their changes (one record decoded per
- * event; see {@link ClusterViewState}), and the store's health as the mirrors see it.
+ * The agent's live copy of the cluster: {@link PrefixMirror}s (list, watch from the listing's
+ * revision, re-list on any watch error) over `networks/`, `nodes/`, this node's `reaped/<node>/` and
+ * the endpoints ({@link EndpointMirrors}: one over `endpoints/`, or on Consul per network and split
+ * for large ones), the decoded {@link ClusterView} kept from their changes (one record decoded per
+ * event; see {@link ClusterViewState}), and the store's health as the mirrors see it. A network's
+ * record enters the view only once its endpoints have been listed.
  *
  * While the store is unreachable the mirrors keep their last view: nothing is torn down, and API
  * reads are served from it. When every mirror has listed again the store counts as reachable.
@@ -15,10 +17,11 @@
  */
 
 import type { Logger } from 'pino';
-import { hasCode, PrefixMirror, sleep, StoreUnavailableError, storeErrorDetail, type KVEntry, type KVStore } from '@kvnet/store';
+import { hasCode, PrefixMirror, sleep, StoreUnavailableError, storeErrorDetail, type KVEntry, type KVStore, type WatchEvent } from '@kvnet/store';
 import { ClusterViewState, type ClusterView, type ViewChange, type ViewPart } from './cluster-view.ts';
+import { EndpointMirrors } from './endpoint-mirrors.ts';
 import { AgentNotReadyError } from './errors.ts';
-import { ENDPOINTS, keys, NETWORKS, NODES } from './layout.ts';
+import { ENDPOINTS, keys, lastSegment, NETWORKS, NODES } from './layout.ts';
 
 const NO_VIEW_CHANGE: ViewChange = { networks: new Set(), endpoints: new Map(), nodes: new Set() };
 
@@ -209,14 +212,21 @@ export interface ClusterMirrorOptions {
   readonly onStoreBack: () => void;
   /** The store's state, when the caller made it before the mirror (to guard the store it hands out); default a new one. */
   readonly health?: StoreHealth;
+  /** Watch endpoints per network, splitting large ones (default: when the store's watch answers carry the whole range, i.e. Consul); see endpoint-mirrors.ts. */
+  readonly endpointsPerNetwork?: boolean;
+  /** Records of one network's watch beyond which it is split in 16 (tests); default SPLIT_AT. */
+  readonly endpointsSplitAt?: number;
 }
 
 export class ClusterMirror {
   private readonly networks: PrefixMirror;
-  private readonly endpoints: PrefixMirror;
+  private readonly endpoints: EndpointMirrors;
   private readonly nodes: PrefixMirror;
   private readonly reapedMirror: PrefixMirror;
+  /** Every mirror but the endpoints'. */
   private readonly all: readonly PrefixMirror[];
+  /** Network records (keys) not yet in the view: their endpoints have not all been listed. */
+  private readonly held = new Set<string>();
   private readonly state: ClusterViewState;
   private syncedAll = false;
   private stopped = false;
@@ -231,22 +241,58 @@ export class ClusterMirror {
     this.health.subscribe((from, to) => {
       if (to === 'reachable' && from !== 'reachable') opts.onStoreBack();
     });
-    const mirror = (prefix: string, part: ViewPart | undefined): PrefixMirror =>
+    const mirror = (prefix: string, part: ViewPart | undefined, onChange?: (events: readonly WatchEvent[], resync: boolean) => void): PrefixMirror =>
       new PrefixMirror(opts.store, prefix, {
         logger: opts.logger.child({ component: 'mirror', prefix }),
-        onChange: (change) => opts.onChange(part ? this.state.apply(part, change.events) : NO_VIEW_CHANGE, change.resync),
+        onChange: onChange ? (change) => onChange(change.events, change.resync) : (change) => opts.onChange(part ? this.state.apply(part, change.events) : NO_VIEW_CHANGE, change.resync),
         onHealth: (ok, err) => this.onHealth(prefix, ok, err),
       });
-    this.networks = mirror(NETWORKS, 'networks');
-    this.endpoints = mirror(ENDPOINTS, 'endpoints');
+    this.endpoints = new EndpointMirrors({
+      store: opts.store,
+      logger: opts.logger,
+      onEvents: (events, resync) => opts.onChange(this.state.apply('endpoints', events), resync),
+      onReady: (nid) => this.release(nid),
+      onHealth: (prefix, ok, err) => this.onHealth(prefix, ok, err),
+      ...(opts.endpointsPerNetwork === undefined ? {} : { perNetwork: opts.endpointsPerNetwork }),
+      ...(opts.endpointsSplitAt === undefined ? {} : { splitAt: opts.endpointsSplitAt }),
+    });
+    this.networks = mirror(NETWORKS, 'networks', (events, resync) => this.networksChanged(events, resync));
     this.nodes = mirror(NODES, 'nodes');
     this.reapedMirror = mirror(keys.reapedOf(opts.node), undefined);
-    this.all = [this.networks, this.endpoints, this.nodes, this.reapedMirror];
+    this.all = [this.networks, this.nodes, this.reapedMirror];
   }
 
   start(): void {
     for (const m of this.all) m.start();
+    this.endpoints.start();
     this.probeLoop = this.probe();
+  }
+
+  /**
+   * A new network's record waits until its endpoints have been listed ({@link release}); a removed
+   * network leaves the view before its endpoints do. Then the endpoints' watches follow.
+   */
+  private networksChanged(events: readonly WatchEvent[], resync: boolean): void {
+    const now: WatchEvent[] = [];
+    for (const ev of events) {
+      if (ev.type === 'put' && !this.endpoints.isReady(lastSegment(ev.key))) {
+        this.held.add(ev.key);
+        continue;
+      }
+      this.held.delete(ev.key);
+      now.push(ev);
+    }
+    if (now.length > 0) this.opts.onChange(this.state.apply('networks', now), resync);
+    this.endpoints.networksChanged(events);
+  }
+
+  /** Network `nid`'s endpoints have been listed: its record (as the mirror has it now) enters the view. */
+  private release(nid: string): void {
+    const key = keys.network(nid);
+    if (!this.held.delete(key)) return;
+    const entry = this.networks.view.get(key);
+    if (!entry) return;
+    this.opts.onChange(this.state.apply('networks', [{ type: 'put', key, value: entry.value, revision: entry.revision }]), false);
   }
 
   /**
@@ -304,7 +350,8 @@ export class ClusterMirror {
       throw new AgentNotReadyError(`could not list the cluster store ${this.opts.store.url} within ${timeoutMs / 1000}s`);
     });
     try {
-      await Promise.race([Promise.all(this.all.map((m) => m.synced)), timeout]);
+      // the endpoints' watches are known once the networks have listed
+      await Promise.race([Promise.all(this.all.map((m) => m.synced)).then(() => this.endpoints.synced()), timeout]);
       this.syncedAll = true;
     } finally {
       timer.abort();
@@ -327,7 +374,7 @@ export class ClusterMirror {
 
   /** Re-lists of all mirrors since start. */
   get resyncs(): number {
-    return this.all.reduce((s, m) => s + m.resyncs, 0);
+    return this.all.reduce((s, m) => s + m.resyncs, this.endpoints.resyncs);
   }
 
   /** This node's reaped endpoints (`reaped/<node>/<eid>` entries). */
@@ -345,14 +392,27 @@ export class ClusterMirror {
 
   /** Resolves true when this agent's view shows `key` present (or absent), false after `timeoutMs`; never rejects. */
   async waitForView(key: string, present: boolean, timeoutMs = VIEW_CATCHUP_TIMEOUT_MS): Promise<boolean> {
-    const mirror = this.all.find((x) => key.startsWith(`${x.prefix}/`));
-    if (!mirror) return false;
+    const has = this.holderOf(key);
+    if (!has) return false;
     const deadline = Date.now() + timeoutMs;
-    while (mirror.view.has(key) !== present) {
+    while (has() !== present) {
       if (Date.now() > deadline || this.stopped) return false;
       await sleep(VIEW_POLL_MS);
     }
     return true;
+  }
+
+  /** How to tell whether the view holds `key` (a network only once it is out of {@link held}); undefined for keys no mirror covers. */
+  private holderOf(key: string): (() => boolean) | undefined {
+    if (key.startsWith(`${ENDPOINTS}/`)) return () => this.endpoints.has(key);
+    if (key.startsWith(`${NETWORKS}/`)) return () => this.networks.view.has(key) && !this.held.has(key);
+    const mirror = this.all.find((x) => key.startsWith(`${x.prefix}/`));
+    return mirror ? () => mirror.view.has(key) : undefined;
+  }
+
+  /** How many watches cover network `nid`'s endpoints (1, or 16 once split; 0 while not watched). */
+  endpointWatches(nid: string): number {
+    return this.endpoints.watchCount(nid);
   }
 
   /** Resolves when `test` holds for the view, or after `timeoutMs`; never rejects. */
@@ -368,7 +428,7 @@ export class ClusterMirror {
   async stop(): Promise<void> {
     this.stopped = true;
     this.probeStop.abort();
-    await Promise.all([...this.all.map((m) => m.stop()), this.probeLoop]);
+    await Promise.all([...this.all.map((m) => m.stop()), this.endpoints.stop(), this.probeLoop]);
   }
 
   private onHealth(prefix: string, ok: boolean, err: unknown): void {
@@ -377,7 +437,7 @@ export class ClusterMirror {
       this.health.mirrors(false);
       this.health.failure('mirror', err);
       this.opts.onStoreError(prefix, err, first);
-    } else if (this.all.every((m) => m.healthy)) {
+    } else if (this.all.every((m) => m.healthy) && this.endpoints.healthy) {
       this.health.mirrors(true);
     }
   }
