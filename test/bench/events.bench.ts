@@ -33,6 +33,7 @@
  * with `--compare`), and for telling where an event's cost goes.
  */
 
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { keys, type EndpointRecord } from '../../packages/agent/src/layout.ts';
@@ -214,7 +215,8 @@ async function main(): Promise<void> {
     const identity = { name: nodeRecord.name, id: nodeRecord.nodeId, vtep: nodeRecord.advertise };
     const record = (i: number): EndpointRecord => {
       const ip = `10.100.${128 + Math.floor(i / 250)}.${(i % 250) + 1}`;
-      const id = `f${(i + 1).toString(16).padStart(63, '0')}`;
+      // spread like the random ids agents make (Consul's endpoint watches are split by their first digits)
+      const id = createHash('sha256').update(`events-peer-${i}`).digest('hex');
       return newEndpointRecord(identity, { id, name: `p${i}`, network: net.id, address: `${ip}/16`, ip });
     };
     const put = async (i: number): Promise<void> => {

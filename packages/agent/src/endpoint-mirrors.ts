@@ -5,19 +5,21 @@
  * over all of `endpoints/` costs each agent O(1) per connect. Consul answers every blocking query with
  * every key of the watched range (`watchReadsWholeRange`): one watch of `endpoints/` makes each
  * connect cost every agent a read and decode of every endpoint of the cluster (2 000 records at
- * 100 hosts × 20). There the endpoints are watched per network (`endpoints/<nid>/`), and a network
- * whose watch holds more than {@link SPLIT_AT} records is split by the first hex digit of the
- * endpoint id (16 watches, `startsWith` `0`…`f`): a change then costs each agent about 1/16 of that
- * network's records. A split network stays split until the agent restarts. Consul's load grows by
- * one blocking query per small network and 16 per large one, per agent.
+ * 100 hosts × 20). There the endpoints are watched per network (`endpoints/<nid>/`), and a watch
+ * that holds more than {@link SPLIT_AT} records is replaced by 16, one per next hex digit of the
+ * endpoint id (`startsWith` `0`…`f`, then `a0`…`af` for a part that grows past the limit again, up
+ * to {@link MAX_SPLIT_DIGITS} digits): a change then costs each agent the records of one part, about
+ * 125 at 2 000 endpoints and at most a few hundred up to 16^3 × 256 endpoints per network. A split
+ * stays until the agent restarts. Consul's load grows by one blocking query per small network and
+ * one per part of a large one, per agent (16 at 2 000 endpoints; 256 at 50 000).
  *
  * Per network the rules are:
  * - a network's endpoints enter the view only from listings and watches that are complete: the
  *   network record itself is held back ({@link isReady}) until every watch of the network has listed,
  *   so the view never shows a network without its endpoints (which would tear down what they describe);
- * - a split runs the 16 new watches beside the old one, and switches when all have listed: the view
- *   then gets exactly the difference between what the old watch had delivered and what the new ones
- *   hold, never a gap or a flicker;
+ * - a split runs the 16 new watches beside the one they replace, and switches when all have listed:
+ *   the view then gets exactly the difference between what the old watch had delivered and what the
+ *   new ones hold, never a gap or a flicker;
  * - when the network record goes, its watches stop and its endpoints leave the view.
  */
 
@@ -25,8 +27,10 @@ import type { Logger } from 'pino';
 import { PrefixMirror, type KVEntry, type KVStore, type WatchEvent } from '@kvnet/store';
 import { ENDPOINTS, keys, lastSegment, parseEndpointKey } from './layout.ts';
 
-/** A network's single watch is split into 16 when it holds more records than this (Consul). */
+/** A watch of a network's endpoints is replaced by 16 when it holds more records than this (Consul). */
 export const SPLIT_AT = 256;
+/** How many leading hex digits of the endpoint id the finest watch covers (16^3 = 4 096 watches at most per network). */
+export const MAX_SPLIT_DIGITS = 3;
 /** The first characters of an endpoint id: one watch each for a split network. */
 const HEX_DIGITS = [...'0123456789abcdef'];
 
@@ -45,10 +49,10 @@ export interface EndpointMirrorsOptions {
   readonly splitAt?: number;
 }
 
-/** The watches of one network: those the view follows, and, during a split, the ones that will replace them. */
+/** The watches of one network: those the view follows, and, for each one being split, the 16 that will replace it. */
 interface NetworkWatches {
-  current: PrefixMirror[];
-  next: PrefixMirror[] | undefined;
+  readonly current: Set<PrefixMirror>;
+  readonly splitting: Map<PrefixMirror, PrefixMirror[]>;
   ready: boolean;
 }
 
@@ -83,7 +87,7 @@ export class EndpointMirrors {
   start(): void {
     this.started = true;
     this.whole?.start();
-    for (const w of this.networks.values()) for (const m of [...w.current, ...(w.next ?? [])]) m.start();
+    for (const w of this.networks.values()) for (const m of mirrorsOf(w)) m.start();
   }
 
   /**
@@ -105,10 +109,10 @@ export class EndpointMirrors {
     return this.networks.get(nid)?.ready ?? false;
   }
 
-  /** How many watches cover network `nid`'s endpoints now (0: not watched; 1: whole; 16: split). */
+  /** How many watches cover network `nid`'s endpoints now (0: not watched; 1: whole; 16 once split; more when parts were split again). */
   watchCount(nid: string): number {
     if (this.whole) return 1;
-    return this.networks.get(nid)?.current.length ?? 0;
+    return this.networks.get(nid)?.current.size ?? 0;
   }
 
   /** Whether the view holds `endpoints/<nid>/<eid>`, from the watch that covers it. */
@@ -118,7 +122,8 @@ export class EndpointMirrors {
     if (!k) return false;
     const w = this.networks.get(k.nid);
     if (!w?.ready) return false;
-    return w.current.some((m) => covers(m, k.eid) && m.view.has(key));
+    for (const m of w.current) if (covers(m, k.eid)) return m.view.has(key);
+    return false;
   }
 
   /** Every running watch has the store. */
@@ -131,7 +136,7 @@ export class EndpointMirrors {
   get resyncs(): number {
     if (this.whole) return this.whole.resyncs;
     let n = this.retiredResyncs;
-    for (const w of this.networks.values()) for (const m of [...w.current, ...(w.next ?? [])]) n += m.resyncs;
+    for (const w of this.networks.values()) for (const m of mirrorsOf(w)) n += m.resyncs;
     return n;
   }
 
@@ -139,7 +144,7 @@ export class EndpointMirrors {
   async synced(): Promise<void> {
     if (this.whole) return this.whole.synced;
     for (;;) {
-      const pending = [...this.networks.values()].filter((w) => !w.ready).flatMap((w) => w.current.map((m) => m.synced));
+      const pending = [...this.networks.values()].filter((w) => !w.ready).flatMap((w) => [...w.current].map((m) => m.synced));
       if (pending.length === 0) return;
       await Promise.all(pending);
       // the ready callbacks run after the listing's promise; let them run before looking again
@@ -149,7 +154,7 @@ export class EndpointMirrors {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    const all: PrefixMirror[] = this.whole ? [this.whole] : [...this.networks.values()].flatMap((w) => [...w.current, ...(w.next ?? [])]);
+    const all: PrefixMirror[] = this.whole ? [this.whole] : [...this.networks.values()].flatMap((w) => mirrorsOf(w));
     await Promise.all([...all.map((m) => m.stop()), ...this.stopping]);
   }
 
@@ -167,46 +172,45 @@ export class EndpointMirrors {
   }
 
   private watchNetwork(nid: string): void {
-    const w: NetworkWatches = { current: [], next: undefined, ready: false };
+    const w: NetworkWatches = { current: new Set(), splitting: new Map(), ready: false };
     this.networks.set(nid, w);
     const m = this.mirror(nid, undefined, (events, resync, self) => this.fromWatch(nid, w, self, events, resync));
-    w.current = [m];
+    w.current.add(m);
     void m.synced.then(() => this.listed(nid, w));
   }
 
   /**
    * Events of one of network `nid`'s watches: applied when the view follows that watch (before the
-   * network is ready too: its record waits for them, not the other way round); a single watch that
-   * grew past the limit is split.
+   * network is ready too: its record waits for them, not the other way round); a watch that grew
+   * past the limit is split.
    */
   private fromWatch(nid: string, w: NetworkWatches, m: PrefixMirror, events: readonly WatchEvent[], resync: boolean): void {
-    if (this.networks.get(nid) !== w || !w.current.includes(m)) return;
+    if (this.networks.get(nid) !== w || !w.current.has(m)) return;
     this.opts.onEvents(events, resync);
-    if (m.startsWith === undefined && !w.next && m.view.size > this.splitAt) this.split(nid, w);
+    if (m.view.size > this.splitAt && (m.startsWith ?? '').length < MAX_SPLIT_DIGITS && !w.splitting.has(m)) this.split(nid, w, m);
   }
 
   private listed(nid: string, w: NetworkWatches): void {
     if (this.networks.get(nid) !== w || w.ready) return;
-    if (!w.current.every((m) => m.revision !== undefined)) return;
+    if (![...w.current].every((m) => m.revision !== undefined)) return;
     w.ready = true;
     this.opts.onReady(nid);
   }
 
-  /** Starts the 16 watches that replace network `nid`'s single one; switches when all have listed. */
-  private split(nid: string, w: NetworkWatches): void {
-    this.opts.logger.info({ network: nid, endpoints: w.current[0]!.view.size }, 'network has many endpoints: watching it in 16 parts');
-    // until the switch the view follows the single watch; the new ones' events are only kept in their views
-    const next = HEX_DIGITS.map((digit) => this.mirror(nid, digit, (events, resync, self) => this.fromWatch(nid, w, self, events, resync)));
-    w.next = next;
-    void Promise.all(next.map((m) => m.synced)).then(() => this.switchTo(nid, w, next));
+  /** Starts the 16 watches that replace watch `old` of network `nid`, one per next hex digit; switches when all have listed. */
+  private split(nid: string, w: NetworkWatches, old: PrefixMirror): void {
+    const start = old.startsWith ?? '';
+    this.opts.logger.info({ network: nid, part: `${start}…`, endpoints: old.view.size }, 'many endpoints in one watch: watching them in 16 parts');
+    // until the switch the view follows the old watch; the new ones' events are only kept in their views
+    const next = HEX_DIGITS.map((digit) => this.mirror(nid, start + digit, (events, resync, self) => this.fromWatch(nid, w, self, events, resync)));
+    w.splitting.set(old, next);
+    void Promise.all(next.map((m) => m.synced)).then(() => this.switchTo(nid, w, old, next));
   }
 
   /** The new watches have all listed: the view gets the difference between the old watch's view and theirs. */
-  private switchTo(nid: string, w: NetworkWatches, next: PrefixMirror[]): void {
-    if (this.networks.get(nid) !== w || w.next !== next) return;
-    const before = w.current;
-    const had = new Map<string, KVEntry>();
-    for (const m of before) for (const [k, e] of m.view) had.set(k, e);
+  private switchTo(nid: string, w: NetworkWatches, old: PrefixMirror, next: PrefixMirror[]): void {
+    if (this.networks.get(nid) !== w || w.splitting.get(old) !== next) return;
+    const had = new Map<string, KVEntry>(old.view);
     const events: WatchEvent[] = [];
     for (const m of next) {
       for (const [k, e] of m.view) {
@@ -215,9 +219,10 @@ export class EndpointMirrors {
       }
     }
     for (const k of had.keys()) events.push({ type: 'delete', key: k, revision: '' });
-    w.current = next;
-    w.next = undefined;
-    this.retire(before);
+    w.splitting.delete(old);
+    w.current.delete(old);
+    for (const m of next) w.current.add(m);
+    this.retire([old]);
     if (events.length > 0) this.opts.onEvents(events, true);
   }
 
@@ -228,7 +233,7 @@ export class EndpointMirrors {
     // what the view follows has been applied (also before the network was ready): take all of it out
     const events: WatchEvent[] = [];
     for (const m of w.current) for (const k of m.view.keys()) events.push({ type: 'delete', key: k, revision: '' });
-    this.retire([...w.current, ...(w.next ?? [])]);
+    this.retire(mirrorsOf(w));
     if (events.length > 0) this.opts.onEvents(events, true);
   }
 
@@ -243,7 +248,12 @@ export class EndpointMirrors {
   }
 }
 
-/** Whether mirror `m` (a network's single watch, or one of its 16) covers endpoint id `eid`. */
+/** Every running watch of a network: those the view follows and those that will replace some of them. */
+function mirrorsOf(w: NetworkWatches): PrefixMirror[] {
+  return [...w.current, ...[...w.splitting.values()].flat()];
+}
+
+/** Whether mirror `m` (a network's single watch, or one of its parts) covers endpoint id `eid`. */
 function covers(m: PrefixMirror, eid: string): boolean {
   return m.startsWith === undefined || eid.startsWith(m.startsWith);
 }

@@ -90,7 +90,7 @@ function recordingMirror(store: KVStore, minEndpoints: (nid: string) => number, 
   return { mirror, problems, removed };
 }
 
-consulTest('Consul: endpoints are watched per network; a network enters the view with its endpoints; a large one is split in 16 without a gap or a flicker; a removed one takes its endpoints along', async (t) => {
+consulTest('Consul: endpoints are watched per network; a network enters the view with its endpoints; a large one is split in 16, a large part again in 16, without a gap or a flicker; a removed one takes its endpoints along', async (t) => {
   const store = await openStore(consul!.url(`kvnet${id}split`));
   const a = newId();
   const b = newId();
@@ -126,14 +126,24 @@ consulTest('Consul: endpoints are watched per network; a network enters the view
     t.is(rec.removed.get(a), undefined, 'no endpoint left the view during the split');
     t.is(mirror.endpointWatches(b), 1, 'the other network keeps its one watch');
 
+    // a part that grows past the limit again is split by the next digit: 15 + 16 watches
+    for (let i = 0; i < 8; i++) {
+      const eid = eidStarting('c');
+      aEids.push(eid);
+      await put(a, eid);
+    }
+    t.true(await mirror.waitUntil(() => mirror.endpointWatches(a) === 31, 20_000), 'the part c… (9 endpoints) is watched in 16 parts c0…cf');
+    t.true(await mirror.waitUntil((v) => v.endpoints.get(a)?.size === 21, 10_000));
+    t.is(rec.removed.get(a), undefined, 'no endpoint left the view during the second split');
+
     // the split watches deliver changes in every part
-    const late = eidStarting('d');
+    const late = eidStarting('c');
     await put(a, late);
-    t.true(await mirror.waitForView(keys.endpoint(a, late), true, 10_000), 'a new endpoint is seen by the watch of its digit');
+    t.true(await mirror.waitForView(keys.endpoint(a, late), true, 10_000), 'a new endpoint is seen by the watch of its digits');
     await store.delete(keys.endpoint(a, aEids[0]!));
     t.true(await mirror.waitForView(keys.endpoint(a, aEids[0]!), false, 10_000), 'a deleted one goes');
     view = mirror.view();
-    t.is(view.endpoints.get(a)?.size, 13);
+    t.is(view.endpoints.get(a)?.size, 21);
     t.deepEqual(rec.removed.get(a), [aEids[0]]);
 
     // a network whose endpoints are in the store before its record: the record comes with them
@@ -146,7 +156,7 @@ consulTest('Consul: endpoints are watched per network; a network enters the view
     await store.delete(keys.network(a));
     t.true(await mirror.waitUntil((v) => !v.networks.has(a) && !v.endpoints.has(a), 10_000), 'the endpoints of a removed network leave the view');
     t.is(mirror.endpointWatches(a), 0);
-    t.is((await store.list(keys.endpointsOf(a))).entries.length, 13, 'nothing in the store was touched');
+    t.is((await store.list(keys.endpointsOf(a))).entries.length, 21, 'nothing in the store was touched');
     t.deepEqual(rec.problems, []);
   } finally {
     await mirror.stop();
