@@ -181,6 +181,7 @@ export class Agent implements StatusSource {
         health,
       }));
       metrics.resyncSource = () => cluster.resyncs;
+      metrics.watchSource = () => cluster.watches;
       const reconciler = (this.reconciler = new Reconciler({
         node: node.name,
         gatewayBridge: config.gatewayBridge,

@@ -372,6 +372,11 @@ export class ClusterMirror {
     return this.health.current === 'reachable';
   }
 
+  /** Watches held on the store now (the endpoints' included; during a split, both the old and the new). */
+  get watches(): number {
+    return this.all.length + this.endpoints.watches;
+  }
+
   /** Re-lists of all mirrors since start. */
   get resyncs(): number {
     return this.all.reduce((s, m) => s + m.resyncs, this.endpoints.resyncs);

@@ -20,7 +20,9 @@
  * - a split runs the 16 new watches beside the one they replace, and switches when all have listed:
  *   the view then gets exactly the difference between what the old watch had delivered and what the
  *   new ones hold, never a gap or a flicker;
- * - when the network record goes, its watches stop and its endpoints leave the view.
+ * - when the network record goes, its watches stop and its endpoints leave the view. Endpoint records
+ *   of a network that has no record (left behind by hand) are not watched on such a store; nothing
+ *   of the agent's needs them (the janitor reads the store itself before it deletes anything).
  */
 
 import type { Logger } from 'pino';
@@ -115,6 +117,14 @@ export class EndpointMirrors {
     return this.networks.get(nid)?.current.size ?? 0;
   }
 
+  /** Every watch running now, in all networks (those being replaced and their replacements included). */
+  get watches(): number {
+    if (this.whole) return 1;
+    let n = 0;
+    for (const w of this.networks.values()) n += mirrorsOf(w).length;
+    return n;
+  }
+
   /** Whether the view holds `endpoints/<nid>/<eid>`, from the watch that covers it. */
   has(key: string): boolean {
     if (this.whole) return this.whole.view.has(key);
@@ -185,7 +195,7 @@ export class EndpointMirrors {
    * past the limit is split.
    */
   private fromWatch(nid: string, w: NetworkWatches, m: PrefixMirror, events: readonly WatchEvent[], resync: boolean): void {
-    if (this.networks.get(nid) !== w || !w.current.has(m)) return;
+    if (this.stopped || this.networks.get(nid) !== w || !w.current.has(m)) return;
     this.opts.onEvents(events, resync);
     if (m.view.size > this.splitAt && (m.startsWith ?? '').length < MAX_SPLIT_DIGITS && !w.splitting.has(m)) this.split(nid, w, m);
   }

@@ -31,6 +31,9 @@ export class AgentMetrics {
   resyncSource: (() => number) | undefined;
   private resyncsSeen = 0;
   readonly watchResyncs: Counter;
+  /** How many watches the agent holds on the store now; read at scrape time into kvnet_store_watches. */
+  watchSource: (() => number) | undefined;
+  readonly storeWatches: Gauge;
   readonly reapedEndpoints = new Counter({ name: 'kvnet_reaped_endpoints_total', help: 'Endpoints of dead nodes removed by this agent', registers: [this.registry] });
   readonly orphansRemoved = new Counter({
     name: 'kvnet_orphans_removed_total',
@@ -85,6 +88,14 @@ export class AgentMetrics {
           this.inc(n - metrics.resyncsSeen);
           metrics.resyncsSeen = n;
         }
+      },
+    });
+    this.storeWatches = new Gauge({
+      name: 'kvnet_store_watches',
+      help: "Watches this agent holds on the store (on Consul each is a blocking query the servers answer at least every 15 s): 4, or on Consul 3 + 1 per network + 15 per split part",
+      registers: [this.registry],
+      collect() {
+        this.set(metrics.watchSource?.() ?? 0);
       },
     });
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });

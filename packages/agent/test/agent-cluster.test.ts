@@ -137,7 +137,8 @@ rt('containers on two hosts ping each other, and reach the outside through the g
   const metrics = await scrape(0, '/metrics');
   t.is(metrics.code, '200');
   t.regex(metrics.body, /^kvnet_peers_programmed 1$/m);
-  for (const name of ['kvnet_reconcile_duration_seconds_count', 'kvnet_store_errors_total', 'kvnet_watch_resyncs_total', 'kvnet_reaped_endpoints_total', 'process_resident_memory_bytes']) {
+  t.regex(metrics.body, /^kvnet_store_watches 4$/m, 'the embedded store: networks, endpoints, nodes and reaped, one watch each');
+  for (const name of ['kvnet_reconcile_duration_seconds_count', 'kvnet_store_errors_total', 'kvnet_watch_resyncs_total', 'kvnet_store_watches', 'kvnet_reaped_endpoints_total', 'process_resident_memory_bytes']) {
     t.regex(metrics.body, new RegExp(`^${name} `, 'm'), name);
   }
   const version = JSON.parse(readFileSync(join(REPO_ROOT, 'packages/agent/package.json'), 'utf8')).version as string;

@@ -114,6 +114,7 @@ consulTest('Consul: endpoints are watched per network; a network enters the view
     t.is(view.endpoints.get(b)?.size, 2);
     t.is(mirror.endpointWatches(a), 1, 'a small network: one watch');
     t.is(mirror.endpointWatches(b), 1);
+    t.is(mirror.watches, 5, 'networks, nodes, reaped and one per network');
 
     // past the limit (8): 16 watches, and the view keeps every endpoint throughout
     for (const digit of '56789abc') {
@@ -134,6 +135,7 @@ consulTest('Consul: endpoints are watched per network; a network enters the view
     }
     t.true(await mirror.waitUntil(() => mirror.endpointWatches(a) === 31, 20_000), 'the part c… (9 endpoints) is watched in 16 parts c0…cf');
     t.true(await mirror.waitUntil((v) => v.endpoints.get(a)?.size === 21, 10_000));
+    t.is(mirror.watches, 3 + 31 + 1, 'the replaced watches are gone');
     t.is(rec.removed.get(a), undefined, 'no endpoint left the view during the second split');
 
     // the split watches deliver changes in every part
@@ -213,6 +215,7 @@ test('a store whose watch delivers changes (the embedded one): one watch of endp
     await mirror.synced(20_000);
     t.is(mirror.view().endpoints.get(a)?.size, 12);
     t.is(mirror.endpointWatches(a), 1);
+    t.is(mirror.watches, 4, 'networks, endpoints, nodes, reaped');
     const b = newId();
     await store.put(keys.network(b), network(b, 31));
     t.true(await mirror.waitForView(keys.network(b), true, 10_000));
