@@ -26,7 +26,7 @@ import {
 import type { Logger } from 'pino';
 import { backoffDelay, sleep, withDeadline } from './deadline.ts';
 import { InvalidStoreUrlError, StoreClosedError, StoreProtocolError, StoreUnavailableError, isStoreError } from './errors.ts';
-import { rangeStart } from './keys.ts';
+import { prefixEnd, rangeStart } from './keys.ts';
 import { formatHost, type StoreAddress } from './store-url.ts';
 import type { StoreOptions } from './store.ts';
 
@@ -171,10 +171,8 @@ export class KeyLayout {
    * last byte plus one; keys and `startsWith` are ASCII below 0x7f, so it never carries).
    */
   range(prefix: string, startsWith?: string): { key: Buffer; range_end: Buffer } {
-    const start = Buffer.from(this.root + rangeStart(prefix, startsWith));
-    const end = Buffer.from(start);
-    end[end.length - 1] = start[start.length - 1]! + 1;
-    return { key: start, range_end: end };
+    const start = this.root + rangeStart(prefix, startsWith);
+    return { key: Buffer.from(start), range_end: Buffer.from(prefixEnd(start)) };
   }
 
   /** The relative key of a server key; the server only returns keys from our ranges. */

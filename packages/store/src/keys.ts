@@ -51,6 +51,14 @@ export function rangeStart(prefix: string, startsWith: string | undefined): stri
   return (prefix === '' ? '' : `${prefix}/`) + (startsWith ?? '');
 }
 
+/**
+ * The first text after every text that starts with `text` (its last character plus one; keys are
+ * ASCII below 0x7f, so it never carries): the exclusive end of a range scan. `text` is not empty.
+ */
+export function prefixEnd(text: string): string {
+  return text.slice(0, -1) + String.fromCharCode(text.charCodeAt(text.length - 1) + 1);
+}
+
 function validatePath(path: string): void {
   if (path.includes('\0')) throw new InvalidKeyError(path, 'it contains a NUL character');
   if (Buffer.byteLength(path) > MAX_KEY_BYTES) {

@@ -26,7 +26,7 @@ import type { Logger } from 'pino';
 import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
 import { sleep } from './deadline.ts';
 import { LeaseLostError, StoreClosedError, StoreProtocolError, StoreUnavailableError, WatchResetError } from './errors.ts';
-import { rangeStart, validateKey, validatePrefix, validateStartsWith } from './keys.ts';
+import { prefixEnd, rangeStart, validateKey, validatePrefix, validateStartsWith } from './keys.ts';
 import type { StoreAddress } from './store-url.ts';
 import type {
   CasResult,
@@ -115,7 +115,7 @@ function isBusy(err: unknown): boolean {
 function prefixRange(prefix: string, startsWith: string | undefined): [string, string] {
   if (prefix === '' && startsWith === undefined) return ['', '\u{10FFFF}'];
   const lo = rangeStart(prefix, startsWith);
-  return [lo, lo.slice(0, -1) + String.fromCharCode(lo.charCodeAt(lo.length - 1) + 1)];
+  return [lo, prefixEnd(lo)];
 }
 
 /**
