@@ -8,7 +8,16 @@
  * - failover: a request that could not even connect (refused, unreachable, connect timeout) goes to
  *   the next server in the URL, which then stays the preferred one;
  * - TLS and the ACL token (`X-Consul-Token`) from the store options;
- * - `X-Consul-Index` on every answer (the client returns the raw response with `ctx.includeResponse`).
+ * - `X-Consul-Index` on every answer (the client returns the raw response with `ctx.includeResponse`);
+ * - liveness for blocking reads. A watch's read waits minutes on the server for a change, so its own
+ *   deadline cannot tell a quiet prefix from a server that stopped answering (frozen, or behind a
+ *   partition that drops packets: the socket stays open). Every blocking read in flight is
+ *   interrupted (rejected with `StoreUnavailableError`, which the watch answers by reading again at
+ *   once) when another call finds the server unreachable, or fails over to another server; and while
+ *   a blocking read is open and nothing has answered for {@link LIVENESS_INTERVAL_MS}, the transport
+ *   asks the server itself (`/v1/status/leader`), so a watch alone on a store learns of an outage as
+ *   fast as a client that also writes. (The agent's store probe and lease renewals keep answers
+ *   coming, so there the check is rarely sent.)
  */
 
 import Consul from 'consul';
@@ -26,6 +35,12 @@ import type { StoreOptions } from './store.ts';
 
 /** How long one server may take to accept a TCP connection before the next one is tried. */
 export const CONNECT_TIMEOUT_MS = 2_000;
+
+/**
+ * While a blocking read is open: if no call has had an answer for this long, check that the server
+ * still answers (and interrupt the blocking reads if it does not).
+ */
+export const LIVENESS_INTERVAL_MS = 5_000;
 
 /** The request never reached the server: safe to send to the next one, even for a write. */
 const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL', 'KVNET_CONNECT_TIMEOUT']);
@@ -64,12 +79,23 @@ export interface CallOptions {
   readonly timeoutMs?: number;
   /** The request may be sent again after a connection broke mid-request (reads only). */
   readonly idempotent?: boolean;
+  /**
+   * A blocking query (a watch's read): it may be interrupted by the transport's liveness rules (see
+   * the module's doc), rejecting with `StoreUnavailableError`.
+   */
+  readonly blocking?: boolean;
 }
 
 /** Consul's HTTP API for one store: several servers, one preferred at a time. */
 export class ConsulTransport {
   private readonly clients: Array<{ host: string; consul: Consul; agent: http.Agent }>;
   private readonly inflight = new Set<RequestContext>();
+  /** Blocking reads in flight: aborting one interrupts it. */
+  private readonly blocking = new Set<AbortController>();
+  /** When (performance.now()) a server last answered any call, with success or an HTTP error. */
+  private lastAnswerAt = performance.now();
+  private liveness: NodeJS.Timeout | undefined;
+  private checkingLiveness = false;
   private preferred = 0;
   private closed = false;
 
@@ -107,13 +133,51 @@ export class ConsulTransport {
    */
   async call<T>(what: string, send: (consul: Consul, ctx: RequestContext) => Promise<unknown>, options: CallOptions = {}): Promise<ConsulReply<T>> {
     if (this.closed) throw new StoreClosedError(this.url);
-    return withDeadline(
-      this.url,
-      what,
-      options.timeoutMs ?? this.timeoutMs,
-      (signal) => this.attempt<T>(what, send, signal, options.idempotent ?? false),
-      options.signal,
-    );
+    const run = (outer: AbortSignal | undefined): Promise<ConsulReply<T>> =>
+      withDeadline(this.url, what, options.timeoutMs ?? this.timeoutMs, (signal) => this.attempt<T>(what, send, signal, options.idempotent ?? false), outer);
+    if (options.blocking) {
+      const interrupt = new AbortController();
+      this.blocking.add(interrupt);
+      this.watchLiveness();
+      try {
+        return await run(options.signal ? AbortSignal.any([options.signal, interrupt.signal]) : interrupt.signal);
+      } finally {
+        this.blocking.delete(interrupt);
+      }
+    }
+    try {
+      return await run(options.signal);
+    } catch (err) {
+      if (err instanceof StoreUnavailableError && !options.signal?.aborted) this.interruptBlocking(`${what} could not reach the server`);
+      throw err;
+    }
+  }
+
+  /** Rejects every blocking read in flight with StoreUnavailableError: its caller reads again at once. */
+  private interruptBlocking(why: string): void {
+    if (this.blocking.size === 0) return;
+    this.log?.debug({ reads: this.blocking.size, why }, 'interrupting blocking reads');
+    for (const interrupt of this.blocking) interrupt.abort(new StoreUnavailableError(this.url, `blocking read interrupted: ${why}`));
+    this.blocking.clear();
+  }
+
+  /** Runs the liveness check every {@link LIVENESS_INTERVAL_MS} while blocking reads are open. */
+  private watchLiveness(): void {
+    if (this.liveness || this.closed) return;
+    this.liveness = setInterval(() => {
+      if (this.blocking.size === 0 || this.closed) {
+        clearInterval(this.liveness);
+        this.liveness = undefined;
+        return;
+      }
+      if (this.checkingLiveness || performance.now() - this.lastAnswerAt < LIVENESS_INTERVAL_MS) return;
+      this.checkingLiveness = true;
+      // a failure interrupts the blocking reads (in call); nothing else to do with it here
+      this.call('liveness check', (consul, ctx) => consul.status.leader({ ctx } as Parameters<Consul['status']['leader']>[0]), { idempotent: true })
+        .catch(() => undefined)
+        .finally(() => (this.checkingLiveness = false));
+    }, LIVENESS_INTERVAL_MS);
+    this.liveness.unref();
   }
 
   private async attempt<T>(
@@ -136,16 +200,22 @@ export class ConsulTransport {
       this.inflight.add(ctx);
       try {
         const reply = toReply<T>(await send(client.consul, ctx));
+        this.lastAnswerAt = performance.now();
         if (index !== this.preferred) {
           this.log?.warn({ server: client.host, unreachable: refused }, 'Consul server unreachable, failed over');
           this.preferred = index;
+          // blocking reads still open on the server left behind would hear nothing until they time out
+          this.interruptBlocking(`failed over to ${client.host}`);
         }
         return reply;
       } catch (err) {
         if (signal.aborted) throw signal.reason;
         if (this.closed) throw new StoreClosedError(this.url);
         const response = responseOf(err);
-        if (response) throw toHttpError(response);
+        if (response) {
+          this.lastAnswerAt = performance.now();
+          throw toHttpError(response);
+        }
         const code = errorCode(err);
         if (CONNECT_ERRORS.has(code)) {
           refused.push(`${client.host}: ${code}`);
@@ -184,6 +254,8 @@ export class ConsulTransport {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.liveness);
+    this.liveness = undefined;
     for (const ctx of this.inflight) ctx.emit('cancel');
     this.inflight.clear();
     for (const c of this.clients) c.agent.destroy();

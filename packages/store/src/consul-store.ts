@@ -64,8 +64,15 @@ import type {
 } from './store.ts';
 import { WatchChannel } from './watch-channel.ts';
 
-/** How long one blocking query waits on the server for a change. */
-export const WATCH_WAIT_S = 15;
+/**
+ * How long one blocking query waits on the server for a change: Consul's own default (its
+ * `max_query_time` caps it at 10 min unless configured lower). A quiet watch costs one answer — the
+ * whole range again — per wait, for each of an agent's watches (on Consul, one per network and per
+ * part of a large one); at 15 s that re-reading was most of an idle agent's CPU. An outage is not
+ * found by this wait: the transport interrupts blocking reads when another call, or its own liveness
+ * check, finds the server unreachable (consul-client.ts), and the watch then reads at once.
+ */
+export const WATCH_WAIT_S = 300;
 /** Consul adds up to wait/16 of random jitter to a blocking query. */
 const WATCH_JITTER_FRACTION = 1 / 16;
 /** How long a watch keeps trying to reach the server again before it asks for a re-list. */
@@ -201,7 +208,7 @@ class ConsulStore implements KVStore {
       {
         signal: options.signal,
         idempotent: true,
-        ...(blocking ? { timeoutMs: WATCH_WAIT_S * 1000 * (1 + WATCH_JITTER_FRACTION) + this.timeoutMs } : {}),
+        ...(blocking ? { timeoutMs: WATCH_WAIT_S * 1000 * (1 + WATCH_JITTER_FRACTION) + this.timeoutMs, blocking: true } : {}),
       },
     );
     if (reply.index === undefined) throw new StoreProtocolError(this.url, 'a KV listing came without X-Consul-Index');
@@ -373,11 +380,16 @@ class ConsulStore implements KVStore {
     let failingSince: number | undefined;
     let attempt = 0;
     let lastChangeAt: number | undefined;
+    // The first read is at once: the revision may come from an earlier life of the server (restarted
+    // without its data, so its index is lower now), and a blocking read waits for the index to pass
+    // it — up to a whole wait of minutes — where an answer at once shows the index went back.
+    let first = true;
     while (!channel.isClosed) {
       let read: PrefixRead;
       try {
-        // after a failure, read at once: a blocking read would hide a dead server for a whole wait
-        read = await this.readPrefix(prefix, startsWith, { signal, ...(state && failingSince === undefined ? { after: index } : {}), ...(state ? { previous: state } : {}) });
+        // after a failure, read at once too: a blocking read would hide a dead server for a whole wait
+        const blocking = state !== undefined && failingSince === undefined && !first;
+        read = await this.readPrefix(prefix, startsWith, { signal, ...(blocking ? { after: index } : {}), ...(state ? { previous: state } : {}) });
       } catch (err) {
         if (channel.isClosed) return;
         if (this.closed) return channel.fail(new StoreClosedError(this.url));
@@ -392,6 +404,7 @@ class ConsulStore implements KVStore {
       }
       failingSince = undefined;
       attempt = 0;
+      first = false;
       if (channel.isClosed) return;
       if (!state) {
         // no remembered state for this revision: usable only if nothing below the prefix changed since
@@ -547,7 +560,7 @@ class ConsulStore implements KVStore {
   private async request<T>(
     what: string,
     send: Parameters<ConsulTransport['call']>[1],
-    options: { signal?: AbortSignal | undefined; timeoutMs?: number; idempotent?: boolean; raw?: boolean } = {},
+    options: { signal?: AbortSignal | undefined; timeoutMs?: number; idempotent?: boolean; raw?: boolean; blocking?: boolean } = {},
   ): Promise<ConsulReply<T>> {
     try {
       return await this.transport.call<T>(what, send, options);

@@ -27,6 +27,7 @@ import {
   type WatchEvent,
 } from '../src/index.ts';
 import { MAX_TXN_OPS, MAX_VALUE_BYTES, parseGoDurationMs, sessionTtlBounds } from '../src/consul-store.ts';
+import { LIVENESS_INTERVAL_MS } from '../src/consul-client.ts';
 
 const text = (s: string): Uint8Array => encodeText(s);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -518,6 +519,49 @@ test.serial('a store moves to the next server when the one it used goes away, an
   await lease.revoke();
 });
 
+// ---- blocking reads and a server that stops answering (the wait is minutes; the transport keeps watch) ----
+
+/** A store that reaches the shared server through a forwarder, a direct one on the same prefix, and a watch of it. */
+async function behindForwarder(t: ExecutionContext, name: string) {
+  const proxy = await tcpForwarder(server.port);
+  t.teardown(() => proxy.close());
+  const prefix = `kvnet-test/consul-${++label}-${name}`;
+  const store = await open(`consul://127.0.0.1:${proxy.port}/${prefix}`, { timeoutMs: 1_500 });
+  const direct = await open(server.url(prefix));
+  await store.put('a', text('1'));
+  const watch = watchInto(store, '', (await store.list('')).revision);
+  // the watch's blocking read is open on the forwarder
+  await sleep(300);
+  return { proxy, store, direct, watch };
+}
+
+test('a watch behind a partition that drops packets reads again as soon as another call finds the server unreachable', async (t) => {
+  const { proxy, store, direct, watch } = await behindForwarder(t, 'partition-call');
+  proxy.blackhole();
+  const err = await t.throwsAsync(store.get('a'));
+  t.true(hasCode(err, 'KVNET_STORE_UNAVAILABLE'), String(err));
+  proxy.heal();
+  await direct.put('b', text('2'));
+  // the blocking read that was open is cut for good (its wait is minutes): only a new read sees the put
+  await watch.until('the put after the partition', (evs) => evs.some((e) => e.key === 'b'), 10_000);
+  await watch.stop();
+  t.is(watch.ended, undefined, `the watch went on: ${String(watch.ended)}`);
+  t.deepEqual(watch.events.map((e) => `${e.type}:${e.key}`), ['put:b']);
+});
+
+test('a watch alone on a store behind a partition finds out by itself: with nothing answering, the transport checks the server', async (t) => {
+  const { proxy, direct, watch } = await behindForwarder(t, 'partition-alone');
+  proxy.blackhole();
+  // the check goes out within two intervals of the last answer and fails after the store's timeout
+  await sleep(2 * LIVENESS_INTERVAL_MS + 1_500 + 500);
+  proxy.heal();
+  await direct.put('b', text('2'));
+  await watch.until('the put after the partition', (evs) => evs.some((e) => e.key === 'b'), 10_000);
+  await watch.stop();
+  t.is(watch.ended, undefined, `the watch went on: ${String(watch.ended)}`);
+  t.deepEqual(watch.events.map((e) => `${e.type}:${e.key}`), ['put:b']);
+});
+
 test.serial('TLS with client certificates: the CA and the certificate from the options are used, and a wrong setup fails clearly', async (t) => {
   const ok = await open(secured.url('kvnet-tls'), secured.options());
   await ok.put('k', text('v'));
@@ -605,21 +649,40 @@ test('Consul\'s TTL refusal and Go durations are parsed', (t) => {
 });
 
 /** A TCP forwarder to the test server that can be shut down, sockets and all. */
-async function tcpForwarder(targetPort: number): Promise<{ port: number; connections(): number; close(): void }> {
+/**
+ * A TCP forwarder to a server on loopback. `blackhole()` makes it a partition that drops packets:
+ * connections stay open (old and new ones are accepted) but nothing passes either way; `heal()`
+ * forwards new connections again, while the ones cut stay cut (a server restarted behind a partition
+ * never hears of them).
+ */
+async function tcpForwarder(targetPort: number): Promise<{ port: number; connections(): number; close(): void; blackhole(): void; heal(): void }> {
   const sockets = new Set<Socket>();
+  const pairs = new Set<[Socket, Socket]>();
   let count = 0;
+  let dropping = false;
+  const cut = ([client, upstream]: [Socket, Socket]): void => {
+    client.unpipe(upstream);
+    upstream.unpipe(client);
+    // keep reading, so the peers never see back-pressure, only silence
+    client.on('data', () => undefined);
+    upstream.on('data', () => undefined);
+  };
   const srv = createServer((client) => {
     count++;
     const upstream = connect(targetPort, '127.0.0.1');
-    for (const s of [client, upstream]) {
+    const pair: [Socket, Socket] = [client, upstream];
+    for (const s of pair) {
       sockets.add(s);
       s.on('error', () => undefined);
       s.on('close', () => {
         client.destroy();
         upstream.destroy();
         sockets.delete(s);
+        pairs.delete(pair);
       });
     }
+    if (dropping) return cut(pair);
+    pairs.add(pair);
     client.pipe(upstream);
     upstream.pipe(client);
   });
@@ -632,6 +695,14 @@ async function tcpForwarder(targetPort: number): Promise<{ port: number; connect
     close() {
       srv.close();
       for (const s of sockets) s.destroy();
+    },
+    blackhole() {
+      dropping = true;
+      for (const pair of pairs) cut(pair);
+      pairs.clear();
+    },
+    heal() {
+      dropping = false;
     },
   };
 }
