@@ -62,6 +62,7 @@ import type {
   WatchBatch,
   WatchOptions,
 } from './store.ts';
+import { DEFAULT_CONSUL_MAX_WATCHES } from './store.ts';
 import { WatchChannel } from './watch-channel.ts';
 
 /**
@@ -123,12 +124,7 @@ export async function openConsulStore(address: StoreAddress, options: StoreOptio
 
 class ConsulStore implements KVStore {
   readonly backend = 'consul' as const;
-  readonly capabilities: StoreCapabilities = {
-    exactHistory: false,
-    maxValueBytes: MAX_VALUE_BYTES,
-    maxTxnOps: MAX_TXN_OPS,
-    watchReadsWholeRange: true,
-  };
+  readonly capabilities: StoreCapabilities;
   readonly url: string;
   private readonly transport: ConsulTransport;
   private readonly timeoutMs: number;
@@ -148,6 +144,13 @@ class ConsulStore implements KVStore {
     ({ url: this.url, timeoutMs: this.timeoutMs, log: this.log } = backendSettings(address, options));
     this.prefix = address.prefix;
     this.transport = new ConsulTransport(address, this.timeoutMs, options, this.log);
+    this.capabilities = {
+      exactHistory: false,
+      maxValueBytes: MAX_VALUE_BYTES,
+      maxTxnOps: MAX_TXN_OPS,
+      watchReadsWholeRange: true,
+      maxWatches: options.maxWatches ?? DEFAULT_CONSUL_MAX_WATCHES,
+    };
   }
 
   // ---- reads ----

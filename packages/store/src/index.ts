@@ -32,7 +32,7 @@ export type {
   WatchEvent,
   WatchOptions,
 } from './store.ts';
-export { DEFAULT_TIMEOUT_MS } from './store.ts';
+export { DEFAULT_TIMEOUT_MS, DEFAULT_CONSUL_MAX_WATCHES } from './store.ts';
 export {
   InvalidKeyError,
   KvnetError,

@@ -27,12 +27,15 @@ export async function openStore(url: string, options: StoreOptions = {}): Promis
 /**
  * Parses `--cluster-store-opt` values (`key=value`), the keys Docker used plus kvnet's own:
  * `kv.cacertfile`, `kv.certfile`, `kv.keyfile`, `kv.insecure`, `kv.token`, `kv.username`,
- * `kv.password`, `kv.timeout` (a duration, `10s` or `1500ms`; a bare number is milliseconds).
+ * `kv.password`, `kv.timeout` (a duration, `10s` or `1500ms`; a bare number is milliseconds),
+ * `kv.maxwatches` (Consul: watches one client holds at most, 8–100000; raise it with the server's
+ * `limits.http_max_conns_per_client`).
  */
-export function parseStoreOpts(url: string, opts: readonly string[]): Pick<StoreOptions, 'tls' | 'auth' | 'timeoutMs'> {
+export function parseStoreOpts(url: string, opts: readonly string[]): Pick<StoreOptions, 'tls' | 'auth' | 'timeoutMs' | 'maxWatches'> {
   const tls: { caFile?: string; certFile?: string; keyFile?: string; insecureSkipVerify?: boolean } = {};
   const auth: { token?: string; username?: string; password?: string } = {};
   let timeoutMs: number | undefined;
+  let maxWatches: number | undefined;
   for (const opt of opts) {
     const eq = opt.indexOf('=');
     if (eq <= 0) throw new InvalidStoreUrlError(url, `store option "${opt}" is not KEY=VALUE`);
@@ -68,10 +71,16 @@ export function parseStoreOpts(url: string, opts: readonly string[]): Pick<Store
         timeoutMs = Math.round(n);
         break;
       }
+      case 'kv.maxwatches': {
+        const n = /^\d{1,6}$/.test(value) ? Number(value) : NaN;
+        if (!(n >= 8 && n <= 100_000)) throw new InvalidStoreUrlError(url, `kv.maxwatches must be a whole number between 8 and 100000, got "${value}"`);
+        maxWatches = n;
+        break;
+      }
       default:
         throw new InvalidStoreUrlError(
           url,
-          `unknown store option "${key}" (known: kv.cacertfile, kv.certfile, kv.keyfile, kv.insecure, kv.token, kv.username, kv.password, kv.timeout)`,
+          `unknown store option "${key}" (known: kv.cacertfile, kv.certfile, kv.keyfile, kv.insecure, kv.token, kv.username, kv.password, kv.timeout, kv.maxwatches)`,
         );
     }
   }
@@ -79,5 +88,6 @@ export function parseStoreOpts(url: string, opts: readonly string[]): Pick<Store
     ...(Object.keys(tls).length > 0 ? { tls } : {}),
     ...(Object.keys(auth).length > 0 ? { auth } : {}),
     ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    ...(maxWatches !== undefined ? { maxWatches } : {}),
   };
 }

@@ -160,7 +160,18 @@ export interface StoreCapabilities {
    * {@link WatchOptions.startsWith} so that a change costs only its part.
    */
   readonly watchReadsWholeRange: boolean;
+  /**
+   * How many watches one client should hold open at once, when the backend has a limit (undefined:
+   * none). Consul: each watch is a blocking query on an HTTP connection of its own, and Consul
+   * refuses more than `limits.http_max_conns_per_client` connections from one address (200 by
+   * default); the store asks callers to stay below that (`kv.maxwatches`, default
+   * {@link DEFAULT_CONSUL_MAX_WATCHES}), leaving room for its other calls.
+   */
+  readonly maxWatches?: number;
 }
+
+/** Consul's default `limits.http_max_conns_per_client` (200) less room for a client's other calls. */
+export const DEFAULT_CONSUL_MAX_WATCHES = 160;
 
 /**
  * The contract. Every call that talks to the server rejects with {@link StoreUnavailableError}
@@ -230,6 +241,8 @@ export interface StoreOptions {
   readonly logger?: Logger;
   readonly tls?: StoreTlsOptions;
   readonly auth?: StoreAuthOptions;
+  /** Consul: {@link StoreCapabilities.maxWatches} (`kv.maxwatches`); other backends have no such limit. */
+  readonly maxWatches?: number;
 }
 
 /** Paths to PEM files (read at open). Setting any of them switches etcd and Consul to https. */
