@@ -31,6 +31,8 @@ const VIEW_POLL_MS = 10;
 export const VIEW_CATCHUP_TIMEOUT_MS = 5_000;
 /** Pause between two reads of this node's record that tell whether the store answers (each bounded by the store's own timeout). */
 export const STORE_PROBE_INTERVAL_MS = 2_000;
+/** Watches of the mirror besides the endpoints': networks, nodes, this node's reaped records. */
+const OTHER_WATCHES = 3;
 
 /** What the agent knows about the store: `unavailable` from the first failure; `resyncing` while it answers but the mirrors have not listed again. */
 export type StoreState = 'reachable' | 'unavailable' | 'resyncing';
@@ -255,6 +257,8 @@ export class ClusterMirror {
       onHealth: (prefix, ok, err) => this.onHealth(prefix, ok, err),
       ...(opts.endpointsPerNetwork === undefined ? {} : { perNetwork: opts.endpointsPerNetwork }),
       ...(opts.endpointsSplitAt === undefined ? {} : { splitAt: opts.endpointsSplitAt }),
+      // the networks', nodes' and reaped records' watches come out of the store's limit too
+      ...(opts.store.capabilities.maxWatches === undefined ? {} : { maxWatches: opts.store.capabilities.maxWatches - OTHER_WATCHES }),
     });
     this.networks = mirror(NETWORKS, 'networks', (events, resync) => this.networksChanged(events, resync));
     this.nodes = mirror(NODES, 'nodes');

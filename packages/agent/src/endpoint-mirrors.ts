@@ -11,7 +11,11 @@
  * to {@link MAX_SPLIT_DIGITS} digits): a change then costs each agent the records of one part, about
  * 125 at 2 000 endpoints and at most a few hundred up to 16^3 × 256 endpoints per network. A split
  * stays until the agent restarts. Consul's load grows by one blocking query per small network and
- * one per part of a large one, per agent (16 at 2 000 endpoints; 256 at 50 000).
+ * one per part of a large one, per agent (16 at 2 000 endpoints; 256 at 50 000). Each is an HTTP
+ * connection, and Consul refuses more than `limits.http_max_conns_per_client` (200 by default) from
+ * one address: the store's `maxWatches` (`kv.maxwatches`, 160 by default) less the agent's other
+ * watches is the budget ({@link EndpointMirrorsOptions.maxWatches}), and a split that would pass it is
+ * not made (logged once per watch): that part then costs a read of all its records per change.
  *
  * Per network the rules are:
  * - a network's endpoints enter the view only from listings and watches that are complete: the
@@ -49,6 +53,8 @@ export interface EndpointMirrorsOptions {
   readonly perNetwork?: boolean;
   /** Records of one watch beyond which a network is split; default {@link SPLIT_AT}. */
   readonly splitAt?: number;
+  /** Endpoint watches this may hold at once, those of a split in progress included; default: no limit. */
+  readonly maxWatches?: number;
 }
 
 /** The watches of one network: those the view follows, and, for each one being split, the 16 that will replace it. */
@@ -63,6 +69,9 @@ export class EndpointMirrors {
   private readonly whole: PrefixMirror | undefined;
   private readonly networks = new Map<string, NetworkWatches>();
   private readonly splitAt: number;
+  private readonly maxWatches: number;
+  /** Watches too large that were not split for lack of budget (each logged once). */
+  private readonly declined = new WeakSet<PrefixMirror>();
   private started = false;
   private stopped = false;
   /** Re-lists of watches that have been stopped since. */
@@ -71,6 +80,7 @@ export class EndpointMirrors {
 
   constructor(private readonly opts: EndpointMirrorsOptions) {
     this.splitAt = opts.splitAt ?? SPLIT_AT;
+    this.maxWatches = opts.maxWatches ?? Number.POSITIVE_INFINITY;
     const perNetwork = opts.perNetwork ?? opts.store.capabilities.watchReadsWholeRange;
     if (!perNetwork) {
       this.whole = new PrefixMirror(opts.store, ENDPOINTS, {
@@ -197,7 +207,14 @@ export class EndpointMirrors {
   private fromWatch(nid: string, w: NetworkWatches, m: PrefixMirror, events: readonly WatchEvent[], resync: boolean): void {
     if (this.stopped || this.networks.get(nid) !== w || !w.current.has(m)) return;
     this.opts.onEvents(events, resync);
-    if (m.view.size > this.splitAt && (m.startsWith ?? '').length < MAX_SPLIT_DIGITS && !w.splitting.has(m)) this.split(nid, w, m);
+    if (m.view.size <= this.splitAt || (m.startsWith ?? '').length >= MAX_SPLIT_DIGITS || w.splitting.has(m)) return;
+    if (this.watches + HEX_DIGITS.length <= this.maxWatches) return this.split(nid, w, m);
+    if (this.declined.has(m)) return;
+    this.declined.add(m);
+    this.opts.logger.warn(
+      { network: nid, part: `${m.startsWith ?? ''}…`, endpoints: m.view.size, watches: this.watches, maxWatches: this.maxWatches },
+      'many endpoints in one watch, but 16 more watches would pass the store\'s limit (kv.maxwatches; on Consul raise it with limits.http_max_conns_per_client): every change in this part reads all of it',
+    );
   }
 
   private listed(nid: string, w: NetworkWatches): void {

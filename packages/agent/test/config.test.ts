@@ -54,6 +54,15 @@ test('kv.timeout takes a duration as the docs write it; a bare number stays mill
   t.throws(() => parseStoreOpts(url, ['kv.timeout=11m']), { message: /kv\.timeout must be a duration between 100ms and 10m/ });
 });
 
+test('kv.maxwatches: the watches one Consul client holds at most; a value that is not a whole number in range is refused naming it', (t) => {
+  const url = 'consul://127.0.0.1:8500/kvnet';
+  t.is(parseStoreOpts(url, ['kv.maxwatches=400']).maxWatches, 400);
+  t.is(parseStoreOpts(url, []).maxWatches, undefined);
+  for (const bad of ['7', '100001', 'many', '1e3', '-5', '']) {
+    t.throws(() => parseStoreOpts(url, [`kv.maxwatches=${bad}`]), { message: new RegExp(`kv\\.maxwatches must be a whole number between 8 and 100000, got "${bad}"`) });
+  }
+});
+
 test('the store: --cluster-store as given; the embedded store only when asked for', (t) => {
   t.is(resolveStoreUrl('etcd://10.0.0.5:2379/kvnet', false), 'etcd://10.0.0.5:2379/kvnet');
   t.is(resolveStoreUrl('local:///srv/kvnet.db', false), 'local:///srv/kvnet.db');

@@ -200,6 +200,45 @@ consulTest('Consul: after the server was down, the store is reachable again only
   }
 });
 
+consulTest('Consul: a split that would pass the store\'s watch limit (kv.maxwatches) is not made; the part stays one watch and its changes still reach the view', async (t) => {
+  // 3 other watches + 30 for endpoints: the first split (2 → 17 watches, 18 while both run) fits, a second (17 + 16) does not
+  const store = await openStore(consul!.url(`kvnet${id}budget`), { maxWatches: 33 });
+  t.is(store.capabilities.maxWatches, 33);
+  const a = newId();
+  const b = newId();
+  let n = 0;
+  const put = (nid: string, eid: string) => store.put(keys.endpoint(nid, eid), endpoint(nid, eid, ++n));
+  for (const digit of '0123456') await put(a, eidStarting(digit));
+  await put(b, eidStarting('1'));
+  await store.put(keys.network(a), network(a, 30));
+  await store.put(keys.network(b), network(b, 31));
+  const rec = recordingMirror(store, () => 0, 4);
+  const { mirror } = rec;
+  mirror.start();
+  try {
+    await mirror.synced(20_000);
+    t.true(await mirror.waitUntil(() => mirror.endpointWatches(a) === 16, 20_000), 'the first split fits the budget');
+    const cEids: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const eid = eidStarting('c');
+      cEids.push(eid);
+      await put(a, eid);
+    }
+    t.true(await mirror.waitUntil((v) => v.endpoints.get(a)?.size === 13, 10_000), 'the part c… (6 endpoints, over the limit of 4) delivers all of them');
+    // a split would show within a watch answer or two; give it time to (wrongly) happen
+    await new Promise((r) => setTimeout(r, 1_000));
+    t.is(mirror.endpointWatches(a), 16, 'the part was not split: 16 more watches would pass the budget');
+    t.is(mirror.watches, 3 + 16 + 1);
+    await store.delete(keys.endpoint(a, cEids[0]!));
+    t.true(await mirror.waitForView(keys.endpoint(a, cEids[0]!), false, 10_000), 'changes in the unsplit part still reach the view');
+    t.is(rec.removed.get(a)?.length, 1);
+    t.deepEqual(rec.problems, []);
+  } finally {
+    await mirror.stop();
+    await store.close();
+  }
+});
+
 test('a store whose watch delivers changes (the embedded one): one watch of endpoints/ for every network, nothing held back', async (t) => {
   const store = await openStore(`local://${join(dir, 'store.db')}`);
   const a = newId();
