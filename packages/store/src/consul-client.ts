@@ -12,12 +12,16 @@
  * - liveness for blocking reads. A watch's read waits minutes on the server for a change, so its own
  *   deadline cannot tell a quiet prefix from a server that stopped answering (frozen, or behind a
  *   partition that drops packets: the socket stays open). Every blocking read in flight is
- *   interrupted (rejected with `StoreUnavailableError`, which the watch answers by reading again at
- *   once) when another call finds the server unreachable, or fails over to another server; and while
- *   a blocking read is open and nothing has answered for {@link LIVENESS_INTERVAL_MS}, the transport
- *   asks the server itself (`/v1/status/leader`), so a watch alone on a store learns of an outage as
- *   fast as a client that also writes. (The agent's store probe and lease renewals keep answers
- *   coming, so there the check is rarely sent.)
+ *   interrupted (rejected with {@link BlockingReadInterrupted}, which the watch answers by sending the
+ *   same blocking read again, on another connection) when another call finds the server unreachable,
+ *   or fails over to another server; and while a blocking read is open and nothing has answered for
+ *   {@link LIVENESS_INTERVAL_MS}, the transport asks the server itself (`/v1/status/leader`), so a
+ *   watch alone on a store learns of an outage as fast as a client that also writes. (The agent's
+ *   store probe and lease renewals keep answers coming, so there the check is rarely sent.) On a
+ *   server that is only slow the reads sent again cost it an index check each and send nothing back;
+ *   on one that is gone they fail, and the watch goes on as after any failed read. Interruptions
+ *   come at most once per {@link LIVENESS_INTERVAL_MS}: on an overloaded machine calls time out in
+ *   bursts, and each must not cost every watch a new request.
  */
 
 import Consul from 'consul';
@@ -41,6 +45,12 @@ export const CONNECT_TIMEOUT_MS = 2_000;
  * still answers (and interrupt the blocking reads if it does not).
  */
 export const LIVENESS_INTERVAL_MS = 5_000;
+
+/**
+ * A blocking read cut short by the transport's liveness rules (see the module's doc), not by a failure
+ * of its own: send it again. Its code is `KVNET_STORE_UNAVAILABLE` like any unanswered call.
+ */
+export class BlockingReadInterrupted extends StoreUnavailableError {}
 
 /** The request never reached the server: safe to send to the next one, even for a write. */
 const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL', 'KVNET_CONNECT_TIMEOUT']);
@@ -96,6 +106,8 @@ export class ConsulTransport {
   private lastAnswerAt = performance.now();
   private liveness: NodeJS.Timeout | undefined;
   private checkingLiveness = false;
+  /** When (performance.now()) blocking reads were last interrupted. */
+  private interruptedAt = Number.NEGATIVE_INFINITY;
   private preferred = 0;
   private closed = false;
 
@@ -153,11 +165,14 @@ export class ConsulTransport {
     }
   }
 
-  /** Rejects every blocking read in flight with StoreUnavailableError: its caller reads again at once. */
+  /** Rejects every blocking read in flight with {@link BlockingReadInterrupted} (at most once per {@link LIVENESS_INTERVAL_MS}): its caller sends it again. */
   private interruptBlocking(why: string): void {
     if (this.blocking.size === 0) return;
+    const now = performance.now();
+    if (now - this.interruptedAt < LIVENESS_INTERVAL_MS) return;
+    this.interruptedAt = now;
     this.log?.debug({ reads: this.blocking.size, why }, 'interrupting blocking reads');
-    for (const interrupt of this.blocking) interrupt.abort(new StoreUnavailableError(this.url, `blocking read interrupted: ${why}`));
+    for (const interrupt of this.blocking) interrupt.abort(new BlockingReadInterrupted(this.url, `blocking read interrupted: ${why}`));
     this.blocking.clear();
   }
 

@@ -28,7 +28,7 @@
 
 import type { Logger } from 'pino';
 import { backendSettings, checkLeaseTtl, checkValueSize } from './backend-common.ts';
-import { ConsulHttpError, ConsulTransport, isAclDenial, type ConsulReply } from './consul-client.ts';
+import { BlockingReadInterrupted, ConsulHttpError, ConsulTransport, isAclDenial, type ConsulReply } from './consul-client.ts';
 import { ConsulLease, SESSION_TTL_DIVISOR } from './consul-lease.ts';
 import {
   CONSUL_TXN_MAX_OPS,
@@ -396,6 +396,9 @@ class ConsulStore implements KVStore {
       } catch (err) {
         if (channel.isClosed) return;
         if (this.closed) return channel.fail(new StoreClosedError(this.url));
+        // cut short because another call found the server unreachable: the same read again, on another
+        // connection (it fails at once if the server is gone; on a slow one it costs an index check)
+        if (err instanceof BlockingReadInterrupted) continue;
         if (!(err instanceof StoreUnavailableError)) return channel.fail(err);
         failingSince ??= Date.now();
         if (Date.now() - failingSince > WATCH_RECONNECT_BUDGET_MS) {

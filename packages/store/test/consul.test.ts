@@ -650,10 +650,11 @@ test('Consul\'s TTL refusal and Go durations are parsed', (t) => {
 
 /** A TCP forwarder to the test server that can be shut down, sockets and all. */
 /**
- * A TCP forwarder to a server on loopback. `blackhole()` makes it a partition that drops packets:
- * connections stay open (old and new ones are accepted) but nothing passes either way; `heal()`
- * forwards new connections again, while the ones cut stay cut (a server restarted behind a partition
- * never hears of them).
+ * A TCP forwarder to a server on loopback. `blackhole()` makes it a partition: the open connections
+ * stay open but nothing passes either way (packets dropped: neither side hears a thing), and new
+ * connections fail at once (a client's connect to a partitioned server fails, after its connect
+ * timeout); `heal()` forwards new connections again, while the ones cut stay cut (a server restarted
+ * behind a partition never hears of them).
  */
 async function tcpForwarder(targetPort: number): Promise<{ port: number; connections(): number; close(): void; blackhole(): void; heal(): void }> {
   const sockets = new Set<Socket>();
@@ -669,6 +670,11 @@ async function tcpForwarder(targetPort: number): Promise<{ port: number; connect
   };
   const srv = createServer((client) => {
     count++;
+    if (dropping) {
+      client.on('error', () => undefined);
+      client.resetAndDestroy();
+      return;
+    }
     const upstream = connect(targetPort, '127.0.0.1');
     const pair: [Socket, Socket] = [client, upstream];
     for (const s of pair) {
@@ -681,7 +687,6 @@ async function tcpForwarder(targetPort: number): Promise<{ port: number; connect
         pairs.delete(pair);
       });
     }
-    if (dropping) return cut(pair);
     pairs.add(pair);
     client.pipe(upstream);
     upstream.pipe(client);
