@@ -31,7 +31,8 @@
  * - side churn: connect + disconnect on `side` from its first host, repeatedly; the CPU of agents with
  *   no endpoint on `side` (minus idle) per event — what they pay for a network they do not use;
  * - burst: `--burst` connects issued at once, spread over the hosts (one the agent answers 503 is tried
- *   again after a second, at most twice, and counted: burst_connect_retries); time from the first issued to the
+ *   again after a second, at most twice, and counted: burst_connect_retries; the same for the fill's
+ *   connects, fill_connect_retries); time from the first issued to the
  *   last endpoint programmed on every other host (burst_total_ms), per endpoint connect returning →
  *   programmed everywhere (p50/p99), then one ping from three observers to every burst endpoint
  *   (burst_unreachable must be 0); a connect still refused after its retries is counted
@@ -410,21 +411,24 @@ function connect(c: Cluster, ct: Container, network: string): Promise<Endpoint> 
   return apiOk<Endpoint>(c, ct.host, 'POST', `/v1/networks/${network}/endpoints`, { netns: ct.path, name: ct.short });
 }
 
-/** Connects during the burst, refused with 503 (the store unreachable for a moment); reported as `burst_connect_retries`. */
-let burstRetries = 0;
+/**
+ * Connects of the fill and of the burst refused with 503 (the store unreachable for a moment: on two
+ * cores a hundred agents can starve it of CPU); reported as `fill_connect_retries` and `burst_connect_retries`.
+ */
+const connectRetries = { fill: 0, burst: 0 };
 
 /**
- * A burst connect: one that the agent answers 503 (its store connection dropped under the burst's load)
- * is tried again after a second, at most twice, as a user would, and counted; any other failure, or a
- * third 503, fails the benchmark.
+ * A fill or burst connect: one that the agent answers 503 (its store unreachable for a moment under
+ * the load) is tried again after a second, at most twice, as a user would, and counted; any other
+ * failure, or a third 503, fails the benchmark.
  */
-async function burstConnect(c: Cluster, ct: Container, network: string): Promise<Endpoint> {
+async function connectRetrying(c: Cluster, ct: Container, network: string, phase: keyof typeof connectRetries): Promise<Endpoint> {
   for (let attempt = 0; ; attempt++) {
     const r = await c.api(ct.host, 'POST', `/v1/networks/${network}/endpoints`, { netns: ct.path, name: ct.short });
     if (r.status >= 200 && r.status < 300) return r.body as Endpoint;
     if (r.status !== 503 || attempt >= 2) throw new Error(`POST /v1/networks/${network}/endpoints on ${ct.host.node}: ${r.status} ${JSON.stringify(r.body)}`);
-    burstRetries++;
-    progress(`  burst connect ${ct.short} on ${ct.host.node}: ${r.status} ${JSON.stringify(r.body)}; trying again`);
+    connectRetries[phase]++;
+    progress(`  ${phase} connect ${ct.short} on ${ct.host.node}: ${r.status} ${JSON.stringify(r.body)}; trying again`);
     await sleep(1000);
   }
 }
@@ -516,8 +520,9 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     const fillStart = Date.now();
     const observerEps = new Map<string, Endpoint>();
     let done = 0;
+    connectRetries.fill = 0;
     await mapLimit(fillOrder, FILL_CONCURRENCY, async (ct) => {
-      const ep = await connect(c, ct, 'scale');
+      const ep = await connectRetrying(c, ct, 'scale', 'fill');
       if (ct === fill[ct.host.index - 1]![0]) observerEps.set(ct.host.node, ep);
       if (++done % 200 === 0) progress(`    ${done}/${fillOrder.length} connected`);
     });
@@ -713,14 +718,14 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     const [burstAgents0, burstServer0] = [await agentCounters(c), await serverCounters(c)];
     const burst0 = snapshotCpu(c);
     const tb0 = Date.now();
-    burstRetries = 0;
+    connectRetries.burst = 0;
     // A connect that still fails after its retries is counted and named, and the others are measured:
     // one refused connect must not throw away the whole case's figures (the target is missed all the same).
     const burstFailures: string[] = [];
     const attempts = await Promise.all(
       burstCts.map(async (ct) => {
         try {
-          return { ct, ep: await burstConnect(c, ct, 'scale'), returned: Date.now() };
+          return { ct, ep: await connectRetrying(c, ct, 'scale', 'burst'), returned: Date.now() };
         } catch (err) {
           burstFailures.push(`${ct.short} on ${ct.host.node}: ${(err as Error).message}`);
           return undefined;
@@ -794,7 +799,8 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
       burst_programmed_p50_ms: round1(percentile(burstJoin, 50)),
       burst_programmed_p99_ms: round1(percentile(burstJoin, 99)),
       burst_unreachable: unreachable,
-      burst_connect_retries: burstRetries,
+      burst_connect_retries: connectRetries.burst,
+      fill_connect_retries: connectRetries.fill,
       burst_failed_connects: burstFailures.length,
       agent_rss_mib: round1(Math.max(...rss)),
       agent_rss_mean_mib: round1(rss.reduce((a, b) => a + b, 0) / rss.length),
@@ -878,7 +884,7 @@ async function main(): Promise<void> {
     columns: [
       'agents', 'backend', 'hosts', 'endpoints', 'net_visible_p50_ms', 'net_visible_p99_ms', 'join_connect_p50_ms', 'join_reachable_p50_ms', 'join_reachable_p99_ms',
       'probe_floor_p50_ms', 'probe_floor_p99_ms', 'join_programmed_p50_ms', 'join_programmed_p99_ms', 'burst', 'burst_connects_ms', 'burst_total_ms',
-      'burst_programmed_p50_ms', 'burst_programmed_p99_ms', 'burst_unreachable', 'burst_connect_retries', 'burst_failed_connects', 'agent_rss_mib', 'agent_rss_mean_mib', 'agent_rss_anon_mib', 'agent_children_rss_mib',
+      'burst_programmed_p50_ms', 'burst_programmed_p99_ms', 'burst_unreachable', 'burst_connect_retries', 'burst_failed_connects', 'fill_connect_retries', 'agent_rss_mib', 'agent_rss_mean_mib', 'agent_rss_anon_mib', 'agent_children_rss_mib',
       'agent_cpu_ms_per_event', 'agent_cpu_ms_per_event_p50', 'agent_cpu_ms_per_event_max', 'agent_own_cpu_ms_per_event', 'agent_own_cpu_ms_per_event_p50', 'agent_cpu_ms_per_burst_event', 'agent_cpu_ms_per_fill_event', 'nonmember_cpu_ms_per_event',
       'dns', 'resolver_rss_mib', 'resolver_cpu_ms_per_event', 'resolver_cpu_ms_per_burst_event',
       'local_connect_cpu_ms', 'agent_idle_cpu_ms_per_s', 'agent_own_idle_cpu_ms_per_s', 'resolver_idle_cpu_ms_per_s', 'store_ops_per_join', 'store_reads_per_join', 'store_writes_per_join', 'store_watch_events_per_join',
