@@ -532,34 +532,36 @@ async function behindForwarder(t: ExecutionContext, name: string) {
   const watch = watchInto(store, '', (await store.list('')).revision);
   // the watch's blocking read is open on the forwarder
   await sleep(300);
-  return { proxy, store, direct, watch };
+  /**
+   * After the partition has healed, a put through the direct store must reach the watch, and the watch
+   * must still run: the blocking read that was open is cut for good (its wait is minutes), so only a
+   * new read sees the put.
+   */
+  const seesPutAfterHeal = async (): Promise<void> => {
+    proxy.heal();
+    await direct.put('b', text('2'));
+    await watch.until('the put after the partition', (evs) => evs.some((e) => e.key === 'b'), 10_000);
+    await watch.stop();
+    t.is(watch.ended, undefined, `the watch went on: ${String(watch.ended)}`);
+    t.deepEqual(watch.events.map((e) => `${e.type}:${e.key}`), ['put:b']);
+  };
+  return { proxy, store, seesPutAfterHeal };
 }
 
 test('a watch behind a partition that drops packets reads again as soon as another call finds the server unreachable', async (t) => {
-  const { proxy, store, direct, watch } = await behindForwarder(t, 'partition-call');
+  const { proxy, store, seesPutAfterHeal } = await behindForwarder(t, 'partition-call');
   proxy.blackhole();
   const err = await t.throwsAsync(store.get('a'));
   t.true(hasCode(err, 'KVNET_STORE_UNAVAILABLE'), String(err));
-  proxy.heal();
-  await direct.put('b', text('2'));
-  // the blocking read that was open is cut for good (its wait is minutes): only a new read sees the put
-  await watch.until('the put after the partition', (evs) => evs.some((e) => e.key === 'b'), 10_000);
-  await watch.stop();
-  t.is(watch.ended, undefined, `the watch went on: ${String(watch.ended)}`);
-  t.deepEqual(watch.events.map((e) => `${e.type}:${e.key}`), ['put:b']);
+  await seesPutAfterHeal();
 });
 
 test('a watch alone on a store behind a partition finds out by itself: with nothing answering, the transport checks the server', async (t) => {
-  const { proxy, direct, watch } = await behindForwarder(t, 'partition-alone');
+  const { proxy, seesPutAfterHeal } = await behindForwarder(t, 'partition-alone');
   proxy.blackhole();
   // the check goes out within two intervals of the last answer and fails after the store's timeout
   await sleep(2 * LIVENESS_INTERVAL_MS + 1_500 + 500);
-  proxy.heal();
-  await direct.put('b', text('2'));
-  await watch.until('the put after the partition', (evs) => evs.some((e) => e.key === 'b'), 10_000);
-  await watch.stop();
-  t.is(watch.ended, undefined, `the watch went on: ${String(watch.ended)}`);
-  t.deepEqual(watch.events.map((e) => `${e.type}:${e.key}`), ['put:b']);
+  await seesPutAfterHeal();
 });
 
 test.serial('TLS with client certificates: the CA and the certificate from the options are used, and a wrong setup fails clearly', async (t) => {
