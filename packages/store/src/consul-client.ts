@@ -20,8 +20,9 @@
  *   store probe and lease renewals keep answers coming, so there the check is rarely sent.) On a
  *   server that is only slow the reads sent again cost it an index check each and send nothing back;
  *   on one that is gone they fail, and the watch goes on as after any failed read. Interruptions
- *   come at most once per {@link LIVENESS_INTERVAL_MS}: on an overloaded machine calls time out in
- *   bursts, and each must not cost every watch a new request.
+ *   after failed calls come at most once per {@link LIVENESS_INTERVAL_MS} (on an overloaded machine
+ *   calls time out in bursts, and each must not cost every watch a new request); after a failover,
+ *   always.
  */
 
 import Consul from 'consul';
@@ -165,11 +166,15 @@ export class ConsulTransport {
     }
   }
 
-  /** Rejects every blocking read in flight with {@link BlockingReadInterrupted} (at most once per {@link LIVENESS_INTERVAL_MS}): its caller sends it again. */
-  private interruptBlocking(why: string): void {
+  /**
+   * Rejects every blocking read in flight with {@link BlockingReadInterrupted}: its caller sends it
+   * again. After failed calls at most once per {@link LIVENESS_INTERVAL_MS}; after a failover always
+   * (rare, and a read left on the server given up would hear nothing for minutes).
+   */
+  private interruptBlocking(why: string, always = false): void {
     if (this.blocking.size === 0) return;
     const now = performance.now();
-    if (now - this.interruptedAt < LIVENESS_INTERVAL_MS) return;
+    if (!always && now - this.interruptedAt < LIVENESS_INTERVAL_MS) return;
     this.interruptedAt = now;
     this.log?.debug({ reads: this.blocking.size, why }, 'interrupting blocking reads');
     for (const interrupt of this.blocking) interrupt.abort(new BlockingReadInterrupted(this.url, `blocking read interrupted: ${why}`));
@@ -220,7 +225,7 @@ export class ConsulTransport {
           this.log?.warn({ server: client.host, unreachable: refused }, 'Consul server unreachable, failed over');
           this.preferred = index;
           // blocking reads still open on the server left behind would hear nothing until they time out
-          this.interruptBlocking(`failed over to ${client.host}`);
+          this.interruptBlocking(`failed over to ${client.host}`, true);
         }
         return reply;
       } catch (err) {
