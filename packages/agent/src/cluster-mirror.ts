@@ -31,8 +31,6 @@ const VIEW_POLL_MS = 10;
 export const VIEW_CATCHUP_TIMEOUT_MS = 5_000;
 /** Pause between two reads of this node's record that tell whether the store answers (each bounded by the store's own timeout). */
 export const STORE_PROBE_INTERVAL_MS = 2_000;
-/** Watches of the mirror besides the endpoints': networks, nodes, this node's reaped records. */
-const OTHER_WATCHES = 3;
 
 /** What the agent knows about the store: `unavailable` from the first failure; `resyncing` while it answers but the mirrors have not listed again. */
 export type StoreState = 'reachable' | 'unavailable' | 'resyncing';
@@ -249,6 +247,10 @@ export class ClusterMirror {
         onChange: onChange ? (change) => onChange(change.events, change.resync) : (change) => opts.onChange(part ? this.state.apply(part, change.events) : NO_VIEW_CHANGE, change.resync),
         onHealth: (ok, err) => this.onHealth(prefix, ok, err),
       });
+    this.networks = mirror(NETWORKS, 'networks', (events, resync) => this.networksChanged(events, resync));
+    this.nodes = mirror(NODES, 'nodes');
+    this.reapedMirror = mirror(keys.reapedOf(opts.node), undefined);
+    this.all = [this.networks, this.nodes, this.reapedMirror];
     this.endpoints = new EndpointMirrors({
       store: opts.store,
       logger: opts.logger,
@@ -258,12 +260,8 @@ export class ClusterMirror {
       ...(opts.endpointsPerNetwork === undefined ? {} : { perNetwork: opts.endpointsPerNetwork }),
       ...(opts.endpointsSplitAt === undefined ? {} : { splitAt: opts.endpointsSplitAt }),
       // the networks', nodes' and reaped records' watches come out of the store's limit too
-      ...(opts.store.capabilities.maxWatches === undefined ? {} : { maxWatches: opts.store.capabilities.maxWatches - OTHER_WATCHES }),
+      ...(opts.store.capabilities.maxWatches === undefined ? {} : { maxWatches: opts.store.capabilities.maxWatches - this.all.length }),
     });
-    this.networks = mirror(NETWORKS, 'networks', (events, resync) => this.networksChanged(events, resync));
-    this.nodes = mirror(NODES, 'nodes');
-    this.reapedMirror = mirror(keys.reapedOf(opts.node), undefined);
-    this.all = [this.networks, this.nodes, this.reapedMirror];
   }
 
   start(): void {
