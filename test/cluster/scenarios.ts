@@ -362,6 +362,49 @@ export function registerClusterScenarios(backend: ClusterBackend): void {
   });
 
   // ------------------------------------------------------------------ 6
+  scenario('8 a network with no endpoint on h1: h1 still lists and inspects it (on Consul without watching it); when h3 dies, h1 reaps its endpoint there; h3 restores it on return', async (t, c) => {
+    const [h1, h2, h3] = c.hosts as [ClusterHost, ClusterHost, ClusterHost];
+    const containers: Container[] = [];
+    try {
+      await c.kvnetOk(h1, 'network', 'create', '--subnet', '10.97.0.0/24', 's7net');
+      await waitForNetworkEverywhere(c, 's7net', [h1, h2, h3]);
+      const a = await c.addContainer(h2, 's7a');
+      const b = await c.addContainer(h3, 's7b');
+      containers.push(a, b);
+      const [ea, eb] = [await c.connect(a, 's7net'), await c.connect(b, 's7net')];
+      await waitForMesh(t, c, containers, [ea.ip, eb.ip]);
+
+      // h1 has no endpoint there: on Consul it does not watch the network's endpoints, and still shows them
+      const status = (await c.api(h1, 'GET', '/v1/status')).body as { networksNotFollowed?: number };
+      t.is(status.networksNotFollowed, c.backend === 'consul' ? 1 : 0, `networks h1 does not follow (${c.backend}: ${c.backend === 'consul' ? 'Consul answers a watch with its whole range' : 'one watch of endpoints/'})`);
+      const shown = await c.inspect(h1, 's7net');
+      t.deepEqual(shown!.endpoints.map((e) => [e.name, e.node]).sort(), [['s7a', 'h2'], ['s7b', 'h3']], 'inspect on h1 shows both endpoints');
+      const nodes = (await c.api(h1, 'GET', '/v1/nodes')).body as Array<{ name: string; endpoints: number }>;
+      t.is(nodes.find((n) => n.name === 'h3')?.endpoints, 1, 'node ls on h1 counts h3\'s endpoint');
+
+      // h3 crashes: the reaper the ring picks among h1 and h2 is h1, which has no endpoint on s7net
+      await c.killAgent(h3);
+      await waitFor(
+        "h3's endpoint reaped from the store",
+        async () => (await c.storeEntries()).some((e) => e.key === `reaped/h3/${eb.id}`),
+        CONVERGE_MS + HOST_TTL_S * 1000,
+        200,
+      );
+      const tomb = (await c.storeEntries()).find((e) => e.key === `reaped/h3/${eb.id}`)!;
+      t.is((JSON.parse(tomb.value) as { reapedBy?: string }).reapedBy, 'h1', 'h1 reaped it');
+      t.false((await c.storeEntries()).some((e) => e.key.startsWith('endpoints/') && e.key.endsWith(eb.id)), 'the endpoint record is gone');
+      const net = (await c.inspect(h2, 's7net'))!;
+      await waitFor('h2 dropped the reaped peer', () => noEntryFor(c, [h2], net.id, [eb]), CONVERGE_MS, 200);
+
+      // h3 returns: its endpoint comes back from the tombstone, and the two containers meet again
+      await c.startAgent(h3);
+      await waitFor("h3's endpoint restored", async () => (await c.storeEntries()).some((e) => e.key.startsWith('endpoints/') && e.key.endsWith(eb.id)), CONVERGE_MS, 200);
+      await waitForMesh(t, c, containers, [ea.ip, eb.ip]);
+    } finally {
+      await cleanup(t, c, 's7net', containers);
+    }
+  });
+
   scenario('6 internal network: no egress; normal network: egress through the gateway bridge; two networks isolated', async (t, c) => {
     const [h1, h2, h3] = c.hosts as [ClusterHost, ClusterHost, ClusterHost];
     const containers: Container[] = [];

@@ -207,6 +207,7 @@ export class Agent implements StatusSource {
         tombstones: () => cluster.reaped(),
         waitForView: (key) => cluster.waitForView(key, true),
         schedule: (delayMs) => reconciler.schedule(delayMs),
+        unfollowed: { networks: () => cluster.unfollowedNetworks(), owners: () => cluster.unfollowedOwners(), forget: (n) => cluster.forgetOwner(n) },
       });
       cluster.start();
       await cluster.synced(FIRST_SYNC_TIMEOUT_MS);
@@ -233,7 +234,7 @@ export class Agent implements StatusSource {
       }
       this.faces.push(await startCni(ctx));
       if (config.metricsAddr !== 'off') this.metricsServer = await startMetricsServer(config.metricsAddr, metrics, this);
-      this.stopJanitor = startJanitorLoop({ janitor: new Janitor({ store: guarded, ipam, logger: logger.child({ component: 'janitor' }) }), self: node.name, view: () => cluster.view(), storeHealthy: () => cluster.storeHealthy, metrics, logger });
+      this.stopJanitor = startJanitorLoop({ janitor: new Janitor({ store: guarded, ipam, logger: logger.child({ component: 'janitor' }) }), self: node.name, view: () => cluster.view(), unfollowed: () => cluster.unfollowedNetworks(), storeHealthy: () => cluster.storeHealthy, metrics, logger });
       this.ready = true;
       if (this.faces.some((f) => f.afterReconcile)) reconciler.schedule(); // faces' first follow-up (e.g. mirroring networks into dockerd)
       logger.info({ socket: config.socketPath, metrics: config.metricsAddr, advertise: advertise.address }, 'agent ready');
@@ -343,6 +344,8 @@ export class Agent implements StatusSource {
       ...(reason !== undefined ? { notReady: reason } : {}),
       phase: this.stopping ? 'stopping' : this.ready ? 'running' : 'starting',
       store: { url: this.store?.url ?? this.config.storeUrl, ...this.health?.report() },
+      // networks whose endpoints this agent does not watch: it has none there (Consul; endpoint-mirrors.ts)
+      ...(this.cluster ? { networksNotFollowed: this.cluster.unfollowedNetworks().length } : {}),
       ...(this.config.dockerPlugin !== undefined && this.config.dockerPlugin !== 'off' ? { dockerPlugin: this.config.dockerPlugin } : {}),
       ...this.datapathStatus(),
     };

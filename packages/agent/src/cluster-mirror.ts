@@ -4,7 +4,10 @@
  * the endpoints ({@link EndpointMirrors}: one over `endpoints/`, or on Consul per network and split
  * for large ones), the decoded {@link ClusterView} kept from their changes (one record decoded per
  * event; see {@link ClusterViewState}), and the store's health as the mirrors see it. A network's
- * record enters the view only once its endpoints have been listed.
+ * record enters the view only once its endpoints have been listed. Where the endpoints are watched
+ * per network, only the networks this node is on are followed after the first sync (a network not
+ * followed is in the view without its endpoints; {@link follow}, {@link unfollowedNetworks},
+ * {@link unfollowedOwners}).
  *
  * While the store is unreachable the mirrors keep their last view: nothing is torn down, and API
  * reads are served from it. When every mirror has listed again the store counts as reachable.
@@ -18,10 +21,10 @@
 
 import type { Logger } from 'pino';
 import { hasCode, PrefixMirror, sleep, StoreUnavailableError, storeErrorDetail, type KVEntry, type KVStore, type WatchEvent } from '@kvnet/store';
-import { ClusterViewState, type ClusterView, type ViewChange, type ViewPart } from './cluster-view.ts';
+import { ClusterViewState, endpointsOfNode, type ClusterView, type ViewChange, type ViewPart } from './cluster-view.ts';
 import { EndpointMirrors } from './endpoint-mirrors.ts';
 import { AgentNotReadyError } from './errors.ts';
-import { ENDPOINTS, keys, lastSegment, NETWORKS, NODES } from './layout.ts';
+import { decodeRecord, ENDPOINTS, keys, lastSegment, NETWORKS, NODES, type EndpointRecord } from './layout.ts';
 
 const NO_VIEW_CHANGE: ViewChange = { networks: new Set(), endpoints: new Map(), nodes: new Set() };
 
@@ -216,6 +219,10 @@ export interface ClusterMirrorOptions {
   readonly endpointsPerNetwork?: boolean;
   /** Records of one network's watch beyond which it is split in 16 (tests); default SPLIT_AT. */
   readonly endpointsSplitAt?: number;
+  /** With per-network watches, follow only the networks this node is on (default true); see endpoint-mirrors.ts. */
+  readonly followMembersOnly?: boolean;
+  /** How long after this node's last endpoint on a network it is let go (tests); default UNFOLLOW_AFTER_MS. */
+  readonly unfollowAfterMs?: number;
 }
 
 export class ClusterMirror {
@@ -234,6 +241,8 @@ export class ClusterMirror {
   readonly health: StoreHealth;
   private readonly probeStop = new AbortController();
   private probeLoop: Promise<void> | undefined;
+  /** Networks not followed → the nodes that owned endpoints there when they were let go (for the reaper). */
+  private readonly ownersWhenLetGo = new Map<string, Set<string>>();
 
   constructor(private readonly opts: ClusterMirrorOptions) {
     this.state = new ClusterViewState((key, err) => opts.logger.warn({ key, err }, 'skipping unreadable store record'));
@@ -249,13 +258,23 @@ export class ClusterMirror {
       });
     this.networks = mirror(NETWORKS, 'networks', (events, resync) => this.networksChanged(events, resync));
     this.nodes = mirror(NODES, 'nodes');
-    this.reapedMirror = mirror(keys.reapedOf(opts.node), undefined);
+    this.reapedMirror = mirror(keys.reapedOf(opts.node), undefined, (events, resync) => {
+      opts.onChange(NO_VIEW_CHANGE, resync);
+      this.tombstonesChanged();
+    });
     this.all = [this.networks, this.nodes, this.reapedMirror];
     this.endpoints = new EndpointMirrors({
       store: opts.store,
       logger: opts.logger,
-      onEvents: (events, resync) => opts.onChange(this.state.apply('endpoints', events), resync),
+      onEvents: (events, resync) => {
+        const change = this.state.apply('endpoints', events);
+        opts.onChange(change, resync);
+        this.endpoints.review(change.endpoints.keys());
+      },
       onReady: (nid) => this.release(nid),
+      ...(opts.followMembersOnly === false ? {} : { isMember: (nid: string) => this.isMember(nid) }),
+      ...(opts.unfollowAfterMs === undefined ? {} : { unfollowAfterMs: opts.unfollowAfterMs }),
+      onUnfollow: (nid) => this.ownersWhenLetGo.set(nid, new Set([...(this.state.snapshot().endpoints.get(nid)?.values() ?? [])].map((e) => e.node))),
       onHealth: (prefix, ok, err) => this.onHealth(prefix, ok, err),
       ...(opts.endpointsPerNetwork === undefined ? {} : { perNetwork: opts.endpointsPerNetwork }),
       ...(opts.endpointsSplitAt === undefined ? {} : { splitAt: opts.endpointsSplitAt }),
@@ -286,6 +305,70 @@ export class ClusterMirror {
     }
     if (now.length > 0) this.opts.onChange(this.state.apply('networks', now), resync);
     this.endpoints.networksChanged(events);
+    for (const ev of events) if (ev.type === 'delete' || this.endpoints.isFollowed(lastSegment(ev.key))) this.ownersWhenLetGo.delete(lastSegment(ev.key));
+  }
+
+  /** Whether this node is on network `nid`: it has an endpoint there, or a reaped one to restore. */
+  private isMember(nid: string): boolean {
+    if (endpointsOfNode(this.state.snapshot(), this.opts.node).some((e) => e.network === nid)) return true;
+    return this.tombstoneNetworks().has(nid);
+  }
+
+  /** The networks of this node's tombstones (`reaped/<node>/<eid>` hold the reaped endpoint record). */
+  private tombstoneNetworks(): Set<string> {
+    const out = new Set<string>();
+    for (const entry of this.reapedMirror.view.values()) {
+      try {
+        out.add(decodeRecord<EndpointRecord>(entry.value, entry.key).network);
+      } catch {
+        // an unreadable tombstone cannot be restored either
+      }
+    }
+    return out;
+  }
+
+  /** This node was reaped from networks it may no longer follow: follow them again (the restore writes there). */
+  private tombstonesChanged(): void {
+    if (!this.endpoints.scoped) return;
+    for (const nid of this.tombstoneNetworks()) {
+      if (!this.endpoints.isFollowed(nid)) void this.endpoints.follow(nid).then((release) => release());
+    }
+    this.endpoints.review();
+  }
+
+  /**
+   * This node is about to write an endpoint on network `nid` (or restore one): its endpoints are
+   * followed from now until the returned function is called (see {@link EndpointMirrors.follow}).
+   */
+  async follow(nid: string): Promise<() => void> {
+    const release = await this.endpoints.follow(nid);
+    this.ownersWhenLetGo.delete(nid);
+    return release;
+  }
+
+  /** Networks in the view whose endpoints are not (the view holds none of them: read the store). */
+  unfollowedNetworks(): string[] {
+    return this.endpoints.unfollowed();
+  }
+
+  /** Whether the view holds network `nid`'s endpoints. */
+  isFollowed(nid: string): boolean {
+    return this.endpoints.isFollowed(nid);
+  }
+
+  /**
+   * The nodes that owned endpoints on networks not followed, as they were when each was let go (a
+   * node may have connected there since: the reaper also watches for nodes that leave).
+   */
+  unfollowedOwners(): Set<string> {
+    const out = new Set<string>();
+    for (const nodes of this.ownersWhenLetGo.values()) for (const n of nodes) out.add(n);
+    return out;
+  }
+
+  /** Node `node` has no endpoints left on the networks not followed (the reaper read them). */
+  forgetOwner(node: string): void {
+    for (const nodes of this.ownersWhenLetGo.values()) nodes.delete(node);
   }
 
   /** Network `nid`'s endpoints have been listed: its record (as the mirror has it now) enters the view. */
@@ -355,6 +438,8 @@ export class ClusterMirror {
       // the endpoints' watches are known once the networks have listed
       await Promise.race([Promise.all(this.all.map((m) => m.synced)).then(() => this.endpoints.synced()), timeout]);
       this.syncedAll = true;
+      // every network has listed: this node's own endpoints are known, the others can be let go
+      this.endpoints.startScoping();
     } finally {
       timer.abort();
       timeout.catch(() => undefined);

@@ -44,7 +44,7 @@ export interface CoreContext {
   readonly ipam: Ipam;
   readonly records: Records;
   readonly node: NodeIdentity;
-  readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy' | 'health'>;
+  readonly cluster: Pick<ClusterMirror, 'view' | 'waitForView' | 'waitUntil' | 'storeHealthy' | 'health' | 'follow' | 'isFollowed' | 'unfollowedNetworks'>;
   readonly reconciler: Pick<Reconciler, 'reconcileNow' | 'schedule' | 'scheduleRetry' | 'egressOf'>;
   /** This host's data path as settled at start: the cluster's VXLAN port, the underlay, the default network MTU. */
   readonly datapath: DatapathSettings;

@@ -27,16 +27,32 @@
  * - when the network record goes, its watches stop and its endpoints leave the view. Endpoint records
  *   of a network that has no record (left behind by hand) are not watched on such a store; nothing
  *   of the agent's needs them (the janitor reads the store itself before it deletes anything).
+ *
+ * **Only the networks this host is on** ({@link EndpointMirrorsOptions.isMember}; per-network mode
+ * only). A host programs and names nothing of a network it has no endpoint on, so on such a store it
+ * does not watch that network's endpoints: its churn costs the host nothing, and Consul one blocking
+ * query less per host that is not on it. At start every network is watched (that is how the agent
+ * finds its own endpoints and the nodes that own any); once all have listed ({@link startScoping})
+ * those without a member are let go: their records stay in the view, their endpoints leave it. A
+ * network is followed again before this host writes an endpoint there ({@link follow}: the connect
+ * path, Docker's CreateEndpoint, the restore of reaped endpoints), and let go
+ * {@link UNFOLLOW_AFTER_MS} after its last local endpoint went (a container that is restarted keeps
+ * its peers). What else read the endpoints of every network reads the store for the networks not
+ * followed: the reaper (a dead node's endpoints), the janitor, `network ls`/`inspect`.
  */
 
 import type { Logger } from 'pino';
-import { PrefixMirror, type KVEntry, type KVStore, type WatchEvent } from '@kvnet/store';
+import { PrefixMirror, sleep, type KVEntry, type KVStore, type WatchEvent } from '@kvnet/store';
 import { ENDPOINTS, keys, lastSegment, parseEndpointKey } from './layout.ts';
 
 /** A watch of a network's endpoints is replaced by 16 when it holds more records than this (Consul). */
 export const SPLIT_AT = 256;
 /** How many leading hex digits of the endpoint id the finest watch covers (16^3 = 4 096 watches at most per network). */
 export const MAX_SPLIT_DIGITS = 3;
+/** How long a network stays followed after this host's last endpoint on it went. */
+export const UNFOLLOW_AFTER_MS = 30_000;
+/** How long {@link EndpointMirrors.follow} waits for a network's first listing before it lets the caller go on (the watch still delivers). */
+export const FOLLOW_WAIT_MS = 5_000;
 /** The first characters of an endpoint id: one watch each for a split network. */
 const HEX_DIGITS = [...'0123456789abcdef'];
 
@@ -55,13 +71,41 @@ export interface EndpointMirrorsOptions {
   readonly splitAt?: number;
   /** Endpoint watches this may hold at once, those of a split in progress included; default: no limit. */
   readonly maxWatches?: number;
+  /**
+   * Whether this host is on network `nid` (has an endpoint there, or one reaped from it to restore).
+   * Given (and watching per network), only such networks are followed once {@link EndpointMirrors.startScoping}
+   * ran; default: every network.
+   */
+  readonly isMember?: (nid: string) => boolean;
+  /** How long after its last local endpoint a network is let go; default {@link UNFOLLOW_AFTER_MS}. */
+  readonly unfollowAfterMs?: number;
+  /** Network `nid` is being let go: called just before its endpoints leave the view. */
+  readonly onUnfollow?: (nid: string) => void;
 }
 
-/** The watches of one network: those the view follows, and, for each one being split, the 16 that will replace it. */
+/**
+ * The watches of one network: those the view follows, and, for each one being split, the 16 that will
+ * replace it. A network not followed has none, and counts as ready (its record is in the view).
+ */
 interface NetworkWatches {
   readonly current: Set<PrefixMirror>;
   readonly splitting: Map<PrefixMirror, PrefixMirror[]>;
+  readonly followed: boolean;
   ready: boolean;
+  /** Resolves when {@link ready} becomes true. */
+  readonly listed: Promise<void>;
+  markListed(): void;
+  /** Callers of {@link EndpointMirrors.follow} that have not let go yet. */
+  pins: number;
+  unfollowTimer?: NodeJS.Timeout | undefined;
+}
+
+function networkWatches(followed: boolean): NetworkWatches {
+  let markListed!: () => void;
+  const listed = new Promise<void>((resolve) => (markListed = resolve));
+  const w: NetworkWatches = { current: new Set(), splitting: new Map(), followed, ready: !followed, listed, markListed, pins: 0 };
+  if (!followed) markListed();
+  return w;
 }
 
 export class EndpointMirrors {
@@ -74,6 +118,8 @@ export class EndpointMirrors {
   private readonly declined = new WeakSet<PrefixMirror>();
   private started = false;
   private stopped = false;
+  /** {@link startScoping} ran: networks without a member are let go, new ones not followed. */
+  private scoping = false;
   /** Re-lists of watches that have been stopped since. */
   private retiredResyncs = 0;
   private readonly stopping = new Set<Promise<void>>();
@@ -96,6 +142,11 @@ export class EndpointMirrors {
     return this.whole === undefined;
   }
 
+  /** Whether only the networks this host is on are followed (per network, with {@link EndpointMirrorsOptions.isMember}). */
+  get scoped(): boolean {
+    return this.whole === undefined && this.opts.isMember !== undefined;
+  }
+
   start(): void {
     this.started = true;
     this.whole?.start();
@@ -110,9 +161,93 @@ export class EndpointMirrors {
     if (this.whole || this.stopped) return;
     for (const ev of events) {
       const nid = lastSegment(ev.key);
-      if (ev.type === 'put' && !this.networks.has(nid)) this.watchNetwork(nid);
-      else if (ev.type === 'delete') this.unwatchNetwork(nid);
+      if (ev.type === 'put' && !this.networks.has(nid)) {
+        if (this.scoping && !this.opts.isMember!(nid)) {
+          // not followed: nothing to list, its record may enter the view now
+          this.networks.set(nid, networkWatches(false));
+          this.opts.onReady(nid);
+        } else this.watchNetwork(nid);
+      } else if (ev.type === 'delete') this.unwatchNetwork(nid);
     }
+  }
+
+  /**
+   * Every network has listed (the agent's first sync): from now on only the networks this host is on
+   * are followed. Those without a member are let go at once. Does nothing unless {@link scoped}.
+   */
+  startScoping(): void {
+    if (!this.scoped || this.scoping || this.stopped) return;
+    this.scoping = true;
+    for (const [nid, w] of [...this.networks]) {
+      if (w.followed && w.ready && w.pins === 0 && !this.opts.isMember!(nid)) this.unfollow(nid, w);
+    }
+  }
+
+  /**
+   * This host is about to write an endpoint on network `nid`: follow it (if it is not followed yet, its
+   * watches start) and keep it followed until the returned function is called. Resolves once the
+   * network's endpoints have listed, so the new endpoint's peers are known when it is plumbed — or
+   * after {@link FOLLOW_WAIT_MS} if the store is slow (the watch still delivers them later).
+   */
+  async follow(nid: string): Promise<() => void> {
+    if (!this.scoped || this.stopped) return () => undefined;
+    let w = this.networks.get(nid);
+    if (!w?.followed) {
+      w = this.watchNetwork(nid);
+      this.opts.logger.info({ network: nid }, 'this host is joining the network: watching its endpoints');
+    }
+    const held = w;
+    held.pins++;
+    clearTimeout(held.unfollowTimer);
+    held.unfollowTimer = undefined;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      held.pins--;
+      this.review([nid]);
+    };
+    const timer = new AbortController();
+    await Promise.race([held.listed, sleep(FOLLOW_WAIT_MS, timer.signal).catch(() => undefined)]);
+    timer.abort();
+    return release;
+  }
+
+  /**
+   * Looks again at networks `nids` (default: all) after this host's endpoints or tombstones on them
+   * changed: one no longer holding a member is let go after {@link UNFOLLOW_AFTER_MS} (if it is still
+   * without one then); one that has a member again keeps following.
+   */
+  review(nids?: Iterable<string>): void {
+    if (!this.scoping || this.stopped) return;
+    for (const nid of nids ?? [...this.networks.keys()]) {
+      const w = this.networks.get(nid);
+      if (!w?.followed || !w.ready || w.pins > 0) continue;
+      if (this.opts.isMember!(nid)) {
+        clearTimeout(w.unfollowTimer);
+        w.unfollowTimer = undefined;
+        continue;
+      }
+      if (w.unfollowTimer) continue;
+      w.unfollowTimer = setTimeout(() => {
+        w.unfollowTimer = undefined;
+        if (this.networks.get(nid) === w && w.pins === 0 && !this.stopped && !this.opts.isMember!(nid)) this.unfollow(nid, w);
+      }, this.opts.unfollowAfterMs ?? UNFOLLOW_AFTER_MS);
+      w.unfollowTimer.unref();
+    }
+  }
+
+  /** Whether network `nid`'s endpoints are watched (always, unless {@link scoped}). */
+  isFollowed(nid: string): boolean {
+    if (!this.scoped) return true;
+    return this.networks.get(nid)?.followed ?? false;
+  }
+
+  /** The networks known but not followed (their endpoints are not in the view). */
+  unfollowed(): string[] {
+    const out: string[] = [];
+    for (const [nid, w] of this.networks) if (!w.followed) out.push(nid);
+    return out;
   }
 
   /** Every watch of network `nid` has listed (always true for the single watch of `endpoints/` once it has). */
@@ -174,6 +309,7 @@ export class EndpointMirrors {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    for (const w of this.networks.values()) clearTimeout(w.unfollowTimer);
     const all: PrefixMirror[] = this.whole ? [this.whole] : [...this.networks.values()].flatMap((w) => mirrorsOf(w));
     await Promise.all([...all.map((m) => m.stop()), ...this.stopping]);
   }
@@ -191,12 +327,25 @@ export class EndpointMirrors {
     return m;
   }
 
-  private watchNetwork(nid: string): void {
-    const w: NetworkWatches = { current: new Set(), splitting: new Map(), ready: false };
+  private watchNetwork(nid: string): NetworkWatches {
+    const w = networkWatches(true);
     this.networks.set(nid, w);
     const m = this.mirror(nid, undefined, (events, resync, self) => this.fromWatch(nid, w, self, events, resync));
     w.current.add(m);
     void m.synced.then(() => this.listed(nid, w));
+    return w;
+  }
+
+  /** Lets network `nid` go: its watches stop, its endpoints leave the view, its record stays. */
+  private unfollow(nid: string, w: NetworkWatches): void {
+    this.opts.onUnfollow?.(nid);
+    clearTimeout(w.unfollowTimer);
+    this.networks.set(nid, networkWatches(false));
+    const events: WatchEvent[] = [];
+    for (const m of w.current) for (const k of m.view.keys()) events.push({ type: 'delete', key: k, revision: '' });
+    this.retire(mirrorsOf(w));
+    this.opts.logger.info({ network: nid, endpoints: events.length }, 'no endpoint of this host on the network: no longer watching its endpoints');
+    if (events.length > 0) this.opts.onEvents(events, true);
   }
 
   /**
@@ -221,7 +370,9 @@ export class EndpointMirrors {
     if (this.networks.get(nid) !== w || w.ready) return;
     if (![...w.current].every((m) => m.revision !== undefined)) return;
     w.ready = true;
+    w.markListed();
     this.opts.onReady(nid);
+    this.review([nid]);
   }
 
   /** Starts the 16 watches that replace watch `old` of network `nid`, one per next hex digit; switches when all have listed. */
@@ -257,6 +408,7 @@ export class EndpointMirrors {
     const w = this.networks.get(nid);
     if (!w) return;
     this.networks.delete(nid);
+    clearTimeout(w.unfollowTimer);
     // what the view follows has been applied (also before the network was ready): take all of it out
     const events: WatchEvent[] = [];
     for (const m of w.current) for (const k of m.view.keys()) events.push({ type: 'delete', key: k, revision: '' });

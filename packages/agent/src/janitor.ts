@@ -40,8 +40,24 @@ export class Janitor {
 
   constructor(private readonly ctx: { store: KVStore; ipam: Ipam; logger: Logger }) {}
 
-  async run(view: ClusterView, now = Date.now()): Promise<JanitorResult> {
+  /**
+   * `unfollowed`: networks whose endpoints `view` does not hold (the agent follows only its own,
+   * endpoint-mirrors.ts); their endpoint ids are listed from the store, once per network and run.
+   */
+  async run(view: ClusterView, now = Date.now(), unfollowed: readonly string[] = []): Promise<JanitorResult> {
     const { store, ipam, logger } = this.ctx;
+    const notInView = new Set(unfollowed);
+    const listed = new Map<string, ReadonlySet<string>>();
+    /** The endpoint ids of network `nid` as far as the view or one listing knows (a hint: the store is read again before anything is removed). */
+    const endpointIds = async (nid: string): Promise<{ has(eid: string): boolean } | undefined> => {
+      if (!notInView.has(nid)) return view.endpoints.get(nid);
+      let ids = listed.get(nid);
+      if (!ids) {
+        ids = new Set((await store.list(keys.endpointsOf(nid))).entries.map((e) => e.key.slice(e.key.lastIndexOf('/') + 1)));
+        listed.set(nid, ids);
+      }
+      return ids;
+    };
     let names = 0;
     let addresses = 0;
     let tombstones = 0;
@@ -74,7 +90,7 @@ export class Janitor {
     for (const entry of (await store.list(EPNAMES)).entries) {
       const [, nid, name] = entry.key.split('/');
       const eid = decodeText(entry.value);
-      if (!nid || view.endpoints.get(nid)?.has(eid)) continue;
+      if (!nid || (await endpointIds(nid))?.has(eid)) continue;
       if (ID_PATTERN.test(eid) && (await store.get(keys.endpoint(nid, eid)))) continue;
       const r = await store.deleteIf(entry.key, entry.revision);
       if (r.ok) {
@@ -94,7 +110,7 @@ export class Janitor {
           if ((err as { kind?: string }).kind === 'not-found') continue;
           throw err;
         }
-        const endpoints = view.endpoints.get(net.id);
+        const endpoints = await endpointIds(net.id);
         for (const a of allocations) {
           if (endpoints?.has(a.owner)) continue;
           const suspect = `${poolId} ${a.address} ${a.owner}`;
@@ -120,6 +136,8 @@ export interface JanitorLoopOptions {
   /** This node's name: the loop runs the janitor only when the ring picks this node. */
   readonly self: string;
   readonly view: () => ClusterView;
+  /** Networks whose endpoints the view does not hold (see {@link Janitor.run}). */
+  readonly unfollowed?: () => string[];
   readonly storeHealthy: () => boolean;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
@@ -134,7 +152,7 @@ export function startJanitorLoop(opts: JanitorLoopOptions): () => void {
     if (chooseReaper(view.nodes.keys(), JANITOR_RING_KEY) !== opts.self) return;
     running = true;
     try {
-      const r = await opts.janitor.run(view);
+      const r = await opts.janitor.run(view, Date.now(), opts.unfollowed?.() ?? []);
       if (r.names) opts.metrics.orphansRemoved.inc({ kind: 'name' }, r.names);
       if (r.addresses) opts.metrics.orphansRemoved.inc({ kind: 'address' }, r.addresses);
       if (r.tombstones) opts.metrics.orphansRemoved.inc({ kind: 'tombstone' }, r.tombstones);

@@ -194,16 +194,38 @@ export class NetworkService {
 
   // ---- reads (from the agent's view) ----
 
-  listNetworks(): NetworkView[] {
+  /** Every network with its endpoints (those of networks this host does not follow read from the store). */
+  async listNetworks(): Promise<NetworkView[]> {
     const view = this.ctx.cluster.view();
-    return [...view.networks.values()]
-      .sort((a, b) => a.name.localeCompare(b.name))
-      .map((n) => toNetworkView(n, view.endpoints.get(n.id)?.values() ?? [], this.ctx.datapath));
+    const nets = [...view.networks.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return Promise.all(nets.map(async (n) => toNetworkView(n, await this.endpointsOf(n.id), this.ctx.datapath)));
   }
 
-  inspectNetwork(ref: string): NetworkView {
-    const n = this.findInView(ref);
-    return toNetworkView(n, this.ctx.cluster.view().endpoints.get(n.id)?.values() ?? [], this.ctx.datapath);
+  async inspectNetwork(ref: string): Promise<NetworkView> {
+    const n = this.findNetwork(ref);
+    return toNetworkView(n, await this.endpointsOf(n.id), this.ctx.datapath);
+  }
+
+  /**
+   * Network `nid`'s endpoints: from the view, or — on a store watched per network, for a network this
+   * host has no endpoint on and so does not follow (endpoint-mirrors.ts) — one listing of the store.
+   */
+  private async endpointsOf(nid: string): Promise<Iterable<EndpointRecord>> {
+    if (this.ctx.cluster.isFollowed(nid)) return this.ctx.cluster.view().endpoints.get(nid)?.values() ?? [];
+    const out: EndpointRecord[] = [];
+    for (const entry of (await this.ctx.store.list(keys.endpointsOf(nid))).entries) {
+      try {
+        out.push(decodeRecord<EndpointRecord>(entry.value, entry.key));
+      } catch (err) {
+        this.ctx.logger.warn({ key: entry.key, err }, 'skipping unreadable store record');
+      }
+    }
+    return out;
+  }
+
+  /** A network of the view by id, name or unique id prefix (NotFoundError names `ref`). */
+  findNetwork(ref: string): NetworkRecord {
+    return this.findInView(ref);
   }
 
   private findInView(ref: string): NetworkRecord {
@@ -370,6 +392,17 @@ export class NetworkService {
   /** `opts.cni`: the endpoint is a CNI attachment (the CNI face finds it again by that). */
   async connect(ref: string, input: ConnectInput, opts: { cni?: CniAttachmentRef } = {}): Promise<EndpointView> {
     checkNetnsPath(input.netns);
+    const { record } = await this.resolveNetwork(ref);
+    // the network's endpoints are followed from before the write until the new one is plumbed
+    const release = await this.ctx.cluster.follow(record.id);
+    try {
+      return await this.connectTo(record.id, input, opts);
+    } finally {
+      release();
+    }
+  }
+
+  private async connectTo(ref: string, input: ConnectInput, opts: { cni?: CniAttachmentRef }): Promise<EndpointView> {
     const { store, logger, records, node } = this.ctx;
     for (let attempt = 1; ; attempt++) {
       const { record: net, entry: netEntry } = await this.resolveNetwork(ref);
@@ -533,7 +566,7 @@ export class NetworkService {
       const byName = await store.get(keys.epname(net.id, epRef)).catch(() => undefined);
       if (byName) eid = decodeText(byName.value);
       else if (/^[0-9a-f]{1,63}$/.test(epRef)) {
-        const eps = [...(cluster.view().endpoints.get(net.id)?.keys() ?? [])].filter((id) => id.startsWith(epRef));
+        const eps = [...(await this.endpointsOf(net.id))].map((e) => e.id).filter((id) => id.startsWith(epRef));
         if (eps.length === 1) eid = eps[0];
       }
     }

@@ -14,7 +14,7 @@
 
 import { allEndpoints, type ClusterView } from './cluster-view.ts';
 import type { CoreContext } from './context.ts';
-import { decodeRecord, RESTARTING, type RestartMarker } from './layout.ts';
+import { decodeRecord, keys, RESTARTING, type EndpointRecord, type RestartMarker } from './layout.ts';
 import { removeNode, type NodeRemoval } from './reaper.ts';
 
 export type NodeState = 'alive' | 'unreachable' | 'restarting' | 'down';
@@ -54,13 +54,15 @@ export interface NodeStatesInput {
   readonly restarting: ReadonlyMap<string, number>;
   readonly probes: ReadonlyMap<string, NodeProbe>;
   readonly now: number;
+  /** Endpoints of networks the view holds without their endpoints (not followed), read from the store. */
+  readonly moreEndpoints?: readonly EndpointRecord[];
 }
 
 /** Every node the view knows (live records and owners of endpoints), with its state; sorted by name. */
 export function nodeStates(input: NodeStatesInput): NodeView[] {
   const { view, self, restarting, probes, now } = input;
   const counts = new Map<string, { n: number; vtep?: string }>();
-  for (const e of allEndpoints(view)) {
+  for (const e of [...allEndpoints(view), ...(input.moreEndpoints ?? [])]) {
     const c = counts.get(e.node) ?? { n: 0 };
     counts.set(e.node, { n: c.n + 1, vtep: c.vtep ?? e.vtep });
   }
@@ -109,7 +111,18 @@ export class NodeService {
     } catch (err) {
       this.ctx.logger.debug({ err }, 'node ls without restart markers: the store did not answer');
     }
-    return nodeStates({ view: this.ctx.cluster.view(), self: this.ctx.node.name, restarting, probes: this.probes(), now: Date.now() });
+    // the endpoints of networks this host does not follow (endpoint-mirrors.ts) are counted from the store
+    const moreEndpoints: EndpointRecord[] = [];
+    for (const nid of this.ctx.cluster.unfollowedNetworks()) {
+      for (const e of (await this.ctx.store.list(keys.endpointsOf(nid))).entries) {
+        try {
+          moreEndpoints.push(decodeRecord<EndpointRecord>(e.value, e.key));
+        } catch {
+          // an unreadable record names no node
+        }
+      }
+    }
+    return nodeStates({ view: this.ctx.cluster.view(), self: this.ctx.node.name, restarting, probes: this.probes(), now: Date.now(), moreEndpoints });
   }
 
   /** `kvnet node rm NODE [--force]` (see {@link removeNode}); waits until this agent's view no longer lists the node's endpoints. */

@@ -73,6 +73,12 @@ export class DeadNodeTracker {
     if (this.since.has(name)) this.postponed.set(name, until);
   }
 
+  /** Forgets `name` (it has nothing left to reap). */
+  forget(name: string): void {
+    this.since.delete(name);
+    this.postponed.delete(name);
+  }
+
   /** Owners whose grace period is over, sorted. */
   due(now: number): string[] {
     if (now < this.quietUntil) return [];
@@ -82,11 +88,12 @@ export class DeadNodeTracker {
       .sort();
   }
 
-  /** When the next owner becomes due (ms since epoch), or undefined when nobody is pending. */
-  nextDueAt(): number | undefined {
+  /** When the next owner becomes due (ms since epoch; with `after`, the next one later than it), or undefined when nobody is pending. */
+  nextDueAt(after?: number): number | undefined {
     let next: number | undefined;
     for (const [n, t] of this.since.entries()) {
       const at = Math.max(t + this.graceMs, this.quietUntil, this.postponed.get(n) ?? 0);
+      if (after !== undefined && at <= after) continue;
       if (next === undefined || at < next) next = at;
     }
     return next;
@@ -321,7 +328,21 @@ export interface ReaperOptions extends Omit<RestoreContext, 'waitForView'> {
   readonly waitForView: (key: string) => Promise<unknown>;
   /** Asks for a reconcile after `delayMs` (the reaper's timer and the end of a reaping). */
   readonly schedule: (delayMs?: number) => void;
+  /**
+   * The networks whose endpoints the agent does not follow (endpoint-mirrors.ts), when it follows only
+   * its own: the view does not show who owns endpoints there, so a dead node's are read from the store.
+   */
+  readonly unfollowed?: {
+    networks(): string[];
+    /** Nodes that owned endpoints there when the networks were let go. */
+    owners(): ReadonlySet<string>;
+    /** `node` has no endpoints left there. */
+    forget(node: string): void;
+  };
 }
+
+/** How long a node that left is remembered as a possible owner of endpoints on networks not followed. */
+export const DEPARTED_MEMORY_MS = 60 * 60_000;
 
 /** Runs reaping and restoring for one agent: {@link check} after every reconcile, {@link restore} at start and when tombstones appear. */
 export class Reaper {
@@ -330,6 +351,15 @@ export class Reaper {
   private restoring = false;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The live nodes at the last check. */
+  private lastLive: ReadonlySet<string> | undefined;
+  /**
+   * Nodes that left since (name → when): on networks this agent does not follow they may own
+   * endpoints it cannot see, so while there are such networks each is a possible owner to reap.
+   */
+  private readonly departed = new Map<string, number>();
+  /** Owners the view (or the networks let go) shows: what {@link missing} reports. */
+  private knownOwners: ReadonlySet<string> = new Set();
 
   constructor(private readonly opts: ReaperOptions) {}
 
@@ -340,7 +370,33 @@ export class Reaper {
 
   /** Owners currently considered missing (for status). */
   missing(): string[] {
-    return this.tracker.missing();
+    return this.tracker.missing().filter((n) => this.knownOwners.has(n));
+  }
+
+  /** Notes who left since the last check (and who came back). */
+  private noteDeparted(live: ReadonlySet<string>, now: number): void {
+    if (this.lastLive) for (const n of this.lastLive) if (!live.has(n)) this.departed.set(n, now);
+    for (const [n, at] of this.departed) if (live.has(n) || now - at > DEPARTED_MEMORY_MS) this.departed.delete(n);
+    this.lastLive = live;
+  }
+
+  /**
+   * The endpoints of `dead`: those in the view, and, when some networks are not followed, those the
+   * store holds there (one listing per such network).
+   */
+  private async endpointsOf(view: ClusterView, dead: string): Promise<EndpointRecord[]> {
+    const out = endpointsOfNode(view, dead);
+    for (const nid of this.opts.unfollowed?.networks() ?? []) {
+      for (const entry of (await this.opts.store.list(keys.endpointsOf(nid))).entries) {
+        try {
+          const ep = decodeRecord<EndpointRecord>(entry.value, entry.key);
+          if (ep.node === dead) out.push(ep);
+        } catch {
+          // an unreadable record names no owner; the janitor does not touch it either
+        }
+      }
+    }
+    return out;
   }
 
   /** Notes who is missing in `view`, reaps the due nodes this agent is the reaper of, and restores tombstones. */
@@ -348,19 +404,32 @@ export class Reaper {
     const { self, logger, metrics } = this.opts;
     const now = Date.now();
     const live = new Set(view.nodes.keys());
-    this.tracker.update(live, endpointOwners(view), now);
+    this.noteDeparted(live, now);
+    const owners = new Set(endpointOwners(view));
+    const partial = (this.opts.unfollowed?.networks().length ?? 0) > 0;
+    if (partial) for (const n of this.opts.unfollowed!.owners()) owners.add(n);
+    this.knownOwners = new Set(owners);
+    if (partial) for (const n of this.departed.keys()) owners.add(n);
+    this.tracker.update(live, owners, now);
     if (this.opts.storeHealthy()) {
       for (const dead of this.tracker.due(now)) {
         if (this.reaping.has(dead) || chooseReaper(live, dead) !== self) continue;
-        const endpoints = endpointsOfNode(view, dead);
         this.reaping.add(dead);
-        logger.warn({ deadNode: dead, endpoints: endpoints.length }, 'node is gone; reaping its endpoints unless it announced a restart');
-        reapNode({ store: this.opts.store, ipam: this.opts.ipam, logger, self }, dead, endpoints, view.networks)
+        this.endpointsOf(view, dead)
+          .then((endpoints) => {
+            logger.warn({ deadNode: dead, endpoints: endpoints.length }, 'node is gone; reaping its endpoints unless it announced a restart');
+            return reapNode({ store: this.opts.store, ipam: this.opts.ipam, logger, self }, dead, endpoints, view.networks);
+          })
           .then((r) => {
             if ('postponedUntil' in r) {
               this.tracker.postpone(dead, r.postponedUntil);
               logger.info({ deadNode: dead, until: new Date(r.postponedUntil).toISOString() }, 'node announced a restart; not reaping it before then');
-            } else metrics.reapedEndpoints.inc(r.reaped);
+            } else {
+              metrics.reapedEndpoints.inc(r.reaped);
+              // nothing of it is left where this agent cannot see
+              this.departed.delete(dead);
+              this.opts.unfollowed?.forget(dead);
+            }
           })
           .catch((err) => {
             metrics.storeErrors.inc();
@@ -373,7 +442,8 @@ export class Reaper {
       }
     }
     clearTimeout(this.timer);
-    const next = this.tracker.nextDueAt();
+    // owners already due are being reaped (which schedules again when done) or are another agent's to reap
+    const next = this.tracker.nextDueAt(now);
     if (next !== undefined && !this.stopped) this.timer = setTimeout(() => this.opts.schedule(), Math.max(50, next - now + 10));
     if (this.opts.tombstones().length > 0) void this.restore(false);
   }

@@ -97,8 +97,8 @@ test('network MTU: the underlay default, --mtu, refusals that store nothing, and
   await h2.ctx.reconciler.reconcileNow();
   const warnings = h2.agent.status().networkWarnings as Array<{ name: string; mtu: number; limit: number; code: string }>;
   t.deepEqual(warnings.map((w) => [w.name, w.mtu, w.limit, w.code]), [['big', 1450, 1350, 'KVNET_DATAPLANE_MTU_EXCEEDS_UNDERLAY']]);
-  t.regex(h2.ctx.networks.inspectNetwork('big').warnings?.[0] ?? '', /^network big: MTU 1450 is above 1350, what underlay eth0 carries/);
-  t.is(h1.ctx.networks.inspectNetwork('big').warnings, undefined, 'h1 carries it');
+  t.regex((await h2.ctx.networks.inspectNetwork('big')).warnings?.[0] ?? '', /^network big: MTU 1450 is above 1350, what underlay eth0 carries/);
+  t.is((await h1.ctx.networks.inspectNetwork('big')).warnings, undefined, 'h1 carries it');
   t.regex(await h2.agent.metrics.registry.metrics(), /kvnet_networks_over_underlay_mtu 1/);
   t.regex(await h1.agent.metrics.registry.metrics(), /kvnet_networks_over_underlay_mtu 0/);
 });

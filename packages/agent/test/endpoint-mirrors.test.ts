@@ -4,7 +4,8 @@
  * endpoints, a large network split in 16 watches without a gap or a flicker, a removed network's
  * watches stopped and its endpoints gone from the view, and the store's health back only when every
  * one of those watches has listed again after an outage; on a store whose watch delivers changes, one
- * watch of `endpoints/`. Needs the Consul binary; the Consul tests are skipped without it.
+ * watch of `endpoints/`; and on Consul only the networks this node is on followed, once it has found
+ * its own endpoints. Needs the Consul binary; the Consul tests are skipped without it.
  */
 
 import test from 'ava';
@@ -66,6 +67,8 @@ function recordingMirror(store: KVStore, minEndpoints: (nid: string) => number, 
     store,
     logger: pino({ level: 'silent' }),
     node: 'h1',
+    // these tests are about the watches themselves: every network is followed (the last test: only this node's)
+    followMembersOnly: false,
     ...(splitAt === undefined ? {} : { endpointsSplitAt: splitAt }),
     onChange: (change) => {
       const view = mirror.view();
@@ -259,6 +262,106 @@ test('a store whose watch delivers changes (the embedded one): one watch of endp
     await store.put(keys.network(b), network(b, 31));
     t.true(await mirror.waitForView(keys.network(b), true, 10_000));
     t.is(mirror.endpointWatches(b), 1, 'the same one watch');
+  } finally {
+    await mirror.stop();
+    await store.close();
+  }
+});
+
+/** An endpoint record of `node` (the owner decides which networks a mirror of that node follows). */
+function endpointOf(nid: string, eid: string, node: string, n: number) {
+  return encodeRecord({ id: eid, name: `e${n}`, network: nid, node, nodeId: 'x', address: `10.98.0.${n}/16`, ip: `10.98.0.${n}`, mac: '02:42:0a:62:00:01' });
+}
+
+consulTest('Consul: only the networks this node is on are followed; the others are in the view without their endpoints and their churn reaches nothing; follow() and tombstones bring a network back, losing the last endpoint lets it go', async (t) => {
+  const store = await openStore(consul!.url(`kvnet${id}scope`));
+  const a = newId();
+  const b = newId();
+  const eid = (n: number) => `${n.toString(16).padStart(2, '0')}${newId().slice(2)}`;
+  const mineOnA = eid(1);
+  await store.put(keys.endpoint(a, mineOnA), endpointOf(a, mineOnA, 'h1', 1));
+  await store.put(keys.endpoint(a, eid(2)), endpointOf(a, eid(2), 'h2', 2));
+  const theirsOnB = [eid(3), eid(4)];
+  await store.put(keys.endpoint(b, theirsOnB[0]!), endpointOf(b, theirsOnB[0]!, 'h2', 3));
+  await store.put(keys.endpoint(b, theirsOnB[1]!), endpointOf(b, theirsOnB[1]!, 'h3', 4));
+  await store.put(keys.network(a), network(a, 40));
+  await store.put(keys.network(b), network(b, 41));
+  /** Endpoint changes the view received, by network. */
+  const touched = new Map<string, number>();
+  const mirror: ClusterMirror = new ClusterMirror({
+    store,
+    logger: pino({ level: 'silent' }),
+    node: 'h1',
+    unfollowAfterMs: 300,
+    onChange: (change) => {
+      for (const [nid, eids] of change.endpoints) touched.set(nid, (touched.get(nid) ?? 0) + eids.size);
+    },
+    onStoreError: () => undefined,
+    onStoreBack: () => undefined,
+  });
+  mirror.start();
+  try {
+    await mirror.synced(20_000);
+    let view = mirror.view();
+    t.deepEqual([...view.networks.keys()].sort(), [a, b].sort(), 'both networks are listed');
+    t.is(view.endpoints.get(a)?.size, 2, 'a (this node has an endpoint there): followed');
+    t.is(view.endpoints.get(b)?.size ?? 0, 0, 'b (no endpoint of this node): its endpoints are not in the view');
+    t.is(mirror.endpointWatches(a), 1);
+    t.is(mirror.endpointWatches(b), 0, 'and not watched');
+    t.deepEqual(mirror.unfollowedNetworks(), [b]);
+    t.deepEqual([...mirror.unfollowedOwners()].sort(), ['h2', 'h3'], 'who owned endpoints on b when it was let go');
+    t.is(mirror.watches, 3 + 1);
+
+    // b's churn reaches nothing; a's does
+    touched.clear();
+    const churn = eid(5);
+    await store.put(keys.endpoint(b, churn), endpointOf(b, churn, 'h2', 5));
+    await store.delete(keys.endpoint(b, churn));
+    const onA = eid(6);
+    await store.put(keys.endpoint(a, onA), endpointOf(a, onA, 'h2', 6));
+    t.true(await mirror.waitForView(keys.endpoint(a, onA), true, 10_000));
+    t.false(touched.has(b), 'no change of b reached the view');
+
+    // this node joins b: followed (and listed) before it writes, kept while it has an endpoint there
+    const release = await mirror.follow(b);
+    t.is(mirror.endpointWatches(b), 1);
+    t.is(mirror.view().endpoints.get(b)?.size, 2, 'b\'s endpoints are listed before follow() returns');
+    t.deepEqual(mirror.unfollowedNetworks(), []);
+    const mineOnB = eid(7);
+    await store.put(keys.endpoint(b, mineOnB), endpointOf(b, mineOnB, 'h1', 7));
+    t.true(await mirror.waitForView(keys.endpoint(b, mineOnB), true, 10_000));
+    release();
+    await new Promise((r) => setTimeout(r, 800));
+    t.is(mirror.endpointWatches(b), 1, 'b stays followed while this node has an endpoint there');
+    const later = eid(8);
+    await store.put(keys.endpoint(b, later), endpointOf(b, later, 'h3', 8));
+    t.true(await mirror.waitForView(keys.endpoint(b, later), true, 10_000), 'and its churn reaches the view');
+
+    // this node leaves b: let go after the delay, its endpoints out of the view, its record kept
+    await store.delete(keys.endpoint(b, mineOnB));
+    t.true(await mirror.waitUntil(() => mirror.endpointWatches(b) === 0, 10_000), 'b is let go');
+    view = mirror.view();
+    t.is(view.endpoints.get(b)?.size ?? 0, 0);
+    t.true(view.networks.has(b), 'its record stays');
+
+    // a new network: in the view at once, not followed
+    const c = newId();
+    await store.put(keys.network(c), network(c, 42));
+    t.true(await mirror.waitForView(keys.network(c), true, 10_000));
+    t.is(mirror.endpointWatches(c), 0);
+
+    // a tombstone of this node on c (it was reaped there and will restore): c is followed again
+    const reaped = eid(9);
+    const other = eid(10);
+    await store.put(keys.endpoint(c, other), endpointOf(c, other, 'h2', 10));
+    await store.put(keys.reaped('h1', reaped), endpointOf(c, reaped, 'h1', 9));
+    t.true(await mirror.waitUntil((v) => mirror.endpointWatches(c) === 1 && v.endpoints.get(c)?.has(other) === true, 10_000), 'c is followed for the restore');
+    await new Promise((r) => setTimeout(r, 800));
+    t.is(mirror.endpointWatches(c), 1, 'and stays followed while the tombstone is there');
+    await store.delete(keys.reaped('h1', reaped));
+    t.true(await mirror.waitUntil(() => mirror.endpointWatches(c) === 0, 10_000), 'let go once the tombstone is gone (nothing restored)');
+
+    t.is((await store.list(keys.endpointsOf(b))).entries.length, 3, 'nothing in the store was touched');
   } finally {
     await mirror.stop();
     await store.close();

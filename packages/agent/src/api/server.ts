@@ -85,12 +85,12 @@ export async function handleApiRequest(req: IncomingMessage, res: ServerResponse
     }
     if (resource === 'doctor' && parts.length === 2 && method === 'GET' && routes.doctor) return sendJson(res, 200, await routes.doctor.run());
     if (resource === 'networks') {
-      if (parts.length === 2 && method === 'GET') return sendJson(res, 200, service.listNetworks());
+      if (parts.length === 2 && method === 'GET') return sendJson(res, 200, await service.listNetworks());
       if (parts.length === 2 && method === 'POST') {
         const input = validate(createNetworkSchema, await readJson(req));
         return sendJson(res, 201, await service.createNetwork(input));
       }
-      if (parts.length === 3 && method === 'GET') return sendJson(res, 200, service.inspectNetwork(ref!));
+      if (parts.length === 3 && method === 'GET') return sendJson(res, 200, await service.inspectNetwork(ref!));
       if (parts.length === 3 && method === 'DELETE') {
         await service.deleteNetwork(ref!);
         return sendJson(res, 204);

@@ -113,7 +113,7 @@ export class CniAttachments {
   async gc(input: CniGcInput): Promise<CniGcResult> {
     let nid: string;
     try {
-      nid = this.ctx.networks.inspectNetwork(input.network).id;
+      nid = this.ctx.networks.findNetwork(input.network).id;
     } catch (err) {
       if (err instanceof NotFoundError) return { removed: [] }; // no network, no attachments
       throw err;
@@ -152,7 +152,7 @@ export class CniAttachments {
   }
 
   private lookup(ref: CniAttachmentRefInput): EndpointRecord | undefined {
-    const nid = this.ctx.networks.inspectNetwork(ref.network).id; // NotFoundError names the network
+    const nid = this.ctx.networks.findNetwork(ref.network).id; // NotFoundError names the network
     return this.local().find((e) => e.network === nid && e.cni!.containerId === ref.containerId && e.cni!.ifname === ref.ifname);
   }
 

@@ -370,11 +370,21 @@ export class StoreDockerBackend implements DockerBackend {
   }
 
   async createEndpoint(input: DockerEndpointInput): Promise<{ mac: string; ifname: string }> {
-    const { store, ipam, logger, node, records, networks } = this.ctx;
     const existing = this.findEndpoint(input.dockerNetworkId, input.dockerEndpointId);
     if (existing) return { mac: existing.mac, ifname: existing.handoff! };
     const net = this.mustFindNetwork(input.dockerNetworkId);
     if (net.deleting) throw new InvalidInputError(`network ${net.name} is being removed`);
+    // the network's endpoints are followed from before the write until the new one is plumbed
+    const release = await this.ctx.cluster.follow(net.id);
+    try {
+      return await this.createEndpointOn(net, input);
+    } finally {
+      release();
+    }
+  }
+
+  private async createEndpointOn(net: DockerNetworkRecord, input: DockerEndpointInput): Promise<{ mac: string; ifname: string }> {
+    const { store, ipam, logger, node, records, networks } = this.ctx;
     // The addresses were allocated by RequestAddress, one owner each; the first one's owner is this endpoint's kvnet id.
     const v4 = input.address ? await this.allocationOf(net, 4, input.address) : undefined;
     const v6 = input.address6 ? await this.allocationOf(net, 6, input.address6) : undefined;
