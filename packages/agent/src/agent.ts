@@ -18,7 +18,7 @@ import { hasCode, openStore, parseStoreOpts, sleep, StoreUnavailableError, store
 import { startApi } from './api/index.ts';
 import { startCni } from './cni/index.ts';
 import { ClusterMirror, StoreHealth } from './cluster-mirror.ts';
-import { settleVxlanPort } from './cluster-settings.ts';
+import { anchorTombstoneWatches, settleVxlanPort } from './cluster-settings.ts';
 import { countingStore } from './counting-store.ts';
 import type { ClusterView } from './cluster-view.ts';
 import { resolveAdvertise, validateConfig, type Advertise, type AgentConfig } from './config.ts';
@@ -28,7 +28,7 @@ import type { DockerEngine } from './docker/engine.ts';
 import { describeServers, probeServers, readableDataplane, startDoctor, type DoctorCheck } from './doctor/index.ts';
 import { InvalidConfigError } from './errors.ts';
 import { Janitor, startJanitorLoop } from './janitor.ts';
-import type { NodeRecord } from './layout.ts';
+import { keys, type NodeRecord } from './layout.ts';
 import { LocalState, StateDirLock } from './local-state.ts';
 import { Membership } from './membership.ts';
 import { startNamesFace, type NamesFace, type NamesFaceOptions } from './names/face.ts';
@@ -264,6 +264,7 @@ export class Agent implements StatusSource {
     const { config, logger } = this;
     const port = await settleVxlanPort(store, config.vxlanPort, config.nodeName);
     if (port.recorded) logger.info({ vxlanPort: port.port }, "recorded the cluster's VXLAN port");
+    if (await anchorTombstoneWatches(store, config.nodeName)) logger.info({ key: keys.reapedAnchor() }, 'wrote the anchor of the tombstone watches');
     let underlay: UnderlayInfo | undefined;
     try {
       underlay = this.deps.dataplane ? await this.deps.dataplane.readUnderlay?.() : await readUnderlay({ address: advertise.ip });

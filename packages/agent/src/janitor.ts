@@ -22,6 +22,7 @@ import type { KVStore } from '@kvnet/store';
 import type { ClusterView } from './cluster-view.ts';
 import { decodeRecord, decodeText, EPNAMES, ID_PATTERN, keys, networkPools, REAPED, RESTARTING } from './layout.ts';
 import type { AgentMetrics } from './metrics.ts';
+import { anchorTombstoneWatches } from './cluster-settings.ts';
 import { chooseReaper } from './reaper.ts';
 
 export const JANITOR_INTERVAL_MS = 60_000;
@@ -61,6 +62,9 @@ export class Janitor {
     let names = 0;
     let addresses = 0;
     let tombstones = 0;
+
+    // the tombstone watches' anchor (cluster-settings.ts), in case it was deleted with the tombstones
+    if (await anchorTombstoneWatches(store, 'janitor')) logger.info({ key: keys.reapedAnchor() }, 'wrote the anchor of the tombstone watches again');
 
     for (const entry of (await store.list(REAPED)).entries) {
       const node = entry.key.split('/')[1] ?? '';

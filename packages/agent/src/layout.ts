@@ -54,6 +54,8 @@ export const keys = {
   reaped: (node: string, eid: string) => `${REAPED}/${node}/${eid}`,
   restarting: (node: string) => `${RESTARTING}/${node}`,
   reapedOf: (node: string) => `${REAPED}/${node}`,
+  /** The anchor of every node's tombstone watch on a store whose empty-range watches wake on any write (Consul): the key `reaped` itself. */
+  reapedAnchor: () => REAPED,
   vxlanPort: () => `${CLUSTER}/vxlan-port`,
 };
 

@@ -149,6 +149,7 @@ class ConsulStore implements KVStore {
       maxValueBytes: MAX_VALUE_BYTES,
       maxTxnOps: MAX_TXN_OPS,
       watchReadsWholeRange: true,
+      emptyRangeWatchWakes: true,
       maxWatches: options.maxWatches ?? DEFAULT_CONSUL_MAX_WATCHES,
     };
   }

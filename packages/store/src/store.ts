@@ -161,6 +161,16 @@ export interface StoreCapabilities {
    */
   readonly watchReadsWholeRange: boolean;
   /**
+   * True when a watch of a range that holds no key is answered — with nothing changed — by writes to
+   * keys outside it, until a key exists at the range's path without its last `/` or below it
+   * (`<prefix>` for a watch of `<prefix>/`). Consul: a blocking query on a prefix with no keys reports
+   * the index of the whole KV table and waits on the nearest part of its key tree that exists, so
+   * with nothing near the prefix every write anywhere answers it (measured: 255 bytes per write, per
+   * watcher). A caller that keeps such a watch open — a node's tombstones, usually none — writes one
+   * key at that path once (an anchor, outside the range) so the watch waits for its own keys.
+   */
+  readonly emptyRangeWatchWakes?: boolean;
+  /**
    * How many watches one client should hold open at once, when the backend has a limit (undefined:
    * none). Consul: each watch is a blocking query on an HTTP connection of its own, and Consul
    * refuses more than `limits.http_max_conns_per_client` connections from one address (200 by

@@ -522,6 +522,34 @@ test.serial('a store moves to the next server when the one it used goes away, an
 // ---- blocking reads and a server that stops answering (the wait is minutes; the transport keeps watch) ----
 
 /** A store that reaches the shared server through a forwarder, a direct one on the same prefix, and a watch of it. */
+test.serial('a watch of a range with no key is answered by every write elsewhere (emptyRangeWatchWakes), and waits for its own keys once a key exists at its path', async (t) => {
+  const proxy = await tcpForwarder(server.port);
+  t.teardown(() => proxy.close());
+  const prefix = `kvnet-test/consul-${++label}-empty`;
+  const watched = await open(`consul://127.0.0.1:${proxy.port}/${prefix}`);
+  const direct = await open(server.url(prefix));
+  t.true(watched.capabilities.emptyRangeWatchWakes);
+  const watch = watchInto(watched, 'quiet/n1', (await watched.list('quiet/n1')).revision);
+  await sleep(300); // its first read is at once, then it blocks
+  const answersTo = async (writes: number): Promise<number> => {
+    const before = proxy.fromServer();
+    for (let i = 0; i < writes; i++) await direct.put(`elsewhere/k${i}`, text(String(i)));
+    await sleep(300);
+    return proxy.fromServer() - before;
+  };
+  const unanchored = await answersTo(20);
+  t.true(unanchored >= 20 * 150, `20 writes elsewhere answered the empty watch each time (${unanchored} bytes to it)`);
+  // the anchor: a key at the range's path without its trailing slash, outside the range
+  await direct.put('quiet/n1', text('anchor'));
+  await sleep(300);
+  const anchored = await answersTo(20);
+  t.true(anchored < unanchored / 10, `with the anchor the watch waits: ${anchored} bytes against ${unanchored}`);
+  await direct.put('quiet/n1/x', text('1'));
+  await watch.until('its own key', (evs) => evs.some((e) => e.key === 'quiet/n1/x'), 10_000);
+  t.deepEqual(watch.events.map((e) => `${e.type}:${e.key}`), ['put:quiet/n1/x'], 'the anchor itself is not in the range');
+  await watch.stop();
+});
+
 async function behindForwarder(t: ExecutionContext, name: string) {
   const proxy = await tcpForwarder(server.port);
   t.teardown(() => proxy.close());
@@ -658,10 +686,11 @@ test('Consul\'s TTL refusal and Go durations are parsed', (t) => {
  * timeout); `heal()` forwards new connections again, while the ones cut stay cut (a server restarted
  * behind a partition never hears of them).
  */
-async function tcpForwarder(targetPort: number): Promise<{ port: number; connections(): number; close(): void; blackhole(): void; heal(): void }> {
+async function tcpForwarder(targetPort: number): Promise<{ port: number; connections(): number; fromServer(): number; close(): void; blackhole(): void; heal(): void }> {
   const sockets = new Set<Socket>();
   const pairs = new Set<[Socket, Socket]>();
   let count = 0;
+  let received = 0;
   let dropping = false;
   const cut = ([client, upstream]: [Socket, Socket]): void => {
     client.unpipe(upstream);
@@ -690,6 +719,7 @@ async function tcpForwarder(targetPort: number): Promise<{ port: number; connect
       });
     }
     pairs.add(pair);
+    upstream.on('data', (chunk: Buffer) => (received += chunk.length));
     client.pipe(upstream);
     upstream.pipe(client);
   });
@@ -699,6 +729,7 @@ async function tcpForwarder(targetPort: number): Promise<{ port: number; connect
   return {
     port,
     connections: () => count,
+    fromServer: () => received,
     close() {
       srv.close();
       for (const s of sockets) s.destroy();
