@@ -392,20 +392,21 @@ export class NetworkService {
   /** `opts.cni`: the endpoint is a CNI attachment (the CNI face finds it again by that). */
   async connect(ref: string, input: ConnectInput, opts: { cni?: CniAttachmentRef } = {}): Promise<EndpointView> {
     checkNetnsPath(input.netns);
-    const { record } = await this.resolveNetwork(ref);
+    const resolved = await this.resolveNetwork(ref);
     // the network's endpoints are followed from before the write until the new one is plumbed
-    const release = await this.ctx.cluster.follow(record.id);
+    const release = await this.ctx.cluster.follow(resolved.record.id);
     try {
-      return await this.connectTo(record.id, input, opts);
+      return await this.connectTo(resolved, input, opts);
     } finally {
       release();
     }
   }
 
-  private async connectTo(ref: string, input: ConnectInput, opts: { cni?: CniAttachmentRef }): Promise<EndpointView> {
+  /** `resolved`: the network as just read; a retry reads it again (by id). */
+  private async connectTo(resolved: { record: NetworkRecord; entry: KVEntry }, input: ConnectInput, opts: { cni?: CniAttachmentRef }): Promise<EndpointView> {
     const { store, logger, records, node } = this.ctx;
     for (let attempt = 1; ; attempt++) {
-      const { record: net, entry: netEntry } = await this.resolveNetwork(ref);
+      const { record: net, entry: netEntry } = attempt === 1 ? resolved : await this.resolveNetwork(resolved.record.id);
       if (net.deleting) throw new NetworkInUseError(`network ${net.name} is being removed`);
       const eid = newId();
       const name = input.name ?? eid.slice(0, 12);

@@ -417,7 +417,9 @@ export class Reaper {
         this.reaping.add(dead);
         this.endpointsOf(view, dead)
           .then((endpoints) => {
-            logger.warn({ deadNode: dead, endpoints: endpoints.length }, 'node is gone; reaping its endpoints unless it announced a restart');
+            // a node that left with nothing to reap (possible only where some networks are not followed) is not news
+            if (endpoints.length > 0) logger.warn({ deadNode: dead, endpoints: endpoints.length }, 'node is gone; reaping its endpoints unless it announced a restart');
+            else logger.debug({ deadNode: dead }, 'node is gone; no endpoints of it to reap');
             return reapNode({ store: this.opts.store, ipam: this.opts.ipam, logger, self }, dead, endpoints, view.networks);
           })
           .then((r) => {
