@@ -27,7 +27,7 @@ import { decodeRecord, decodeText, encodeRecord, ID_PATTERN, keys, networkPool, 
 import { chooseNetworkMtu, networkMtuWarning, type DatapathSettings } from './network-mtu.ts';
 import { planNetworkPools, type PoolShape } from './network-pools.ts';
 import { DEFAULT_IFNAME, EGRESS_IFNAME } from './desired-state.ts';
-import { newEndpointRecord } from './records.ts';
+import { listEndpointRecords, newEndpointRecord } from './records.ts';
 import { defaultIfname } from './egress.ts';
 
 /** Connect retries when the network record changed under it (e.g. an aborted `rm`). */
@@ -212,15 +212,7 @@ export class NetworkService {
    */
   private async endpointsOf(nid: string): Promise<Iterable<EndpointRecord>> {
     if (this.ctx.cluster.isFollowed(nid)) return this.ctx.cluster.view().endpoints.get(nid)?.values() ?? [];
-    const out: EndpointRecord[] = [];
-    for (const entry of (await this.ctx.store.list(keys.endpointsOf(nid))).entries) {
-      try {
-        out.push(decodeRecord<EndpointRecord>(entry.value, entry.key));
-      } catch (err) {
-        this.ctx.logger.warn({ key: entry.key, err }, 'skipping unreadable store record');
-      }
-    }
-    return out;
+    return listEndpointRecords(this.ctx.store, nid, (key, err) => this.ctx.logger.warn({ key, err }, 'skipping unreadable store record'));
   }
 
   /** A network of the view by id, name or unique id prefix (NotFoundError names `ref`). */

@@ -14,8 +14,9 @@
 
 import { allEndpoints, type ClusterView } from './cluster-view.ts';
 import type { CoreContext } from './context.ts';
-import { decodeRecord, keys, RESTARTING, type EndpointRecord, type RestartMarker } from './layout.ts';
+import { decodeRecord, RESTARTING, type EndpointRecord, type RestartMarker } from './layout.ts';
 import { removeNode, type NodeRemoval } from './reaper.ts';
+import { listEndpointRecords } from './records.ts';
 
 export type NodeState = 'alive' | 'unreachable' | 'restarting' | 'down';
 
@@ -113,15 +114,7 @@ export class NodeService {
     }
     // the endpoints of networks this host does not follow (endpoint-mirrors.ts) are counted from the store
     const moreEndpoints: EndpointRecord[] = [];
-    for (const nid of this.ctx.cluster.unfollowedNetworks()) {
-      for (const e of (await this.ctx.store.list(keys.endpointsOf(nid))).entries) {
-        try {
-          moreEndpoints.push(decodeRecord<EndpointRecord>(e.value, e.key));
-        } catch {
-          // an unreadable record names no node
-        }
-      }
-    }
+    for (const nid of this.ctx.cluster.unfollowedNetworks()) moreEndpoints.push(...(await listEndpointRecords(this.ctx.store, nid)));
     return nodeStates({ view: this.ctx.cluster.view(), self: this.ctx.node.name, restarting, probes: this.probes(), now: Date.now(), moreEndpoints });
   }
 

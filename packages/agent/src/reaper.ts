@@ -19,7 +19,7 @@ import { endpointOwners, endpointsOfNode, type ClusterView } from './cluster-vie
 import { InvalidInputError, NodeAliveError, NotFoundError } from './errors.ts';
 import { decodeRecord, endpointAddresses, ENDPOINTS, keys, networkPool, type EndpointRecord, type NetworkRecord, type NodeRecord, type RestartMarker, type VtepClaim } from './layout.ts';
 import type { AgentMetrics } from './metrics.ts';
-import { Records } from './records.ts';
+import { listEndpointRecords, Records } from './records.ts';
 
 /**
  * Wait after a node's record is gone before its endpoints are reaped: covers an agent restart that
@@ -387,14 +387,7 @@ export class Reaper {
   private async endpointsOf(view: ClusterView, dead: string): Promise<EndpointRecord[]> {
     const out = endpointsOfNode(view, dead);
     for (const nid of this.opts.unfollowed?.networks() ?? []) {
-      for (const entry of (await this.opts.store.list(keys.endpointsOf(nid))).entries) {
-        try {
-          const ep = decodeRecord<EndpointRecord>(entry.value, entry.key);
-          if (ep.node === dead) out.push(ep);
-        } catch {
-          // an unreadable record names no owner; the janitor does not touch it either
-        }
-      }
+      out.push(...(await listEndpointRecords(this.opts.store, nid)).filter((ep) => ep.node === dead));
     }
     return out;
   }

@@ -19,7 +19,7 @@ import type { Ipam } from '@kvnet/ipam';
 import { endpointMac, parseIp } from '@kvnet/netaddr';
 import type { KVEntry, KVStore, TxnOp } from '@kvnet/store';
 import type { NodeIdentity } from './context.ts';
-import { decodeText, encodeRecord, encodeText, endpointAddresses, keys, type EndpointRecord, type NetworkRecord } from './layout.ts';
+import { decodeRecord, decodeText, encodeRecord, encodeText, endpointAddresses, keys, type EndpointRecord, type NetworkRecord } from './layout.ts';
 
 /** A record's key and the revision it was read at. */
 export interface Revisioned {
@@ -55,6 +55,23 @@ export function newEndpointRecord<T extends EndpointRecord = EndpointRecord>(
     vtep: node.vtep,
     createdAt: new Date().toISOString(),
   } as T;
+}
+
+/**
+ * The endpoint records of network `nid` as the store holds them now (one listing): what the agent
+ * reads for a network whose endpoints it does not follow. An unreadable record is handed to
+ * `onUnreadable` and skipped.
+ */
+export async function listEndpointRecords(store: KVStore, nid: string, onUnreadable?: (key: string, err: unknown) => void): Promise<EndpointRecord[]> {
+  const out: EndpointRecord[] = [];
+  for (const entry of (await store.list(keys.endpointsOf(nid))).entries) {
+    try {
+      out.push(decodeRecord<EndpointRecord>(entry.value, entry.key));
+    } catch (err) {
+      onUnreadable?.(entry.key, err);
+    }
+  }
+  return out;
 }
 
 export class Records {
