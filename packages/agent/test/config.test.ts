@@ -63,6 +63,15 @@ test('kv.maxwatches: the watches one Consul client holds at most; a value that i
   }
 });
 
+test('kv.watchrate: the keys per second one Consul client\'s watches read during a burst; a value out of range is refused naming it', (t) => {
+  const url = 'consul://127.0.0.1:8500/kvnet';
+  t.is(parseStoreOpts(url, ['kv.watchrate=2000']).watchReadRate, 2_000);
+  t.is(parseStoreOpts(url, []).watchReadRate, undefined);
+  for (const bad of ['9', '10000001', 'fast', '1e3', '-5', '']) {
+    t.throws(() => parseStoreOpts(url, [`kv.watchrate=${bad}`]), { message: new RegExp(`kv\\.watchrate must be a whole number of keys per second between 10 and 10000000, got "${bad}"`) });
+  }
+});
+
 test('the store: --cluster-store as given; the embedded store only when asked for', (t) => {
   t.is(resolveStoreUrl('etcd://10.0.0.5:2379/kvnet', false), 'etcd://10.0.0.5:2379/kvnet');
   t.is(resolveStoreUrl('local:///srv/kvnet.db', false), 'local:///srv/kvnet.db');

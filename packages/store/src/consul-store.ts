@@ -43,6 +43,7 @@ import {
 import { backoffDelay, sleep } from './deadline.ts';
 import { LeaseLostError, StoreClosedError, StoreProtocolError, StoreUnavailableError, ValueTooLargeError, WatchResetError } from './errors.ts';
 import { rangeStart, validateKey, validatePrefix, validateStartsWith } from './keys.ts';
+import { ReadBudget } from './read-budget.ts';
 import { diffSnapshots, SnapshotCache, type Snapshot, type SnapshotEntry } from './snapshot-diff.ts';
 import type { StoreAddress } from './store-url.ts';
 import type {
@@ -88,6 +89,20 @@ export const WATCH_RETRY_CAP_MS = 2_000;
  * hears the first change at once.
  */
 export const WATCH_MIN_INTERVAL_MS = 200;
+/**
+ * Keys one client's watches read per second during a burst ({@link ReadBudget}; `kv.watchrate`).
+ * Each answer is its whole range, so a burst of writes to a large network wakes every watcher of each
+ * part it touches, and at 100 hosts × 16 parts the answers outgrew what one Consul server could
+ * encode: consistent reads and writes waited behind them and timed out (docs/scale.md). Spent only by
+ * watch answers; a quiet client hears a change at once ({@link WATCH_READ_BURST_S} of reads in hand).
+ * At this rate a client reads at most ≈ 400 KB/s of endpoint records, and a Consul server serving
+ * N such clients at most N × that during a burst.
+ */
+export const DEFAULT_WATCH_READ_RATE = 500;
+/** Seconds of {@link DEFAULT_WATCH_READ_RATE} a quiet client has in hand (the bucket's size). */
+export const WATCH_READ_BURST_S = 2;
+/** The longest one watch waits for the budget: a client with very many busy watches goes over it rather than fall minutes behind. */
+export const WATCH_READ_MAX_PAUSE_MS = 10_000;
 /** Listings (and watch batches) whose state a later watch can start from. */
 export const SNAPSHOT_CACHE_SIZE = 32;
 /**
@@ -134,6 +149,8 @@ class ConsulStore implements KVStore {
   private readonly batches = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
   private readonly leases = new Set<ConsulLease>();
   private readonly watches = new Set<WatchChannel>();
+  /** What this client's watch answers may read per second (see {@link DEFAULT_WATCH_READ_RATE}). */
+  private readonly watchReads: ReadBudget;
   /** Listing paths the token was shown to be allowed to read (see {@link probeRead}). */
   private readonly readablePaths = new Set<string>();
   /** The server's `session_ttl_min`, once a refusal told us. */
@@ -144,6 +161,8 @@ class ConsulStore implements KVStore {
     ({ url: this.url, timeoutMs: this.timeoutMs, log: this.log } = backendSettings(address, options));
     this.prefix = address.prefix;
     this.transport = new ConsulTransport(address, this.timeoutMs, options, this.log);
+    const rate = options.watchReadRate ?? DEFAULT_WATCH_READ_RATE;
+    this.watchReads = new ReadBudget(rate, rate * WATCH_READ_BURST_S);
     this.capabilities = {
       exactHistory: false,
       maxValueBytes: MAX_VALUE_BYTES,
@@ -440,13 +459,19 @@ class ConsulStore implements KVStore {
       }
       state = read.snapshot;
       index = read.index;
+      // every answer is paid for, changed or not: the server sent the whole range either way
+      let pause = Math.min(WATCH_READ_MAX_PAUSE_MS, this.watchReads.spend(read.snapshot.size));
       if (events.length > 0) {
         this.batches.remember(prefix, startsWith, String(index), state);
         channel.push({ events, revision: String(index) });
         const now = Date.now();
         const burst = lastChangeAt !== undefined && now - lastChangeAt < WATCH_MIN_INTERVAL_MS;
         lastChangeAt = now;
-        if (burst) await sleep(WATCH_MIN_INTERVAL_MS, signal).catch(() => undefined);
+        if (burst) pause = Math.max(pause, WATCH_MIN_INTERVAL_MS);
+      }
+      if (pause > 0) {
+        if (pause > WATCH_MIN_INTERVAL_MS) this.log?.debug({ prefix, startsWith, pauseMs: pause }, 'watch reads over budget (kv.watchrate): next read waits');
+        await sleep(pause, signal).catch(() => undefined);
       }
     }
   }

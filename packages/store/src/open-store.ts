@@ -29,13 +29,15 @@ export async function openStore(url: string, options: StoreOptions = {}): Promis
  * `kv.cacertfile`, `kv.certfile`, `kv.keyfile`, `kv.insecure`, `kv.token`, `kv.username`,
  * `kv.password`, `kv.timeout` (a duration, `10s` or `1500ms`; a bare number is milliseconds),
  * `kv.maxwatches` (Consul: watches one client holds at most, 8–100000; raise it with the server's
- * `limits.http_max_conns_per_client`).
+ * `limits.http_max_conns_per_client`), `kv.watchrate` (Consul: keys per second one client's watches
+ * read at most during a burst of writes, 10–10000000; default 500).
  */
-export function parseStoreOpts(url: string, opts: readonly string[]): Pick<StoreOptions, 'tls' | 'auth' | 'timeoutMs' | 'maxWatches'> {
+export function parseStoreOpts(url: string, opts: readonly string[]): Pick<StoreOptions, 'tls' | 'auth' | 'timeoutMs' | 'maxWatches' | 'watchReadRate'> {
   const tls: { caFile?: string; certFile?: string; keyFile?: string; insecureSkipVerify?: boolean } = {};
   const auth: { token?: string; username?: string; password?: string } = {};
   let timeoutMs: number | undefined;
   let maxWatches: number | undefined;
+  let watchReadRate: number | undefined;
   for (const opt of opts) {
     const eq = opt.indexOf('=');
     if (eq <= 0) throw new InvalidStoreUrlError(url, `store option "${opt}" is not KEY=VALUE`);
@@ -77,10 +79,16 @@ export function parseStoreOpts(url: string, opts: readonly string[]): Pick<Store
         maxWatches = n;
         break;
       }
+      case 'kv.watchrate': {
+        const n = /^\d{1,8}$/.test(value) ? Number(value) : NaN;
+        if (!(n >= 10 && n <= 10_000_000)) throw new InvalidStoreUrlError(url, `kv.watchrate must be a whole number of keys per second between 10 and 10000000, got "${value}"`);
+        watchReadRate = n;
+        break;
+      }
       default:
         throw new InvalidStoreUrlError(
           url,
-          `unknown store option "${key}" (known: kv.cacertfile, kv.certfile, kv.keyfile, kv.insecure, kv.token, kv.username, kv.password, kv.timeout, kv.maxwatches)`,
+          `unknown store option "${key}" (known: kv.cacertfile, kv.certfile, kv.keyfile, kv.insecure, kv.token, kv.username, kv.password, kv.timeout, kv.maxwatches, kv.watchrate)`,
         );
     }
   }
@@ -89,5 +97,6 @@ export function parseStoreOpts(url: string, opts: readonly string[]): Pick<Store
     ...(Object.keys(auth).length > 0 ? { auth } : {}),
     ...(timeoutMs !== undefined ? { timeoutMs } : {}),
     ...(maxWatches !== undefined ? { maxWatches } : {}),
+    ...(watchReadRate !== undefined ? { watchReadRate } : {}),
   };
 }

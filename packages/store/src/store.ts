@@ -253,6 +253,12 @@ export interface StoreOptions {
   readonly auth?: StoreAuthOptions;
   /** Consul: {@link StoreCapabilities.maxWatches} (`kv.maxwatches`); other backends have no such limit. */
   readonly maxWatches?: number;
+  /**
+   * Consul: keys per second this client's watches read at most once the first seconds' worth is spent
+   * (`kv.watchrate`, default 500): a watch answer carries its whole range, and during a burst of
+   * writes the answers of every client add up at the server. Other backends deliver only changes.
+   */
+  readonly watchReadRate?: number;
 }
 
 /** Paths to PEM files (read at open). Setting any of them switches etcd and Consul to https. */

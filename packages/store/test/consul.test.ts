@@ -519,6 +519,46 @@ test.serial('a store moves to the next server when the one it used goes away, an
   await lease.revoke();
 });
 
+test.serial('a burst of writes: watches over their read budget (kv.watchrate) wait and fold the writes into fewer answers; every write still arrives', async (t) => {
+  const name = `kvnet-test/consul-${++label}-budget`;
+  const writer = await open(server.url(name));
+  // 10 keys per second with 40 in hand: two answers of 20 keys, then each further one waits 2 s
+  const budgeted = await open(server.url(name), { watchReadRate: 10 });
+  const unlimited = await open(server.url(name));
+  for (let i = 0; i < 20; i++) await writer.put(`b/k${String(i).padStart(2, '0')}`, text('0'));
+  const count = (store: KVStore, from: string) => {
+    const controller = new AbortController();
+    const last = new Map<string, string>();
+    let batches = 0;
+    const done = (async () => {
+      for await (const batch of store.watch('b', from, { signal: controller.signal })) {
+        batches++;
+        for (const e of batch.events) if (e.type === 'put') last.set(e.key, new TextDecoder().decode(e.value));
+      }
+    })().catch(() => undefined);
+    return { last, batches: () => batches, stop: async () => (controller.abort(), await done) };
+  };
+  const from = (await writer.list('b')).revision;
+  const slow = count(budgeted, from);
+  const fast = count(unlimited, from);
+  await sleep(300); // both have made their first read and block
+  // 30 writes over 3 s, each key written a few times
+  for (let i = 1; i <= 30; i++) {
+    await writer.put(`b/k${String(i % 20).padStart(2, '0')}`, text(String(i)));
+    await sleep(100);
+  }
+  const expected = new Map((await writer.list('b')).entries.map((e) => [e.key, new TextDecoder().decode(e.value)]));
+  const caughtUp = (w: ReturnType<typeof count>): boolean => [...expected].every(([k, v]) => w.last.get(k) === v || (v === '0' && !w.last.has(k)));
+  await waitFor('the unlimited watch has every write', () => caughtUp(fast), 15_000, 50);
+  const fastBatches = fast.batches();
+  await waitFor('the budgeted watch has every write', () => caughtUp(slow), 15_000, 50);
+  const slowBatches = slow.batches();
+  await Promise.all([slow.stop(), fast.stop()]);
+  t.log(`30 writes in 3 s: ${fastBatches} answers without a budget, ${slowBatches} with 10 keys/s`);
+  t.true(slowBatches <= 6, `the budgeted watch read at most 6 times (${slowBatches})`);
+  t.true(slowBatches < fastBatches, `fewer answers than without a budget (${slowBatches} < ${fastBatches})`);
+});
+
 // ---- blocking reads and a server that stops answering (the wait is minutes; the transport keeps watch) ----
 
 /** A store that reaches the shared server through a forwarder, a direct one on the same prefix, and a watch of it. */
