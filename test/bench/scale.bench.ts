@@ -1,7 +1,8 @@
 /**
  * `npm run bench -- scale [--json] [--backends etcd,consul] [--hosts 10,30,100] [--per-host 20]
  * [--samples 20] [--burst 200] [--wave 10] [--bundle PATH] [--label NAME] [--compare PATH]
- * [--quiet-load 3] [--cpu-prof-host N] [--dns on|off]` (root).
+ * [--quiet-load 3] [--cpu-prof-host N] [--dns on|off] [--store-opt KEY=VALUE]…` (root; `--store-opt` is
+ * passed to every agent as `--cluster-store-opt`, e.g. `kv.timeout=15s`).
  *
  * How kvnet's cost grows with the cluster: for each backend × host count, one simulated host per
  * agent (real `kvnet agent` processes from the production bundle, `npm run build`, rebuilt here
@@ -117,6 +118,8 @@ interface Options {
   serverNice: number;
   /** `off`: agents run with `--dns-address off` (no names face, no resolver process). */
   dns: 'on' | 'off';
+  /** `--cluster-store-opt` values for every agent (`--store-opt kv.timeout=15s`, repeatable). */
+  storeOpts: string[];
 }
 
 function parseArgs(argv: string[]): Options {
@@ -135,9 +138,10 @@ function parseArgs(argv: string[]): Options {
     cpuProfHost: undefined,
     serverNice: DEFAULT_SERVER_NICE,
     dns: 'on',
+    storeOpts: [],
   };
   const usage =
-    'usage: scale [--json] [--backends etcd,consul] [--hosts 10,30,100] [--per-host 20] [--samples 20] [--burst 200] [--wave 10] [--bundle PATH] [--label NAME] [--compare PATH] [--quiet-load 3] [--cpu-prof-host N] [--server-nice -10] [--dns on|off]';
+    'usage: scale [--json] [--backends etcd,consul] [--hosts 10,30,100] [--per-host 20] [--samples 20] [--burst 200] [--wave 10] [--bundle PATH] [--label NAME] [--compare PATH] [--quiet-load 3] [--cpu-prof-host N] [--server-nice -10] [--dns on|off] [--store-opt KEY=VALUE]…';
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): string => String(argv[++i]);
@@ -154,6 +158,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--quiet-load') o.quietLoad = Number(next());
     else if (a === '--cpu-prof-host') o.cpuProfHost = Number(next());
     else if (a === '--server-nice') o.serverNice = Number(next());
+    else if (a === '--store-opt') o.storeOpts.push(next());
     else if (a === '--dns') {
       const v = next();
       if (v !== 'on' && v !== 'off') throw new Error(`--dns must be on or off, not ${v}; ${usage}`);
@@ -477,6 +482,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
     agentWave: o.wave,
     progress,
     serverOptions: { prometheus: true, nice: o.serverNice },
+    ...(o.storeOpts.length > 0 ? { storeOpts: o.storeOpts } : {}),
     ...(o.dns === 'off' ? { agentArgs: ['--dns-address', 'off'] } : {}),
     ...(profDir ? { nodeArgsFor: (node: string) => (node === `h${o.cpuProfHost}` ? ['--cpu-prof', '--cpu-prof-dir', profDir] : undefined) } : {}),
   });
@@ -814,6 +820,7 @@ async function benchCase(o: Options, backend: ClusterBackend, hostCount: number,
       agent_cpu_ms_per_burst_event: round2(burstCpu),
       agent_cpu_ms_per_fill_event: round2(fillCpuPerEvent),
       dns: o.dns,
+      store_opts: o.storeOpts.join(' ') || 'none',
       resolver_rss_mib: resolverRss.length > 0 ? round1(Math.max(...resolverRss)) : NaN,
       resolver_cpu_ms_per_event: resolvers.size > 0 ? round2(remoteResolverCpu / remoteEvents) : NaN,
       resolver_cpu_ms_per_burst_event: resolvers.size > 0 ? round2(burstResolverCpu) : NaN,
