@@ -91,12 +91,12 @@ export const WATCH_RETRY_CAP_MS = 2_000;
 export const WATCH_MIN_INTERVAL_MS = 200;
 /**
  * Keys one client's watches read per second during a burst ({@link ReadBudget}; `kv.watchrate`).
- * Each answer is its whole range, so a burst of writes to a large network wakes every watcher of each
- * part it touches, and at 100 hosts × 16 parts the answers outgrew what one Consul server could
- * encode: consistent reads and writes waited behind them and timed out (docs/scale.md). Spent only by
- * watch answers; a quiet client hears a change at once ({@link WATCH_READ_BURST_S} of reads in hand).
- * At this rate a client reads at most ≈ 400 KB/s of endpoint records, and a Consul server serving
- * N such clients at most N × that during a burst.
+ * Each answer is its whole range, so without a budget a burst of writes to a large network costs the
+ * server one answer of a whole part per write per watcher (hosts × writes × part); with it, at most
+ * hosts × this rate. Spent only by watch answers; a quiet client hears a change at once
+ * ({@link WATCH_READ_BURST_S} of reads in hand). At this rate a client reads at most ≈ 400 KB/s of
+ * endpoint records. (A bound, not a cure: the 100-host burst on two cores failed with and without it,
+ * docs/scale.md.)
  */
 export const DEFAULT_WATCH_READ_RATE = 500;
 /** Seconds of {@link DEFAULT_WATCH_READ_RATE} a quiet client has in hand (the bucket's size). */
