@@ -9,6 +9,10 @@
  *   the next server in the URL, which then stays the preferred one;
  * - TLS and the ACL token (`X-Consul-Token`) from the store options;
  * - `X-Consul-Index` on every answer (the client returns the raw response with `ctx.includeResponse`);
+ * - a GET that bypasses the client ({@link ConsulTransport.getJson}) for the reads of a key range: the
+ *   client base64-decodes every value of an answer into a Buffer of its own, and a watch's answer
+ *   carries the whole range for one change (125 records at 2 000 endpoints), of which it needs one;
+ *   the same agent, token, deadline and failover apply;
  * - liveness for blocking reads. A watch's read waits minutes on the server for a change, so its own
  *   deadline cannot tell a quiet prefix from a server that stopped answering (frozen, or behind a
  *   partition that drops packets: the socket stays open). Every blocking read in flight is
@@ -100,6 +104,9 @@ export interface CallOptions {
 /** Consul's HTTP API for one store: several servers, one preferred at a time. */
 export class ConsulTransport {
   private readonly clients: Array<{ host: string; consul: Consul; agent: http.Agent }>;
+  /** The agent, scheme and token behind each client, for {@link getJson}. */
+  private readonly direct = new Map<Consul, { host: string; port: number; agent: http.Agent; tls: boolean }>();
+  private readonly token: string | undefined;
   private readonly inflight = new Set<RequestContext>();
   /** Blocking reads in flight: aborting one interrupts it. */
   private readonly blocking = new Set<AbortController>();
@@ -131,8 +138,10 @@ export class ConsulTransport {
         agent,
         ...(token ? { defaults: { token } } : {}),
       } as ConstructorParameters<typeof Consul>[0]);
+      this.direct.set(consul, { host: h.host, port: h.port, agent, tls: !!tls });
       return { host, consul, agent };
     });
+    this.token = token;
     if (this.clients.length === 0) throw new InvalidStoreUrlError(address.redacted, 'no Consul server given');
   }
 
@@ -253,6 +262,46 @@ export class ConsulTransport {
       }
     }
     throw new StoreUnavailableError(this.url, `${what}: no server answered (${refused.join('; ')})`);
+  }
+
+  /**
+   * A GET of `path` (below `/v1`, query included) sent without the consul client, for `send`: the JSON
+   * body as Consul wrote it, with no per-item decoding (a KV listing's values stay base64 text). The
+   * answer and its failures have the shapes the client's have, so {@link call} treats them alike.
+   */
+  getJson(consul: Consul, path: string, ctx: RequestContext): Promise<[IncomingMessage, unknown]> {
+    const d = this.direct.get(consul);
+    if (!d) return Promise.reject(new Error('getJson: not one of this transport\'s clients'));
+    const send = d.tls ? https.request : http.request;
+    return new Promise((resolve, reject) => {
+      const req = send(
+        { host: d.host, port: d.port, path: `/v1${path}`, method: 'GET', agent: d.agent, headers: this.token ? { 'X-Consul-Token': this.token } : {} },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', reject);
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            const status = res.statusCode ?? 0;
+            const json = (res.headers['content-type'] ?? '').includes('json');
+            let body: unknown = text;
+            if (json && text.length > 0) {
+              try {
+                body = JSON.parse(text);
+              } catch (err) {
+                return reject(Object.assign(new Error(`the answer to GET ${path} is not JSON: ${(err as Error).message}`), { code: 'KVNET_BAD_JSON' }));
+              }
+            }
+            if (status === 404) return resolve([res, undefined]);
+            if (status < 200 || status >= 300) return reject({ isResponse: true, response: Object.assign(res, { body }) });
+            resolve([res, body]);
+          });
+        },
+      );
+      req.on('error', reject);
+      ctx.once('cancel', () => req.destroy(Object.assign(new Error('request cancelled'), { code: 'KVNET_CANCELLED' })));
+      req.end();
+    });
   }
 
   /** Maps an error from {@link call} that the caller did not handle itself to a store error. */

@@ -117,12 +117,20 @@ export const TXN_MAX_REQUEST_BYTES = 512 * 1024;
 export const MAX_TXN_OPS = Math.floor(CONSUL_TXN_MAX_OPS / CONSUL_VERBS_PER_OP);
 const SESSION_NAME = 'kvnet';
 
-/** One KV entry as Consul returns it (values decoded to bytes by the client's `buffer` option). */
+/**
+ * One KV entry as Consul returns it: `Value` is base64 text in a range read (`getJson`, decoded only
+ * where it is needed) and bytes from a single-key read (the client's `buffer` option).
+ */
 interface ConsulEntry {
   readonly Key: string;
-  readonly Value: Buffer | null;
+  readonly Value: Buffer | string | null;
   readonly ModifyIndex: number;
   readonly Session?: string;
+}
+
+/** A snapshot entry that knows the key it is stored under. */
+interface HeldEntry extends SnapshotEntry {
+  readonly key?: string;
 }
 
 /** One read of a prefix: its entries (a listing's; empty for a watch's read) and the index of the read. */
@@ -206,8 +214,10 @@ class ConsulStore implements KVStore {
    * A watch's read passes the state it holds (`previous`) and gets only the snapshot (`entries` stays
    * empty): every answer is the whole prefix (2 000 endpoint records at 100 hosts × 20, for one
    * change), and an entry whose `ModifyIndex` is the one `previous` holds is taken from it as it is —
-   * no copy of its value, no key check, no new object — so what a read costs beyond Consul's own JSON is
-   * the entries that changed (measured: `npm run bench -- events --backend consul`, docs/scale.md).
+   * no decoding or copy of its value, no key check, no new object — so what a read costs beyond Consul's
+   * own JSON is the entries that changed. The range is read without the consul client
+   * ({@link ConsulTransport.getJson}), which would decode every value of every answer (measured:
+   * `npm run bench -- watch-cost` and `events --backend consul`, docs/scale.md).
    */
   private async readPrefix(
     prefix: string,
@@ -218,15 +228,12 @@ class ConsulStore implements KVStore {
     const path = `${this.prefix}/${rangeStart(prefix, startsWith)}`;
     const reply = await this.request<ConsulEntry[]>(
       blocking ? 'watch' : 'list',
+      // without the consul client: it decodes every value of the answer, and a watch needs only the changed ones
       (consul, ctx) =>
-        consul.kv.get(
-          kvGetOptions({
-            key: path,
-            recurse: true,
-            buffer: true,
-            ctx,
-            ...(blocking ? { index: String(options.after), wait: `${WATCH_WAIT_S}s` } : { consistent: true }),
-          }),
+        this.transport.getJson(
+          consul,
+          `/kv/${encodeURIComponent(path)}?recurse=true&${blocking ? `index=${options.after}&wait=${WATCH_WAIT_S}s` : 'consistent=true'}`,
+          ctx,
         ),
       {
         signal: options.signal,
@@ -235,6 +242,7 @@ class ConsulStore implements KVStore {
       },
     );
     if (reply.index === undefined) throw new StoreProtocolError(this.url, 'a KV listing came without X-Consul-Index');
+    if (reply.body !== undefined && !Array.isArray(reply.body)) throw new StoreProtocolError(this.url, `a KV listing of ${path} came as ${typeof reply.body}, not a JSON list`);
     if (reply.headers['x-consul-default-acl-policy'] === 'deny' && !this.readablePaths.has(path)) await this.probeRead(path, options.signal);
     const entries: KVEntry[] = [];
     const snapshot = new Map<string, SnapshotEntry>();
@@ -244,16 +252,18 @@ class ConsulStore implements KVStore {
       if (previous) {
         // the same key (so it passed the key check before) at the same index: the entry held
         const key = item.Key.startsWith(serverPrefix) ? item.Key.slice(serverPrefix.length) : undefined;
-        const held = key === undefined ? undefined : previous.get(key);
-        if (held && held.order === BigInt(item.ModifyIndex)) {
-          snapshot.set(key!, held);
+        const held = key === undefined ? undefined : (previous.get(key) as HeldEntry | undefined);
+        if (held && Number(held.order) === item.ModifyIndex) {
+          // the key string the entry was first stored under: the new one (and Consul's text it is cut from) is let go at once
+          snapshot.set(held.key ?? key!, held);
           continue;
         }
       }
       const entry = this.toEntry(item);
       if (!entry) continue;
       if (!previous) entries.push(entry);
-      snapshot.set(entry.key, { value: entry.value, revision: entry.revision, order: BigInt(item.ModifyIndex) });
+      const held: HeldEntry = { key: entry.key, value: entry.value, revision: entry.revision, order: BigInt(item.ModifyIndex) };
+      snapshot.set(entry.key, held);
     }
     if (!previous) entries.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     // Consul never reports index 0 for a served read; treat it as 1 like its own clients do
@@ -581,7 +591,7 @@ class ConsulStore implements KVStore {
       this.log?.debug({ key: item.Key }, 'ignoring a Consul key outside the key rules');
       return undefined;
     }
-    const value = item.Value ? new Uint8Array(item.Value) : new Uint8Array(0);
+    const value = typeof item.Value === 'string' ? new Uint8Array(Buffer.from(item.Value, 'base64')) : item.Value ? new Uint8Array(item.Value) : new Uint8Array(0);
     return { key, value, revision: String(item.ModifyIndex), ...(item.Session ? { leaseId: item.Session } : {}) };
   }
 
