@@ -6,7 +6,7 @@
  * on loopback holds `16 × records` keys in 16 ranges (an agent's 16 parts of a network's endpoints on
  * Consul; 2 000 endpoints make parts of 125); a child process watches all 16 ranges, and this process
  * changes `--events` keys, one at a time, `--rate` per second, each in one range. The child's CPU (every
- * thread: main, and V8's and libuv's helpers, from /proc) is read around the changes, so the writer's
+ * thread: main, and V8's and libuv's helpers) is read around the changes, so the writer's
  * CPU is not in it, less the child's rate in a quiet 5 s window just before (timers, keep-alives). Rows:
  * - `impl kvnet`: `KVStore.watch` of each range, as the agent holds them. On Consul the read budget is
  *   lifted (`kv.watchrate` 10 000 000) so that every change gets its own answer, as at a low rate.
@@ -17,14 +17,15 @@
  * Figures per change delivered: `cpu_ms_per_event` (all threads), `main_ms_per_event`,
  * `other_ms_per_event` (threads other than the main one: mostly the garbage collector's),
  * `answers_per_event` (watch answers the child received), `kib_per_answer` (Consul: the JSON of one
- * answer). CPU comes from /proc in clock ticks (10 ms): at 300 events that is ±0.03 ms per event.
+ * answer). CPU is each thread's run time from /proc/<pid>/task/<tid>/schedstat (nanoseconds).
  */
 
 import { fork } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { setMaxListeners } from 'node:events';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { startServer, type KvServer } from '../support/kv-servers.ts';
+import { threadCpuMs } from '../support/proc-stats.ts';
 import { encodeText, openStore, type KVStore } from '../../packages/store/src/index.ts';
 import { printRows, runBench, type Row } from './report.ts';
 
@@ -95,34 +96,14 @@ function endpointId(i: number): string {
   return RANGES[i % 16]! + ((i * 2654435761) >>> 0).toString(16).padStart(8, '0') + i.toString(16).padStart(55, '0');
 }
 
-/** Clock ticks (10 ms) of this process's main thread and of its other threads. */
-function threadTicks(): { main: number; other: number } {
-  const pid = String(process.pid);
-  let main = 0;
-  let other = 0;
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-    } catch {
-      continue; // the thread ended
-    }
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime
-    if (tid === pid) main += ticks;
-    else other += ticks;
-  }
-  return { main, other };
-}
-
 // ---- the watching child ----------------------------------------------------------------------
 
 interface ChildReport {
   events: number;
   answers: number;
   bytes: number;
-  mainTicks: number;
-  otherTicks: number;
+  mainMs: number;
+  otherMs: number;
 }
 
 async function child(impl: Impl, url: string, host: string, port: number, expected: number): Promise<void> {
@@ -136,6 +117,7 @@ async function child(impl: Impl, url: string, host: string, port: number, expect
     if (counting && events >= expected) allSeen();
   };
   const stop = new AbortController();
+  setMaxListeners(4 * RANGES.length, stop.signal); // one listener per range's watch or request
   const loops: Promise<void>[] = [];
   let store: KVStore | undefined;
   if (impl === 'kvnet') {
@@ -195,23 +177,23 @@ async function child(impl: Impl, url: string, host: string, port: number, expect
   }
   await new Promise((r) => setTimeout(r, SETTLE_MS));
   // what the process spends with nothing changing (timers, keep-alives), subtracted below
-  const idleStart = threadTicks();
+  const idleStart = threadCpuMs(process.pid);
   await new Promise((r) => setTimeout(r, IDLE_MS));
-  const idleEnd = threadTicks();
+  const idleEnd = threadCpuMs(process.pid);
   events = 0;
   answers = 0;
   bytes = 0;
   const done = new Promise<void>((resolve) => (allSeen = resolve));
   counting = true;
   const started = performance.now();
-  const before = threadTicks();
+  const before = threadCpuMs(process.pid);
   process.send!({ ready: true });
   await Promise.race([done, new Promise((r) => setTimeout(r, EVENT_WAIT_MS + expected * 1000).unref())]);
-  const after = threadTicks();
+  const after = threadCpuMs(process.pid);
   const idleShare = (performance.now() - started) / IDLE_MS;
   const idleMain = (idleEnd.main - idleStart.main) * idleShare;
   const idleOther = (idleEnd.other - idleStart.other) * idleShare;
-  const report: ChildReport = { events, answers, bytes, mainTicks: after.main - before.main - idleMain, otherTicks: after.other - before.other - idleOther };
+  const report: ChildReport = { events, answers, bytes, mainMs: after.main - before.main - idleMain, otherMs: after.other - before.other - idleOther };
   process.send!({ report });
   stop.abort();
   await store?.close();
@@ -250,16 +232,16 @@ async function measure(server: KvServer, backend: Backend, impl: Impl, records: 
     }
     const report = await waitFor(() => messages.find((m) => m.report)?.report, 'receive every change', EVENT_WAIT_MS);
     if (report.events < o.events) throw new Error(`${backend}/${impl}: the child saw ${report.events} of ${o.events} changes`);
-    const perEvent = (ticks: number): number => Math.round(((ticks * 10) / report.events) * 100) / 100;
+    const perEvent = (ms: number): number => Math.round((ms / report.events) * 100) / 100;
     return {
       suite: 'watch-cost',
       backend,
       impl,
       records_per_range: records,
       events: report.events,
-      cpu_ms_per_event: perEvent(report.mainTicks + report.otherTicks),
-      main_ms_per_event: perEvent(report.mainTicks),
-      other_ms_per_event: perEvent(report.otherTicks),
+      cpu_ms_per_event: perEvent(report.mainMs + report.otherMs),
+      main_ms_per_event: perEvent(report.mainMs),
+      other_ms_per_event: perEvent(report.otherMs),
       answers_per_event: Math.round((report.answers / report.events) * 100) / 100,
       kib_per_answer: report.bytes > 0 ? Math.round(report.bytes / report.answers / 102.4) / 10 : '',
     };
@@ -314,7 +296,7 @@ async function main(): Promise<void> {
     columns: ['backend', 'impl', 'records_per_range', 'events', 'cpu_ms_per_event', 'main_ms_per_event', 'other_ms_per_event', 'answers_per_event', 'kib_per_answer'],
     notes: [
       'kvnet: KVStore.watch as the agent holds it (Consul: read budget lifted, one answer per change). node-http (Consul): a bare blocking GET + JSON.parse per answer, no kvnet code.',
-      'other: threads other than the main one (mostly the garbage collector). CPU from /proc in 10 ms ticks.',
+      'other: threads other than the main one (mostly the garbage collector). Run time per thread from schedstat, less the idle rate of a quiet 5 s window.',
     ],
   });
 }

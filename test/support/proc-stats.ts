@@ -34,6 +34,23 @@ export function statCpu(pid: number): Cpu {
   return { self: ns / 1e6, children: ticks(13) + ticks(14) };
 }
 
+/** A process's run time in ms (schedstat), split into its main thread's and that of all its other threads (V8's and libuv's helpers). */
+export function threadCpuMs(pid: number): { main: number; other: number } {
+  let main = 0;
+  let other = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    let ns: number;
+    try {
+      ns = Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      continue; // the thread ended
+    }
+    if (task === String(pid)) main += ns / 1e6;
+    else other += ns / 1e6;
+  }
+  return { main, other };
+}
+
 /** The live children of a process (the agent's long-lived ip/bridge batch processes among them). */
 export function childrenOf(pid: number): number[] {
   const out: number[] = [];
