@@ -104,7 +104,7 @@ export interface CallOptions {
 /** Consul's HTTP API for one store: several servers, one preferred at a time. */
 export class ConsulTransport {
   private readonly clients: Array<{ host: string; consul: Consul; agent: http.Agent }>;
-  /** The agent, scheme and token behind each client, for {@link getJson}. */
+  /** The address, agent and scheme behind each client, for {@link getJson}. */
   private readonly direct = new Map<Consul, { host: string; port: number; agent: http.Agent; tls: boolean }>();
   private readonly token: string | undefined;
   private readonly inflight = new Set<RequestContext>();
