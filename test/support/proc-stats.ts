@@ -23,15 +23,8 @@ export function statCpu(pid: number): Cpu {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = (i: number): number => (Number(f[i]) * 1000) / CLK_TCK;
-  let ns = 0;
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // the thread ended: its time is gone from the sum (a thread pool's worker, rarely)
-    }
-  }
-  return { self: ns / 1e6, children: ticks(13) + ticks(14) };
+  const threads = threadCpuMs(pid);
+  return { self: threads.main + threads.other, children: ticks(13) + ticks(14) };
 }
 
 /** A process's run time in ms (schedstat), split into its main thread's and that of all its other threads (V8's and libuv's helpers). */
@@ -43,7 +36,7 @@ export function threadCpuMs(pid: number): { main: number; other: number } {
     try {
       ns = Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
     } catch {
-      continue; // the thread ended
+      continue; // the thread ended: its time is gone from the sum (a thread pool's worker, rarely)
     }
     if (task === String(pid)) main += ns / 1e6;
     else other += ns / 1e6;
